@@ -1,0 +1,132 @@
+"""The ``arena`` command: ``run`` a scenario, print the ``leaderboard``, list ``plugins``, ``validate`` a scenario."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from arena import __version__
+from arena.kinds import DataError
+from arena.leaderboard import render, rows, write_summary
+from arena.matchups import Arena
+from arena.registry import PluginError, Registry, load_registry
+from arena.scenario import ScenarioError, load_scenario
+from arena.store import Store
+from arena.training import WeightsCache
+
+log = logging.getLogger("arena")
+DEFAULT_RESULTS = Path("arena-results")
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    registry = load_registry(modules=args.plugin, blocked=args.block)
+    for error in registry.load_errors:
+        log.warning("plugin not loaded: %s", error)
+    return registry
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    scenario = load_scenario(args.scenario, registry)
+    store = Store(args.results)
+    arena = Arena(scenario, registry, store, _device(args.device), WeightsCache(args.cache_dir), not args.quiet)
+    run_id = arena.play()
+    summary = write_summary(store, run_id)
+    matchups = store.matchups(run_id)
+    print(render(store.run(run_id), rows(matchups)))
+    print(f"\nresults: {store.path} (run {run_id}); summary: {summary}")
+    failed = [m for m in matchups if m.status != "ok"]
+    for m in failed:
+        print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario, _registry(args))
+    count = len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
+    print(f"{args.scenario}: valid; {count} matchups under {scenario.threat}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    store = Store.open_existing(args.results)
+    run = store.run(args.run)
+    table = rows(store.matchups(run["id"]))
+    print(render(run, table))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    listing = [
+        {"kind": info.kind, "name": info.name, "provider": info.provider, "package": info.package,
+         "version": info.version, "description": info.cls.description(),
+         "params": {k: p.describe() for k, p in info.cls.params.items()}}
+        for info in registry
+    ]
+    if args.json:
+        print(json.dumps({"plugins": listing, "errors": registry.load_errors}, indent=2))
+        return 0
+    for item in listing:
+        origin = f"{item['package']} {item['version']}" if item["package"] else item["provider"]
+        print(f"{item['kind']:8} {item['name']:12} {origin:20} {item['description']}")
+        for key, text in item["params"].items():
+            print(f"{'':42}{key}: {text}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="arena", description=__doc__)
+    top.add_argument("--version", action="version", version=f"arena {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
+                        help="also load plugins from this importable module (repeatable)")
+    common.add_argument("--block", action="append", default=[], metavar="NAME",
+                        help="do not load the entry point or module NAME (repeatable)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    results = argparse.ArgumentParser(add_help=False)
+    results.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", parents=[common, results], help="play every matchup of a scenario")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    run.add_argument("--cache-dir", type=Path, default=None, help="trained-weights cache (default: $ARENA_CACHE_DIR "
+                                                                  "or the user cache folder)")
+    run.set_defaults(func=cmd_run)
+
+    validate = commands.add_parser("validate", parents=[common], help="check a scenario without running it")
+    validate.add_argument("scenario", type=Path)
+    validate.set_defaults(func=cmd_validate)
+
+    board = commands.add_parser("leaderboard", parents=[common, results], help="print a run's leaderboard")
+    board.add_argument("--run", default=None, help="run id (default: the latest run)")
+    board.set_defaults(func=cmd_leaderboard)
+
+    listing = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their parameters")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_plugins)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``arena`` console script; exit 2 on bad input, 1 when a matchup failed."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except (ScenarioError, PluginError, DataError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"arena: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2

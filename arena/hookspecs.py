@@ -1,0 +1,42 @@
+"""Every hook the arena calls, with its contract. Plugins implement them with ``@arena.hookimpl``.
+
+Each hook receives ``register``, a callable taking a plugin class of that kind (a subclass of
+``arena.Dataset``, ``arena.Model``, ``arena.Defense`` or ``arena.Attack``). The registry records which
+plugin registered it, so a name claimed twice is reported with both providers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+from arena.kinds import Attack, Dataset, Defense, Model
+
+hookspec = pluggy.HookspecMarker("arena")
+
+#: Bumped when a hook's signature or contract changes incompatibly.
+HOOKSPEC_VERSION = 1
+
+
+@hookspec
+def arena_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
+    """Register dataset classes: ``load(split, data_dir)`` returns float images in [0, 1] (NCHW) and int64 labels."""
+
+
+@hookspec
+def arena_register_models(register: Callable[[type[Model]], None]) -> None:
+    """Register model classes: ``build(num_classes)`` returns an untrained ``nn.Module`` from [0, 1] images to logits."""
+
+
+@hookspec
+def arena_register_defenses(register: Callable[[type[Defense]], None]) -> None:
+    """Register defense classes: ``train`` may replace standard training, ``wrap`` may wrap the trained model."""
+
+
+@hookspec
+def arena_register_attacks(register: Callable[[type[Attack]], None]) -> None:
+    """Register attack classes: built with ``(model, threat, **params)``, called on ``(images, labels)``.
+
+    The returned batch must have the input's shape and dtype; the arena audits it against the threat model.
+    """

@@ -1,0 +1,126 @@
+"""The four plugin kinds (dataset, model, defense, attack) and how each declares its parameters.
+
+A plugin is a small class, in the spirit of torchattacks' ``Attack`` and ART's estimators: it declares its
+parameters in ``params`` so that a scenario can be validated before any work starts, and the arena builds it
+with the validated values, which become attributes of the instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from arena.threat import ThreatModel
+
+if TYPE_CHECKING:
+    from arena.training import Trainer
+
+_REQUIRED: Any = object()
+
+
+class DataError(Exception):
+    """A data set could not be found or read; the message says where the arena looked and how to provide it."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter: its type, default (omit it to make the parameter required) and allowed range."""
+
+    type: type
+    default: Any = _REQUIRED
+    help: str = ""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def describe(self) -> str:
+        """One line such as ``int = 10, >= 1`` for listings and error messages."""
+        text = self.type.__name__ + (" | None" if self.nullable else "")
+        if not self.required:
+            text += f" = {self.default!r}"
+        bounds = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le)) if v is not None]
+        if self.choices:
+            bounds.append("one of " + ", ".join(map(str, self.choices)))
+        return ", ".join([text, *bounds])
+
+
+class Plugin:
+    """Base of every plugin kind: a registered ``name``, declared ``params`` and the docstring's first line."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, **values: Any) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the class docstring, shown by ``arena plugins``."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+class Dataset(Plugin):
+    """A labelled image data set whose images are float tensors in [0, 1], shape ``[N, C, H, W]``."""
+
+    kind = "dataset"
+    num_classes: ClassVar[int]
+
+    def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(images, labels)`` of ``split``; ``data_dir`` is where the data is looked for or stored."""
+        raise NotImplementedError
+
+
+class Model(Plugin):
+    """An architecture: ``build`` returns an untrained module mapping [0, 1] images to logits."""
+
+    kind = "model"
+
+    def build(self, num_classes: int) -> nn.Module:
+        """A fresh module; any input normalisation must live inside it, so attacks see the [0, 1] domain."""
+        raise NotImplementedError
+
+
+class Defense(Plugin):
+    """A defense changes how a model is trained (``train``), what it computes at inference (``wrap``), or both."""
+
+    kind = "defense"
+    #: True when ``train`` departs from standard training, so trained weights are cached under this defense.
+    changes_training: ClassVar[bool] = False
+
+    def train(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trainer: Trainer) -> None:
+        """Train ``model`` in place; the default is the scenario's recipe, ``trainer.fit(model, images, labels)``."""
+        trainer.fit(model, images, labels)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The defended module, still mapping [0, 1] images to logits; the default is the model itself."""
+        return model
+
+
+class Attack(Plugin):
+    """An attack on ``model`` within ``threat``: called on a batch, returns the adversarial batch."""
+
+    kind = "attack"
+
+    def __init__(self, model: nn.Module, threat: ThreatModel, **values: Any) -> None:
+        super().__init__(**values)
+        self.model = model
+        self.threat = threat
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial versions of ``images`` (same shape, in [0, 1]) that try to make the model miss ``labels``."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Plugin]] = {cls.kind: cls for cls in (Dataset, Model, Defense, Attack)}

@@ -1,0 +1,150 @@
+"""Load plugins (entry points of the ``arena`` group, then explicit modules) and index them by kind and name.
+
+Laid out as datasette and tox do it: one ``PluginManager("arena")``, the hookspecs added, entry points loaded,
+``check_pending()`` so a misspelt hook fails loudly, then each register hook collected into one ``Registry``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import pluggy
+
+from arena import hookspecs
+from arena.kinds import KINDS, Plugin
+
+ENTRY_POINT_GROUP = "arena"
+#: Set to 1 to load only the arena's own plugins, as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest.
+AUTOLOAD_ENV = "ARENA_DISABLE_PLUGIN_AUTOLOAD"
+_REGISTER_HOOKS = {kind: f"arena_register_{kind}s" for kind in KINDS}
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or registered, or a name is unknown or claimed twice."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered plugin class and where it came from."""
+
+    kind: str
+    name: str
+    cls: type[Plugin]
+    provider: str
+    package: str | None
+    version: str | None
+
+    @property
+    def source(self) -> str:
+        """``provider (package version)``, the way listings and clash errors name a plugin's origin."""
+        dist = f" ({self.package} {self.version})" if self.package else ""
+        return f"{self.provider}{dist}"
+
+
+@dataclass
+class Registry:
+    """Every registered plugin, by kind then name, plus the entry points that failed to load."""
+
+    plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
+    load_errors: list[str] = field(default_factory=list)
+
+    def add(self, info: PluginInfo) -> None:
+        """Index ``info``; a second plugin of the same kind and name is an error naming both providers."""
+        existing = self.plugins[info.kind].get(info.name)
+        if existing is not None:
+            raise PluginError(
+                f"{info.kind} {info.name!r} is registered twice: by {existing.source} and by {info.source}; "
+                f"rename one of them or block one plugin"
+            )
+        self.plugins[info.kind][info.name] = info
+
+    def get(self, kind: str, name: str) -> PluginInfo:
+        """The plugin ``name`` of ``kind``; an unknown name gets a "did you mean" answer."""
+        try:
+            return self.plugins[kind][name]
+        except KeyError:
+            raise PluginError(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.plugins[kind])
+
+    def __iter__(self) -> Iterator[PluginInfo]:
+        for kind in KINDS:
+            yield from (self.plugins[kind][name] for name in self.names(kind))
+
+
+def unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
+    """``unknown attack 'fsgm'; did you mean 'fgsm'? (known: fgsm, pgd)``."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {name!r}{hint} (known: {', '.join(known) or 'none'})"
+
+
+def make_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager, blocked: set[str], errors: list[str]) -> dict[str, tuple[str, str]]:
+    """Register every entry point of the group; one that fails to import is reported, the others still load."""
+    builtin_only = os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0")
+    dists: dict[str, tuple[str, str]] = {}
+    for dist in importlib.metadata.distributions():
+        package = dist.metadata["Name"]
+        if builtin_only and package != "arena":
+            continue
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or ep.name in blocked or pm.has_plugin(ep.name):
+                continue
+            try:
+                pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken plugin must not take the others down
+                errors.append(f"entry point {ep.name} = {ep.value} ({package}): {type(exc).__name__}: {exc}")
+                continue
+            dists[ep.name] = (package, dist.version)
+    return dists
+
+
+def load_registry(modules: Iterable[str | ModuleType] = (), blocked: Iterable[str] = ()) -> Registry:
+    """Build the registry from the ``arena`` entry points plus ``modules`` (import paths or module objects).
+
+    ``blocked`` names entry points or modules not to load, as pytest's ``-p no:NAME``.
+    """
+    blocked = set(blocked)
+    pm = make_manager()
+    registry = Registry()
+    dists = _load_entry_points(pm, blocked, registry.load_errors)
+    for module in modules:
+        name = module if isinstance(module, str) else module.__name__
+        if name in blocked or pm.has_plugin(name):
+            continue
+        try:
+            pm.register(importlib.import_module(module) if isinstance(module, str) else module, name=name)
+        except Exception as exc:
+            raise PluginError(f"cannot load plugin module {name!r}: {type(exc).__name__}: {exc}") from exc
+    pm.check_pending()
+
+    for kind, hook_name in _REGISTER_HOOKS.items():
+        base = KINDS[kind]
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            package, version = dists.get(impl.plugin_name, (None, None))
+
+            def register(cls: type[Plugin], _impl=impl, _package=package, _version=version) -> None:
+                if not (isinstance(cls, type) and issubclass(cls, base)) or not getattr(cls, "name", None):
+                    raise PluginError(
+                        f"plugin {_impl.plugin_name!r} registered {cls!r} as a {kind}: "
+                        f"register a subclass of arena.{base.__name__} with a class attribute `name`"
+                    )
+                registry.add(PluginInfo(kind, cls.name, cls, _impl.plugin_name, _package, _version))
+
+            kwargs = {"register": register}
+            impl.function(*(kwargs[arg] for arg in impl.argnames))  # as pluggy calls an implementation
+    return registry

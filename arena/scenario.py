@@ -1,0 +1,274 @@
+"""Read a YAML scenario and validate all of it (structure, plugin names, plugin parameters) before any work.
+
+Every problem is reported at once, each as ``file:line: field.path: message``, so a typo costs one edit,
+not one failed run per typo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from arena.kinds import Param
+from arena.registry import PluginError, Registry, unknown_name_message
+from arena.threat import ThreatModel
+
+#: The data folder when a scenario names none; else the user cache folder is used.
+DATA_ENV = "ARENA_DATA_DIR"
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+
+
+class ScenarioError(Exception):
+    """A scenario that cannot run; the message lists every problem with its file, line and field."""
+
+
+def _fraction(value: Any) -> Any:
+    """Let ε be written as researchers write it: ``8/255`` as well as ``0.0314``."""
+    match = _FRACTION.match(value) if isinstance(value, str) else None
+    return float(match[1]) / float(match[2]) if match and float(match[2]) != 0 else value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class TrainConfig(_Strict):
+    """How a model is trained; the defaults are the seed study's recipe."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    augment: Literal["flip", "none"] = "flip"
+
+
+class PluginRef(_Strict):
+    """One plugin as a scenario names it: ``fgsm`` or ``{name: pgd, steps: 20, label: pgd-20}``."""
+
+    name: str
+    label: str = ""
+    params: dict[str, Any] = {}
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _split_params(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict):
+            own = set(cls.model_fields) - {"params"}
+            fixed = {k: v for k, v in data.items() if k in own}
+            return {**fixed, "params": {k: v for k, v in data.items() if k not in own}}
+        return data
+
+    @property
+    def key(self) -> str:
+        """How results name this entry: its label, else its plugin name."""
+        return self.label or self.name
+
+
+class ModelRef(PluginRef):
+    train: TrainConfig = TrainConfig()
+
+
+class DatasetRef(PluginRef):
+    name: str = "cifar10"
+    split: Literal["train", "test"] = "test"
+    samples: int | None = Field(None, ge=1, description="evaluate on the first N samples of the split; all if unset")
+    train_samples: int | None = Field(None, ge=1, description="train on the first N training samples; all if unset")
+    data_dir: str | None = None
+
+
+class ThreatSection(_Strict):
+    norm: Literal["linf", "l2"]
+    eps: Annotated[float, pydantic.BeforeValidator(_fraction), Field(gt=0)]
+
+
+class Scenario(_Strict):
+    """A validated scenario: every model × defense × attack is one matchup."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    dataset: DatasetRef = DatasetRef()
+    threat_model: ThreatSection
+    models: list[ModelRef] = Field(min_length=1)
+    defenses: list[PluginRef] = Field(default_factory=lambda: [PluginRef(name="none")], min_length=1)
+    attacks: list[PluginRef] = Field(min_length=1)
+    batch_size: int = Field(500, ge=1, description="images per attack batch")
+    _path: str = PrivateAttr("")
+    _text: str = PrivateAttr("")
+
+    @property
+    def path(self) -> str:
+        """The file this scenario was read from."""
+        return self._path
+
+    @property
+    def text(self) -> str:
+        """The file's text, stored with each run so results can be traced to what produced them."""
+        return self._text
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(self.threat_model.norm, self.threat_model.eps)
+
+    @property
+    def digest(self) -> str:
+        """A hash of the scenario file's text, to tell apart runs of different versions of one scenario."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def data_dir(self) -> Path:
+        """``dataset.data_dir`` (relative to the scenario file), else ``$ARENA_DATA_DIR``, else the user cache."""
+        if self.dataset.data_dir is not None:
+            return (Path(self.path).parent / self.dataset.data_dir).expanduser().resolve()
+        if os.environ.get(DATA_ENV):
+            return Path(os.environ[DATA_ENV]).expanduser().resolve()
+        return Path(platformdirs.user_cache_dir("arena")) / "data"
+
+
+def _line_map(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> dict[tuple, int]:
+    """Map every field path of the YAML document to the 1-based line where it is written."""
+    lines = {} if lines is None else lines
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            lines[path + (key.value,)] = key.start_mark.line + 1
+            _line_map(value, path + (key.value,), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, path + (index,), lines)
+    return lines
+
+
+def _dotted(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at ``loc`` inside ``model`` (list indices step into the item type)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        model = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else annotation
+    return sorted(model.model_fields)
+
+
+def _param_model(plugin: str, params: dict[str, Param]) -> type[BaseModel]:
+    """A strict pydantic model of a plugin's declared parameters."""
+    fields: dict[str, Any] = {}
+    for key, spec in params.items():
+        kind: Any = Literal[spec.choices] if spec.choices else spec.type
+        if spec.nullable:
+            kind = kind | None
+        default = ... if spec.required else spec.default
+        fields[key] = (kind, Field(default, ge=spec.ge, gt=spec.gt, le=spec.le, description=spec.help))
+    return pydantic.create_model(f"{plugin}_params", __config__=ConfigDict(strict=True, extra="forbid"), **fields)
+
+
+class _Problems:
+    """Collects ``file:line: field: message`` lines, finding each field's line in the YAML."""
+
+    def __init__(self, path: str, lines: dict[tuple, int]) -> None:
+        self.path, self.lines, self.items = path, lines, []
+
+    def add(self, loc: tuple, message: str) -> None:
+        probe = loc
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        self.items.append(f"{self.path}:{self.lines.get(probe, 1)}: {_dotted(loc)}: {message}")
+
+    def add_validation(self, error: pydantic.ValidationError, prefix: tuple = (), known: list[str] | None = None) -> None:
+        """Add pydantic's errors; ``known`` lists the allowed fields for "did you mean", else the schema's."""
+        for item in error.errors():
+            loc = prefix + tuple(p for p in item["loc"] if p != "params" and not str(p).startswith("function-"))
+            if item["type"] == "extra_forbidden":
+                allowed = known if known is not None else _fields_at(Scenario, item["loc"][:-1])
+                message = unknown_name_message("field", str(loc[-1]), allowed)
+            elif item["type"] == "missing":
+                message = "required field is missing"
+            else:
+                message = f"{item['msg']} (got {item['input']!r})"
+            self.add(loc, message)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            count = f"{len(self.items)} problem{'s' * (len(self.items) > 1)}"
+            raise ScenarioError(f"{self.path}: {count}; nothing was run:\n  " + "\n  ".join(self.items))
+
+
+def _check_plugins(scenario: Scenario, registry: Registry, problems: _Problems) -> Scenario:
+    """Resolve every plugin name and validate its parameters; returns the scenario with defaults filled in."""
+    sections: dict[str, tuple[str, list[PluginRef]]] = {
+        "dataset": ("dataset", [scenario.dataset]),
+        "models": ("model", scenario.models),
+        "defenses": ("defense", scenario.defenses),
+        "attacks": ("attack", scenario.attacks),
+    }
+    updates: dict[str, Any] = {}
+    for section, (kind, refs) in sections.items():
+        resolved, seen = [], {}
+        for index, ref in enumerate(refs):
+            loc = (section,) if section == "dataset" else (section, index)
+            if ref.key in seen:
+                problems.add(loc, f"{ref.key!r} appears twice (also at index {seen[ref.key]}); give each a distinct `label`")
+            seen[ref.key] = index
+            try:
+                info = registry.get(kind, ref.name)
+            except PluginError as exc:
+                problems.add(loc + ("name",), str(exc))
+                resolved.append(ref)
+                continue
+            try:
+                values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
+            except pydantic.ValidationError as exc:
+                problems.add_validation(exc, loc, known=sorted(info.cls.params))
+                values = ref.params
+            resolved.append(ref.model_copy(update={"params": values}))
+        updates[section] = resolved[0] if section == "dataset" else resolved
+    return scenario.model_copy(update=updates)
+
+
+def load_scenario(path: str | Path, registry: Registry) -> Scenario:
+    """Read and fully validate the scenario at ``path``; raises ``ScenarioError`` listing every problem."""
+    path = Path(path)
+    shown = str(path)
+    if not path.is_file():
+        hint = "; shipped scenarios live in scenarios/" if not path.exists() else " (it is not a file)"
+        raise ScenarioError(f"{shown}: scenario file not found{hint}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader)) if data is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{shown}:{mark.line + 1}" if mark else shown
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(f"{where}: malformed YAML: {problem}; nothing was run") from None
+    problems = _Problems(shown, lines)
+    if not isinstance(data, dict):
+        problems.add((), f"a scenario is a YAML mapping with name, threat_model, models and attacks; got {type(data).__name__}")
+        problems.raise_if_any()
+    try:
+        scenario = Scenario.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems.add_validation(exc)
+        problems.raise_if_any()
+    scenario._path, scenario._text = shown, text
+    scenario = _check_plugins(scenario, registry, problems)
+    problems.raise_if_any()
+    return scenario

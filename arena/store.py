@@ -1,0 +1,180 @@
+"""The results store: one SQLite file per results folder; each matchup is written in its own transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arena import __version__
+
+DB_NAME = "arena.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    scenario TEXT NOT NULL,
+    scenario_path TEXT NOT NULL,
+    scenario_digest TEXT NOT NULL,
+    scenario_text TEXT NOT NULL,
+    arena_version TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    norm TEXT NOT NULL,
+    eps REAL NOT NULL,
+    dataset TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    weights TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS matchups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    model TEXT NOT NULL,
+    defense TEXT NOT NULL,
+    attack TEXT NOT NULL,
+    params TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')),
+    detail TEXT,
+    samples INTEGER NOT NULL,
+    clean_accuracy REAL,
+    robust_accuracy REAL,
+    attack_success_rate REAL,
+    mean_norm REAL,
+    max_norm REAL,
+    wall_time_s REAL NOT NULL,
+    clean_correct BLOB,
+    robust_correct BLOB,
+    finished_at TEXT NOT NULL,
+    UNIQUE (run_id, model, defense, attack)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _pack(mask: np.ndarray | None) -> bytes | None:
+    return None if mask is None else np.asarray(mask, dtype=np.uint8).tobytes()
+
+
+def _unpack(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, dtype=np.uint8).astype(bool)
+
+
+@dataclass
+class Matchup:
+    """One model × defense × attack result. ``robust_correct[i]``: sample i was classified right clean and attacked."""
+
+    model: str
+    defense: str
+    attack: str
+    params: dict[str, Any]
+    status: str
+    samples: int
+    wall_time_s: float
+    detail: str | None = None
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = None
+    attack_success_rate: float | None = None
+    mean_norm: float | None = None
+    max_norm: float | None = None
+    clean_correct: np.ndarray | None = field(default=None, repr=False)
+    robust_correct: np.ndarray | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-sample arrays, for JSON."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("clean_correct", "robust_correct")}
+
+
+class Store:
+    """Runs and their matchups in ``<results>/arena.db``."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.results_dir = Path(results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.results_dir / DB_NAME
+        self.db = sqlite3.connect(self.path)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        with self.db:
+            self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def open_existing(cls, results_dir: Path) -> Store:
+        """Open a results folder that must already hold a store (for reading)."""
+        if not (Path(results_dir) / DB_NAME).is_file():
+            raise FileNotFoundError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
+        return cls(results_dir)
+
+    def start_run(self, scenario: Any, samples: int, device: str) -> str:
+        """Record a new run of ``scenario`` (status ``running``) and return its id."""
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self.db:
+            self.db.execute(
+                "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
+                " norm, eps, dataset, samples, device, status, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
+                 scenario.threat.norm, scenario.threat.eps, scenario.dataset.name, samples, device, "running", _now()),
+            )
+        return run_id
+
+    def add_matchup(self, run_id: str, m: Matchup) -> None:
+        """Write one matchup atomically: it is in the store whole, or not at all."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO matchups (run_id, model, defense, attack, params, status, detail, samples, clean_accuracy,"
+                " robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s, clean_correct, robust_correct,"
+                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True), m.status, m.detail,
+                 m.samples, m.clean_accuracy, m.robust_accuracy, m.attack_success_rate, m.mean_norm, m.max_norm,
+                 m.wall_time_s, _pack(m.clean_correct), _pack(m.robust_correct), _now()),
+            )
+
+    def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
+        """Close a run with its final status and where each model's weights came from (trained or cache)."""
+        with self.db:
+            self.db.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, weights = ? WHERE id = ?",
+                (status, _now(), json.dumps(weights, sort_keys=True), run_id),
+            )
+
+    def run(self, run_id: str | None = None) -> dict[str, Any]:
+        """One run's record; the latest run when ``run_id`` is None."""
+        if run_id is None:
+            row = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
+        else:
+            row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            known = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 5")]
+            wanted = f"run {run_id!r}" if run_id else "any run"
+            raise KeyError(f"no {wanted} in {self.path} (latest: {', '.join(known) or 'none'})")
+        run = dict(row)
+        run["weights"] = json.loads(run["weights"])
+        return run
+
+    def matchups(self, run_id: str) -> list[Matchup]:
+        """Every matchup recorded for ``run_id``, in the order they were played."""
+        rows = self.db.execute("SELECT * FROM matchups WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        fields = set(Matchup.__dataclass_fields__)
+        return [
+            Matchup(**{
+                **{k: row[k] for k in row.keys() if k in fields},
+                "params": json.loads(row["params"]),
+                "clean_correct": _unpack(row["clean_correct"]),
+                "robust_correct": _unpack(row["robust_correct"]),
+            })
+            for row in rows
+        ]
+
+    def close(self) -> None:
+        self.db.close()

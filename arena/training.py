@@ -1,0 +1,120 @@
+"""Train models with the scenario's recipe, seeded, and cache the weights under a key of all that determines them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import platformdirs
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from arena import __version__
+from arena.scenario import TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: Where trained weights are kept; defaults to the user cache folder.
+CACHE_ENV = "ARENA_CACHE_DIR"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch and ask torch for deterministic kernels, so a re-run gives the same numbers."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A content hash of tensors, so cached weights are tied to the exact training data."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Trainer:
+    """The scenario's training recipe (default: the seed's Adam 1e-3, batch 64, 10 epochs, random flips)."""
+
+    config: TrainConfig
+    seed: int
+    device: torch.device
+    label: str = ""
+    progress: bool = True
+
+    def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Train ``model`` in place on ``images`` in [0, 1]; shuffling and flips come from a seeded generator."""
+        cfg = self.config
+        model.to(self.device).train()
+        if cfg.optimizer == "adam":
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        generator = torch.Generator().manual_seed(self.seed)
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            batches = tqdm(
+                order.split(cfg.batch_size), desc=f"train {self.label} {epoch + 1}/{cfg.epochs}",
+                disable=not self.progress, leave=False, unit="batch",
+            )
+            for index in batches:
+                x, y = images[index], labels[index]
+                if cfg.augment == "flip":
+                    flip = torch.rand(len(index), generator=generator) < 0.5
+                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+                loss = F.cross_entropy(model(x.to(self.device)), y.to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                batches.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            log.info("trained %s epoch %d/%d, last batch loss %.3f", self.label, epoch + 1, cfg.epochs, loss.item())
+        model.eval()
+
+
+class WeightsCache:
+    """Trained ``state_dict``s on disk, one file per key; loaded with ``weights_only=True``."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        default = Path(platformdirs.user_cache_dir("arena")) / "weights"
+        self.root = Path(root or os.environ.get(CACHE_ENV) or default)
+
+    @staticmethod
+    def key(fields: dict[str, Any]) -> str:
+        """A stable hash of everything that determines the weights (arena version included)."""
+        text = json.dumps({"arena": __version__, **fields}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def load(self, key: str, model: nn.Module) -> bool:
+        """Load the weights stored under ``key`` into ``model``; False when there are none."""
+        path = self.path(key)
+        if not path.is_file():
+            return False
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return True
+
+    def save(self, key: str, model: nn.Module, fields: dict[str, Any]) -> Path:
+        """Write atomically (temporary file, then rename), with the key's fields beside it for people to read."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        path.with_suffix(".json").write_text(json.dumps({"arena": __version__, **fields}, indent=2, default=str))
+        return path

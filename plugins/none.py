@@ -1,0 +1,16 @@
+"""The ``none`` defense: standard training, no wrapping. Every defended model is compared against it."""
+
+from __future__ import annotations
+
+from arena import Defense, hookimpl
+
+
+class NoDefense(Defense):
+    """No defense: the model as trained by the scenario's recipe."""
+
+    name = "none"
+
+
+@hookimpl
+def arena_register_defenses(register) -> None:
+    register(NoDefense)
