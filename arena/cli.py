@@ -39,9 +39,9 @@ def _device(name: str) -> torch.device:
 def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(args)
     scenario = load_scenario(args.scenario, registry)
-    store = Store(args.results)
-    arena = Arena(scenario, registry, store, _device(args.device), WeightsCache(args.cache_dir), not args.quiet)
+    arena = Arena(scenario, registry, args.results, _device(args.device), WeightsCache(args.cache_dir), not args.quiet)
     run_id = arena.play()
+    store = arena.store
     summary = write_summary(store, run_id)
     matchups = store.matchups(run_id)
     print(render(store.run(run_id), rows(matchups)))

@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,20 +77,22 @@ class _Data:
 
 @dataclass
 class Arena:
-    """Plays one scenario into a store; built by ``arena run`` or by Python code and tests."""
+    """Plays one scenario into the store of a results folder; built by ``arena run`` or by Python code and tests."""
 
     scenario: Scenario
     registry: Registry
-    store: Store
+    results_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache: WeightsCache = field(default_factory=WeightsCache)
     progress: bool = True
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
+    store: Store = field(init=False)
 
     def play(self) -> str:
-        """Run every matchup and return the run id; the data is loaded before the run is recorded."""
+        """Run every matchup and return the run id; the store is opened only once the data has loaded."""
         seed_everything(self.scenario.seed)
         data = _Data.load(self.scenario, self.registry)
+        self.store = Store(self.results_dir)
         run_id = self.store.start_run(self.scenario, len(data.images), self.device.type)
         log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.scenario.threat, len(data.images))
         status = "interrupted"
@@ -199,7 +202,7 @@ def _record(
         clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
         robust_accuracy=float(robust.mean()) if robust is not None else None,
         attack_success_rate=1 - float(robust[clean_correct].sum()) / attacked if robust is not None and attacked else None,
-        mean_norm=float(measured.mean()) if measured is not None and len(measured) else None,
+        mean_norm=float(measured.double().mean()) if measured is not None and len(measured) else None,
         max_norm=float(measured.max()) if measured is not None and len(measured) else None,
         clean_correct=clean_correct, robust_correct=robust,
     )

@@ -211,36 +211,40 @@ class _Problems:
             raise ScenarioError(f"{self.path}: {count}; nothing was run:\n  " + "\n  ".join(self.items))
 
 
-def _check_plugins(scenario: Scenario, registry: Registry, problems: _Problems) -> Scenario:
-    """Resolve every plugin name and validate its parameters; returns the scenario with defaults filled in."""
-    sections: dict[str, tuple[str, list[PluginRef]]] = {
-        "dataset": ("dataset", [scenario.dataset]),
-        "models": ("model", scenario.models),
-        "defenses": ("defense", scenario.defenses),
-        "attacks": ("attack", scenario.attacks),
-    }
-    updates: dict[str, Any] = {}
-    for section, (kind, refs) in sections.items():
-        resolved, seen = [], {}
-        for index, ref in enumerate(refs):
+_SECTIONS = {"dataset": ("dataset", DatasetRef), "models": ("model", ModelRef),
+             "defenses": ("defense", PluginRef), "attacks": ("attack", PluginRef)}
+
+
+def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems) -> dict[str, Any]:
+    """Resolve every plugin name and validate its parameters, entry by entry, even when other fields are wrong.
+
+    Returns each section's entries with their parameters validated and defaults filled in.
+    """
+    resolved: dict[str, Any] = {}
+    for section, (kind, ref_type) in _SECTIONS.items():
+        raw = data.get(section, Scenario.model_fields[section].get_default(call_default_factory=True))
+        entries = [raw] if section == "dataset" else raw if isinstance(raw, list) else []
+        refs, seen = [], {}
+        for index, entry in enumerate(entries):
             loc = (section,) if section == "dataset" else (section, index)
+            try:
+                ref = entry if isinstance(entry, PluginRef) else ref_type.model_validate(entry)
+            except pydantic.ValidationError:
+                continue  # its structural problem is reported by the scenario schema
             if ref.key in seen:
                 problems.add(loc, f"{ref.key!r} appears twice (also at index {seen[ref.key]}); give each a distinct `label`")
             seen[ref.key] = index
             try:
                 info = registry.get(kind, ref.name)
+                values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
             except PluginError as exc:
                 problems.add(loc + ("name",), str(exc))
-                resolved.append(ref)
-                continue
-            try:
-                values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
             except pydantic.ValidationError as exc:
                 problems.add_validation(exc, loc, known=sorted(info.cls.params))
-                values = ref.params
-            resolved.append(ref.model_copy(update={"params": values}))
-        updates[section] = resolved[0] if section == "dataset" else resolved
-    return scenario.model_copy(update=updates)
+            else:
+                refs.append(ref.model_copy(update={"params": values}))
+        resolved[section] = refs[0] if section == "dataset" and refs else refs
+    return resolved
 
 
 def load_scenario(path: str | Path, registry: Registry) -> Scenario:
@@ -267,8 +271,8 @@ def load_scenario(path: str | Path, registry: Registry) -> Scenario:
         scenario = Scenario.model_validate(data)
     except pydantic.ValidationError as exc:
         problems.add_validation(exc)
-        problems.raise_if_any()
-    scenario._path, scenario._text = shown, text
-    scenario = _check_plugins(scenario, registry, problems)
+    resolved = _check_plugins(data, registry, problems)
     problems.raise_if_any()
+    scenario = scenario.model_copy(update=resolved)
+    scenario._path, scenario._text = shown, text
     return scenario

@@ -1,0 +1,74 @@
+"""Shared fixtures: real CIFAR-10 from ARENA_DATA_DIR, an isolated weights cache per test, tiny scenarios."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from arena.cli import main
+from arena.registry import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The README runs the tests with ARENA_DATA_DIR=../shared/data; make it absolute so tests may change folder.
+    data = os.environ.get("ARENA_DATA_DIR")
+    if data:
+        os.environ["ARENA_DATA_DIR"] = str(Path(data).resolve())
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test trains into its own weights cache, so no test depends on another's leftovers."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ARENA_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def scenario_data_dir() -> Path:
+    """The folder holding the real CIFAR-10 (``ARENA_DATA_DIR``), as a scenario without ``data_dir`` resolves it."""
+    folder = os.environ.get("ARENA_DATA_DIR")
+    if not folder:
+        pytest.fail("set ARENA_DATA_DIR to the folder holding cifar10.npz (see README.md)")
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return load_registry()
+
+
+def tiny(**overrides: Any) -> dict[str, Any]:
+    """A scenario on a small slice of the real CIFAR-10: 1 epoch on 2,000 training images, 200 test images."""
+    scenario = {
+        "name": "tiny",
+        "seed": 0,
+        "dataset": {"name": "cifar10", "split": "test", "samples": 200, "train_samples": 2000},
+        "threat_model": {"norm": "linf", "eps": 0.1},
+        "models": [{"name": "cnn", "train": {"epochs": 1}}],
+        "defenses": ["none"],
+        "attacks": ["fgsm", {"name": "pgd", "steps": 3}],
+        "batch_size": 100,
+    }
+    scenario.update(overrides)
+    return scenario
+
+
+def write_scenario(folder: Path, scenario: dict[str, Any] | str, name: str = "scenario.yaml") -> Path:
+    """Write a scenario (a mapping, or raw YAML text to test line numbers) and return its path."""
+    path = folder / name
+    path.write_text(scenario if isinstance(scenario, str) else yaml.safe_dump(scenario, sort_keys=False))
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Run the ``arena`` command in this process; returns exit code, stdout and stderr."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err

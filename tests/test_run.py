@@ -1,0 +1,139 @@
+"""End to end on a small slice of the real CIFAR-10: records, summary, leaderboard, weights cache, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from arena.leaderboard import rows
+from arena.matchups import Arena
+from arena.scenario import load_scenario
+from arena.store import Store
+from arena.training import WeightsCache
+from conftest import REPO, run_cli, tiny, write_scenario
+
+BOTH = [{"name": "cnn", "train": {"epochs": 1}}, {"name": "cnn_lstm", "train": {"epochs": 1}}]
+
+
+def play(folder, registry, scenario, cache):
+    """Play ``scenario`` into ``folder/results`` with the weights cache at ``cache``; returns store and run id."""
+    arena = Arena(load_scenario(write_scenario(folder, scenario), registry), registry, folder / "results",
+                  cache=WeightsCache(cache), progress=False)
+    run_id = arena.play()
+    return arena.store, run_id
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, registry):
+    folder = tmp_path_factory.mktemp("first")
+    store, run_id = play(folder, registry, tiny(models=BOTH), folder / "cache")
+    return folder, store, run_id
+
+
+def test_every_matchup_is_recorded_with_its_numbers(first):
+    _, store, run_id = first
+    matchups = store.matchups(run_id)
+    assert store.run(run_id)["status"] == "complete"
+    assert [(m.model, m.attack) for m in matchups] == [
+        ("cnn", "fgsm"), ("cnn", "pgd"), ("cnn_lstm", "fgsm"), ("cnn_lstm", "pgd")
+    ]
+    for m in matchups:
+        assert m.status == "ok" and m.defense == "none" and m.samples == 200 and m.wall_time_s > 0
+        assert len(m.clean_correct) == len(m.robust_correct) == 200
+        assert not (m.robust_correct & ~m.clean_correct).any(), "robust implies correct when clean"
+        assert m.clean_accuracy == pytest.approx(m.clean_correct.mean()) and 0.15 < m.clean_accuracy < 0.8  # chance is 0.1
+        assert m.robust_accuracy == pytest.approx(m.robust_correct.mean()) and m.robust_accuracy < m.clean_accuracy
+        broken = (m.clean_correct & ~m.robust_correct).sum() / m.clean_correct.sum()
+        assert m.attack_success_rate == pytest.approx(broken)
+        assert 0 < m.mean_norm <= m.max_norm <= 0.1 + 1e-6
+        assert m.params["attack"]["plugin"] == m.attack and m.params["model"]["train"]["epochs"] == 1
+    pgd = matchups[1].params["attack"]
+    assert pgd == {"plugin": "pgd", "steps": 3, "step_size": None, "random_start": True}
+
+
+def test_summary_json_and_leaderboard(first, capsys):
+    folder, store, run_id = first
+    code, out, _ = run_cli(capsys, "leaderboard", "--results", str(folder / "results"))
+    assert code == 0 and run_id in out and "worst case" in out
+    table = rows(store.matchups(run_id))
+    for row in table:
+        assert row.worst_case <= min(row.attacks.values())
+        assert f"{100 * row.worst_case:.1f}%" in out
+    assert [r.worst_case for r in table] == sorted((r.worst_case for r in table), reverse=True)
+
+
+def test_second_run_retrains_nothing_and_changed_settings_retrain(first, registry, tmp_path):
+    folder, store, run_id = first
+    assert {w["source"] for w in store.run(run_id)["weights"].values()} == {"trained"}
+    store2, run2 = play(tmp_path, registry, tiny(models=BOTH), folder / "cache")
+    assert {w["source"] for w in store2.run(run2)["weights"].values()} == {"cache"}
+    for a, b in zip(store.matchups(run_id), store2.matchups(run2)):
+        assert np.array_equal(a.robust_correct, b.robust_correct)
+    changed = [{"name": "cnn", "train": {"epochs": 1, "lr": 0.002}}]
+    store3, run3 = play(tmp_path, registry, tiny(models=changed, attacks=["fgsm"]), folder / "cache")
+    assert store3.run(run3)["weights"]["cnn/none"]["source"] == "trained"
+    assert len(list((folder / "cache").glob("*.pt"))) == 3
+
+
+def test_same_scenario_and_seed_give_the_same_numbers(first, registry, tmp_path):
+    folder, store, run_id = first
+    fresh = tmp_path / "fresh-cache"  # retrain from scratch: weights and every number must match
+    store2, run2 = play(tmp_path, registry, tiny(models=BOTH), fresh)
+    key = store.run(run_id)["weights"]["cnn_lstm/none"]["key"]
+    a = torch.load(folder / "cache" / f"{key}.pt", weights_only=True)
+    b = torch.load(fresh / f"{key}.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(store.matchups(run_id), store2.matchups(run2)):
+        assert np.array_equal(x.clean_correct, y.clean_correct) and np.array_equal(x.robust_correct, y.robust_correct)
+        assert (x.robust_accuracy, x.mean_norm, x.max_norm) == (y.robust_accuracy, y.mean_norm, y.max_norm)
+
+
+def test_another_seed_gives_other_weights(first, registry, tmp_path):
+    _, store, run_id = first
+    store2, run2 = play(tmp_path, registry, tiny(models=BOTH[:1], attacks=["fgsm"], seed=1), tmp_path / "cache")
+    assert store2.run(run2)["weights"]["cnn/none"]["key"] != store.run(run_id)["weights"]["cnn/none"]["key"]
+    assert not np.array_equal(store2.matchups(run2)[0].clean_correct, store.matchups(run_id)[0].clean_correct)
+
+
+def test_cli_run_writes_store_summary_and_table(tmp_path, capsys, isolated_cache):
+    path = write_scenario(tmp_path, tiny(attacks=["fgsm"], threat_model={"norm": "l2", "eps": "8/255"}))
+    code, out, _ = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "res"), "--quiet", "--device", "cpu")
+    assert code == 0 and "l2 ε=0.03137" in out and "cnn" in out
+    summary = json.loads(next((tmp_path / "res" / "runs").glob("*.json")).read_text())
+    (matchup,) = summary["matchups"]
+    assert matchup["status"] == "ok" and matchup["max_norm"] <= 8 / 255 + 1e-6
+    assert summary["leaderboard"][0]["worst_case"] == matchup["robust_accuracy"]
+    assert list(isolated_cache.glob("*.pt")) and list(isolated_cache.glob("*.json"))
+
+
+def test_attacks_see_the_model_in_eval_mode(tmp_path, capsys):
+    from arena_test_plugins import ModeProbe
+
+    ModeProbe.seen_training.clear()
+    path = write_scenario(tmp_path, tiny(attacks=["mode_probe"]))
+    code, _, _ = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-p", "arena_test_plugins", "-q")
+    assert code == 0 and ModeProbe.seen_training and not any(ModeProbe.seen_training)
+
+
+def test_a_crashing_or_misshapen_plugin_fails_only_its_matchup(tmp_path, capsys):
+    path = write_scenario(tmp_path, tiny(attacks=["explode", "fgsm", "wrong_shape"]))
+    code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-p", "arena_test_plugins", "-q")
+    assert code == 1, "a failed matchup makes the run exit non-zero, after the others completed"
+    store = Store(tmp_path / "r")
+    explode, fgsm, wrong = store.matchups(store.run()["id"])
+    assert explode.status == "error" and "RuntimeError: boom from a plugin" in explode.detail and "Traceback" in explode.detail
+    assert fgsm.status == "ok" and fgsm.robust_accuracy is not None
+    assert wrong.status == "error" and "attack 'wrong_shape' returned (" in wrong.detail
+    assert "ERROR: explode vs cnn+none" in err and store.run()["status"] == "complete"
+
+
+def test_python_dash_m_arena(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "arena", "validate", str(REPO / "scenarios/quickstart.yaml")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "valid; 4 matchups" in done.stdout
