@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 
 from arena import __version__
+from arena.hookspecs import HOOKSPEC_VERSION
 from arena.kinds import DataError
 from arena.leaderboard import render, rows, write_summary
 from arena.matchups import Arena
 from arena.registry import PluginError, Registry, load_registry
 from arena.scenario import ScenarioError, load_scenario
-from arena.store import Store
+from arena.store import Store, StoreError
 from arena.training import WeightsCache
 
 log = logging.getLogger("arena")
@@ -39,7 +40,8 @@ def _device(name: str) -> torch.device:
 def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(args)
     scenario = load_scenario(args.scenario, registry)
-    arena = Arena(scenario, registry, args.results, _device(args.device), WeightsCache(args.cache_dir), not args.quiet)
+    arena = Arena(scenario, registry, args.results, _device(args.device), WeightsCache(args.cache_dir),
+                  progress=not args.quiet, fresh=args.fresh)
     run_id = arena.play()
     store = arena.store
     summary = write_summary(store, run_id)
@@ -77,7 +79,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for info in registry
     ]
     if args.json:
-        print(json.dumps({"plugins": listing, "errors": registry.load_errors}, indent=2))
+        print(json.dumps({"hookspec_version": HOOKSPEC_VERSION, "plugins": listing, "errors": registry.load_errors},
+                         indent=2))
         return 0
     for item in listing:
         origin = f"{item['package']} {item['version']}" if item["package"] else item["provider"]
@@ -105,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     run.add_argument("--cache-dir", type=Path, default=None, help="trained-weights cache (default: $ARENA_CACHE_DIR "
                                                                   "or the user cache folder)")
+    run.add_argument("--fresh", action="store_true",
+                     help="replay every matchup, even those the results store already holds with the same key")
     run.set_defaults(func=cmd_run)
 
     validate = commands.add_parser("validate", parents=[common], help="check a scenario without running it")
@@ -127,6 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except (ScenarioError, PluginError, DataError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"arena: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+    except (ScenarioError, PluginError, DataError, StoreError) as exc:
+        print(f"arena: error: {exc}", file=sys.stderr)
         return 2

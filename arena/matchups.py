@@ -11,8 +11,9 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +21,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from arena.audit import audit
-from arena.kinds import Dataset, Defense
+from arena.kinds import DataError, Dataset, Defense
 from arena.registry import Registry
 from arena.scenario import ModelRef, PluginRef, Scenario
 from arena.store import Matchup, Store
-from arena.training import Trainer, WeightsCache, fingerprint, seed_everything
+from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Data:
         images, labels = dataset.load(ref.split, scenario.data_dir())
         if ref.samples is not None:
             if ref.samples > len(images):
-                raise ValueError(
+                raise DataError(
                     f"{scenario.path}: dataset.samples = {ref.samples}, but the {ref.split} split of "
                     f"{ref.name} has {len(images)} images; lower it or leave it unset to use all"
                 )
@@ -85,6 +86,8 @@ class Arena:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache: WeightsCache = field(default_factory=WeightsCache)
     progress: bool = True
+    #: Replay every matchup even when the store holds one with the same key.
+    fresh: bool = False
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
 
@@ -108,36 +111,66 @@ class Arena:
         return run_id
 
     def _play_pair(self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef) -> Iterator[Matchup]:
-        """Prepare one defended model, then attack it with every attack of the scenario."""
+        """Reuse the matchups this store already holds; prepare the defended model only for the others."""
         started = time.perf_counter()
+        attacks = self.scenario.attacks
         try:
-            model = self._defended_model(data, model_ref, defense_ref)
-            clean_correct = (predict(model, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
+            fields = self._weights_fields(data, model_ref, defense_ref)
+            weights_key = content_key(fields)
+            keys = {a.key: self._matchup_key(weights_key, model_ref, defense_ref, a) for a in attacks}
+            earlier = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
+            if all(earlier.get(a.key) for a in attacks):
+                self.weights[f"{model_ref.key}/{defense_ref.key}"] = {"key": weights_key, "source": "unused"}
+            else:
+                model = self._defended_model(data, model_ref, defense_ref, fields, weights_key)
+                clean = (predict(model, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
         except Exception:
             detail = traceback.format_exc()
             log.error("preparing %s + %s failed:\n%s", model_ref.key, defense_ref.key, detail)
-            for attack_ref in self.scenario.attacks:
+            for attack_ref in attacks:
                 yield _record((model_ref, defense_ref, attack_ref), len(data.images), started, "error", detail=detail)
             return
-        for attack_ref in self.scenario.attacks:
-            yield self._attack(model, data, clean_correct, (model_ref, defense_ref, attack_ref))
+        for attack_ref in attacks:
+            found = earlier.get(attack_ref.key)
+            if found is not None:
+                yield found
+            else:
+                result = self._attack(model, data, clean, (model_ref, defense_ref, attack_ref))
+                yield replace(result, key=keys[attack_ref.key])
 
-    def _defended_model(self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef) -> nn.Module:
-        """Build the model, load or train its weights (cached), and wrap it in the defense."""
-        model_plugin = self.registry.get("model", model_ref.name).cls(**model_ref.params)
-        defense: Defense = self.registry.get("defense", defense_ref.name).cls(**defense_ref.params)
-        train_images, train_labels, train_hash = data.train()
-        fields = {
+    def _weights_fields(self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef) -> dict[str, Any]:
+        """Everything that determines a model's trained weights; their hash is the weights-cache key."""
+        defense = self.registry.get("defense", defense_ref.name).cls
+        return {
             "model": model_ref.name,
             "model_params": model_ref.params,
             "train": model_ref.train.model_dump(),
             "defense": [defense_ref.name, defense_ref.params] if defense.changes_training else None,
             "dataset": [self.scenario.dataset.name, self.scenario.dataset.params],
-            "train_data": train_hash,
+            "train_data": data.train()[2],
             "seed": self.scenario.seed,
             "device": self.device.type,
         }
-        key = self.cache.key(fields)
+
+    def _matchup_key(self, weights_key: str, *refs: PluginRef) -> str:
+        """Everything that determines a matchup's result, plugin source included, so a result can be reused."""
+        plugins = [
+            [ref.name, ref.params, self.registry.get(kind, ref.name).code_hash]
+            for kind, ref in zip(("model", "defense", "attack"), refs)
+        ]
+        ds = self.scenario.dataset
+        return content_key({
+            "weights": weights_key, "plugins": plugins, "threat": [self.scenario.threat.norm, self.scenario.threat.eps],
+            "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
+            "seed": self.scenario.seed, "device": self.device.type,
+        })
+
+    def _defended_model(
+        self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef, fields: dict[str, Any], key: str
+    ) -> nn.Module:
+        """Build the model, load or train its weights (cached under ``key``), and wrap it in the defense."""
+        model_plugin = self.registry.get("model", model_ref.name).cls(**model_ref.params)
+        defense: Defense = self.registry.get("defense", defense_ref.name).cls(**defense_ref.params)
         seed_everything(self.scenario.seed)
         net = model_plugin.build(data.dataset.num_classes)
         label = f"{model_ref.key}+{defense_ref.key}" if defense.changes_training else model_ref.key
@@ -146,6 +179,7 @@ class Arena:
             log.info("%s: loaded cached weights %s", label, self.cache.path(key))
         else:
             trainer = Trainer(model_ref.train, self.scenario.seed, self.device, label, self.progress)
+            train_images, train_labels, _ = data.train()
             defense.train(net, train_images, train_labels, trainer)
             source = "trained"
             log.info("%s: trained, weights cached at %s", label, self.cache.save(key, net, fields))
@@ -212,5 +246,6 @@ def describe(m: Matchup) -> str:
     """One log line for a finished matchup."""
     head = f"{m.attack} vs {m.model}+{m.defense}: "
     if m.status == "ok":
-        return head + f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%} ({m.wall_time_s:.1f} s)"
+        origin = f"reused from run {m.reused_from}" if m.reused_from else f"{m.wall_time_s:.1f} s"
+        return head + f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%} ({origin})"
     return head + f"{m.status.upper()}: {(m.detail or '').strip().splitlines()[-1]}"

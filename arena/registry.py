@@ -7,11 +7,15 @@ Laid out as datasette and tox do it: one ``PluginManager("arena")``, the hookspe
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from types import ModuleType
 
 import pluggy
@@ -39,6 +43,11 @@ class PluginInfo:
     provider: str
     package: str | None
     version: str | None
+
+    @cached_property
+    def code_hash(self) -> str:
+        """A hash of the file defining the plugin, so results computed by older plugin code are not reused."""
+        return hashlib.sha256(Path(inspect.getfile(self.cls)).read_bytes()).hexdigest()[:16]
 
     @property
     def source(self) -> str:

@@ -15,6 +15,12 @@ import numpy as np
 from arena import __version__
 
 DB_NAME = "arena.db"
+#: Bumped when the tables change; a store of another version is refused rather than misread.
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """A results store or run that does not exist; the message says what does."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,6 +48,8 @@ CREATE TABLE IF NOT EXISTS matchups (
     defense TEXT NOT NULL,
     attack TEXT NOT NULL,
     params TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reused_from TEXT,
     status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')),
     detail TEXT,
     samples INTEGER NOT NULL,
@@ -56,6 +64,7 @@ CREATE TABLE IF NOT EXISTS matchups (
     finished_at TEXT NOT NULL,
     UNIQUE (run_id, model, defense, attack)
 );
+CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
 """
 
 
@@ -82,6 +91,8 @@ class Matchup:
     status: str
     samples: int
     wall_time_s: float
+    key: str = ""
+    reused_from: str | None = None
     detail: str | None = None
     clean_accuracy: float | None = None
     robust_accuracy: float | None = None
@@ -96,6 +107,16 @@ class Matchup:
         return {k: v for k, v in self.__dict__.items() if k not in ("clean_correct", "robust_correct")}
 
 
+def _matchup(row: sqlite3.Row) -> Matchup:
+    fields = set(Matchup.__dataclass_fields__)
+    return Matchup(**{
+        **{k: row[k] for k in row.keys() if k in fields},
+        "params": json.loads(row["params"]),
+        "clean_correct": _unpack(row["clean_correct"]),
+        "robust_correct": _unpack(row["robust_correct"]),
+    })
+
+
 class Store:
     """Runs and their matchups in ``<results>/arena.db``."""
 
@@ -106,14 +127,22 @@ class Store:
         self.db = sqlite3.connect(self.path)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        if has_tables and version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by another arena version (store schema {version}, this arena reads "
+                f"{SCHEMA_VERSION}); pass another --results folder"
+            )
         with self.db:
             self.db.executescript(_SCHEMA)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @classmethod
     def open_existing(cls, results_dir: Path) -> Store:
         """Open a results folder that must already hold a store (for reading)."""
         if not (Path(results_dir) / DB_NAME).is_file():
-            raise FileNotFoundError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
+            raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
         return cls(results_dir)
 
     def start_run(self, scenario: Any, samples: int, device: str) -> str:
@@ -132,10 +161,11 @@ class Store:
         """Write one matchup atomically: it is in the store whole, or not at all."""
         with self.db:
             self.db.execute(
-                "INSERT INTO matchups (run_id, model, defense, attack, params, status, detail, samples, clean_accuracy,"
-                " robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s, clean_correct, robust_correct,"
-                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True), m.status, m.detail,
+                "INSERT INTO matchups (run_id, model, defense, attack, params, key, reused_from, status, detail, samples,"
+                " clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s, clean_correct,"
+                " robust_correct, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True), m.key, m.reused_from,
+                 m.status, m.detail,
                  m.samples, m.clean_accuracy, m.robust_accuracy, m.attack_success_rate, m.mean_norm, m.max_norm,
                  m.wall_time_s, _pack(m.clean_correct), _pack(m.robust_correct), _now()),
             )
@@ -157,7 +187,7 @@ class Store:
         if row is None:
             known = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 5")]
             wanted = f"run {run_id!r}" if run_id else "any run"
-            raise KeyError(f"no {wanted} in {self.path} (latest: {', '.join(known) or 'none'})")
+            raise StoreError(f"no {wanted} in {self.path} (latest: {', '.join(known) or 'none'})")
         run = dict(row)
         run["weights"] = json.loads(run["weights"])
         return run
@@ -165,16 +195,18 @@ class Store:
     def matchups(self, run_id: str) -> list[Matchup]:
         """Every matchup recorded for ``run_id``, in the order they were played."""
         rows = self.db.execute("SELECT * FROM matchups WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
-        fields = set(Matchup.__dataclass_fields__)
-        return [
-            Matchup(**{
-                **{k: row[k] for k in row.keys() if k in fields},
-                "params": json.loads(row["params"]),
-                "clean_correct": _unpack(row["clean_correct"]),
-                "robust_correct": _unpack(row["robust_correct"]),
-            })
-            for row in rows
-        ]
+        return [_matchup(row) for row in rows]
+
+    def find(self, key: str) -> Matchup | None:
+        """The latest finished (not crashed) matchup with this key, marked with the run it was first computed in."""
+        row = self.db.execute(
+            "SELECT * FROM matchups WHERE key = ? AND status != 'error' ORDER BY id DESC LIMIT 1", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        found = _matchup(row)
+        found.reused_from = row["reused_from"] or row["run_id"]
+        return found
 
     def close(self) -> None:
         self.db.close()

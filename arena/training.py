@@ -85,18 +85,18 @@ class Trainer:
         model.eval()
 
 
+def content_key(fields: dict[str, Any]) -> str:
+    """A stable hash of everything that determines a result (arena version included): the cache and reuse key."""
+    text = json.dumps({"arena": __version__, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 class WeightsCache:
     """Trained ``state_dict``s on disk, one file per key; loaded with ``weights_only=True``."""
 
     def __init__(self, root: Path | None = None) -> None:
         default = Path(platformdirs.user_cache_dir("arena")) / "weights"
         self.root = Path(root or os.environ.get(CACHE_ENV) or default)
-
-    @staticmethod
-    def key(fields: dict[str, Any]) -> str:
-        """A stable hash of everything that determines the weights (arena version included)."""
-        text = json.dumps({"arena": __version__, **fields}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"

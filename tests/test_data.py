@@ -47,3 +47,12 @@ def test_data_dir_comes_from_the_scenario_then_the_environment_then_the_cache(tm
     assert load_scenario(write_scenario(tmp_path, named, "named.yaml"), registry).data_dir() == tmp_path / "here"
     monkeypatch.delenv(DATA_ENV)
     assert plain.data_dir().name == "data" and "arena" in str(plain.data_dir())
+
+
+def test_more_samples_than_the_split_holds_is_refused_before_any_work(tmp_path, capsys):
+    from conftest import run_cli
+
+    path = write_scenario(tmp_path, tiny(dataset={"name": "cifar10", "samples": 20000}))
+    code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-q")
+    assert code == 2 and "dataset.samples = 20000, but the test split of cifar10 has 10000 images" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "cache").exists()

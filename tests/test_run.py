@@ -41,7 +41,7 @@ def test_every_matchup_is_recorded_with_its_numbers(first):
         ("cnn", "fgsm"), ("cnn", "pgd"), ("cnn_lstm", "fgsm"), ("cnn_lstm", "pgd")
     ]
     for m in matchups:
-        assert m.status == "ok" and m.defense == "none" and m.samples == 200 and m.wall_time_s > 0
+        assert m.status == "ok" and m.defense == "none" and m.samples == 200 and m.wall_time_s > 0 and m.key
         assert len(m.clean_correct) == len(m.robust_correct) == 200
         assert not (m.robust_correct & ~m.clean_correct).any(), "robust implies correct when clean"
         assert m.clean_accuracy == pytest.approx(m.clean_correct.mean()) and 0.15 < m.clean_accuracy < 0.8  # chance is 0.1
@@ -137,3 +137,35 @@ def test_python_dash_m_arena(tmp_path):
     done = subprocess.run([sys.executable, "-m", "arena", "validate", str(REPO / "scenarios/quickstart.yaml")],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "valid; 4 matchups" in done.stdout
+
+
+def test_a_rerun_into_the_same_store_reuses_finished_matchups_and_fresh_replays_them(tmp_path, registry):
+    scenario = tiny(attacks=["fgsm", {"name": "pgd", "steps": 2}])
+    store, first_run = play(tmp_path, registry, scenario, tmp_path / "cache")
+    store, second_run = play(tmp_path, registry, scenario, tmp_path / "cache")
+    assert store.run(second_run)["weights"]["cnn/none"]["source"] == "unused", "nothing to attack, no model loaded"
+    for a, b in zip(store.matchups(first_run), store.matchups(second_run)):
+        assert a.reused_from is None and b.reused_from == first_run and a.key == b.key
+        assert np.array_equal(a.robust_correct, b.robust_correct) and a.robust_accuracy == b.robust_accuracy
+    arena = Arena(load_scenario(write_scenario(tmp_path, scenario), registry), registry, tmp_path / "results",
+                  cache=WeightsCache(tmp_path / "cache"), progress=False, fresh=True)
+    third = arena.play()
+    assert all(m.reused_from is None for m in arena.store.matchups(third))
+    assert arena.store.run(third)["weights"]["cnn/none"]["source"] == "cache"
+
+
+def test_crashed_matchups_are_retried_and_changed_plugin_code_is_not_reused(tmp_path, registry, monkeypatch):
+    module = tmp_path / "my_attacks.py"
+    module.write_text((REPO / "tests" / "arena_test_plugins.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from arena.registry import load_registry
+
+    mine = load_registry(modules=["my_attacks"])
+    scenario = tiny(attacks=["fgsm", "explode", "mode_probe"])
+    store, first_run = play(tmp_path, mine, scenario, tmp_path / "cache")
+    module.write_text(module.read_text() + "\n# edited\n")
+    store, second_run = play(tmp_path, load_registry(modules=["my_attacks"]), scenario, tmp_path / "cache")
+    fgsm, explode, probe = store.matchups(second_run)
+    assert fgsm.reused_from == first_run, "fgsm's code did not change"
+    assert explode.status == "error" and explode.reused_from is None, "a crash is retried, never reused"
+    assert probe.reused_from is None, "the plugin's file changed, so its result is recomputed"

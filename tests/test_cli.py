@@ -1,0 +1,33 @@
+"""The command line's listing and read-only commands, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+from arena.hookspecs import HOOKSPEC_VERSION
+from conftest import run_cli
+
+
+def test_plugins_lists_every_builtin_with_package_params_and_description(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    listing = json.loads(out)
+    assert code == 0 and listing["hookspec_version"] == HOOKSPEC_VERSION and listing["errors"] == []
+    by_name = {(p["kind"], p["name"]): p for p in listing["plugins"]}
+    pgd = by_name["attack", "pgd"]
+    assert pgd["package"] == "arena" and pgd["version"] and "torchattacks" in pgd["description"]
+    assert pgd["params"]["steps"] == "int = 10, >= 1"
+    assert {("model", "cnn"), ("model", "cnn_lstm"), ("dataset", "cifar10"), ("defense", "none")} <= set(by_name)
+    code, text, _ = run_cli(capsys, "plugins")
+    assert code == 0 and "cnn_lstm" in text and "random_start: bool = True" in text
+
+
+def test_plugins_from_a_module_are_listed(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "--json", "-p", "arena_test_plugins")
+    cheat = next(p for p in json.loads(out)["plugins"] if p["name"] == "cheat")
+    assert cheat["provider"] == "arena_test_plugins" and cheat["package"] is None
+
+
+def test_leaderboard_without_results_says_what_to_do(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "leaderboard", "--results", str(tmp_path / "none"))
+    assert code == 2 and "no results store" in err and "arena run SCENARIO" in err
+    assert not (tmp_path / "none").exists()
