@@ -44,9 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                   progress=not args.quiet, fresh=args.fresh)
     run_id = arena.play()
     store = arena.store
-    summary = write_summary(store, run_id)
-    matchups = store.matchups(run_id)
-    print(render(store.run(run_id), rows(matchups)))
+    try:
+        summary = write_summary(store, run_id)
+        matchups = store.matchups(run_id)
+        print(render(store.run(run_id), rows(matchups)))
+    finally:
+        store.close()
     print(f"\nresults: {store.path} (run {run_id}); summary: {summary}")
     failed = [m for m in matchups if m.status != "ok"]
     for m in failed:
@@ -64,9 +67,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     store = Store.open_existing(args.results)
-    run = store.run(args.run)
-    table = rows(store.matchups(run["id"]))
-    print(render(run, table))
+    try:
+        run = store.run(args.run)
+        print(render(run, rows(store.matchups(run["id"]))))
+    finally:
+        store.close()
     return 0
 
 
