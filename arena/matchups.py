@@ -119,11 +119,11 @@ class Arena:
             weights_key = content_key(fields)
             keys = {a.key: self._matchup_key(weights_key, model_ref, defense_ref, a) for a in attacks}
             earlier = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
-            if all(earlier.get(a.key) for a in attacks):
-                self.weights[f"{model_ref.key}/{defense_ref.key}"] = {"key": weights_key, "source": "unused"}
-            else:
-                model = self._defended_model(data, model_ref, defense_ref, fields, weights_key)
+            source = "unused"
+            if not all(earlier.get(a.key) for a in attacks):
+                model, source = self._defended_model(data, model_ref, defense_ref, fields, weights_key)
                 clean = (predict(model, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
+            self.weights[f"{model_ref.key}/{defense_ref.key}"] = {"key": weights_key, "source": source}
         except Exception:
             detail = traceback.format_exc()
             log.error("preparing %s + %s failed:\n%s", model_ref.key, defense_ref.key, detail)
@@ -153,7 +153,10 @@ class Arena:
         }
 
     def _matchup_key(self, weights_key: str, *refs: PluginRef) -> str:
-        """Everything that determines a matchup's result, plugin source included, so a result can be reused."""
+        """Everything that determines a matchup's result, plugin source included, so a result can be reused.
+
+        Seed and device are covered by the weights key.
+        """
         plugins = [
             [ref.name, ref.params, self.registry.get(kind, ref.name).code_hash]
             for kind, ref in zip(("model", "defense", "attack"), refs)
@@ -162,13 +165,12 @@ class Arena:
         return content_key({
             "weights": weights_key, "plugins": plugins, "threat": [self.scenario.threat.norm, self.scenario.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
-            "seed": self.scenario.seed, "device": self.device.type,
         })
 
     def _defended_model(
         self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef, fields: dict[str, Any], key: str
-    ) -> nn.Module:
-        """Build the model, load or train its weights (cached under ``key``), and wrap it in the defense."""
+    ) -> tuple[nn.Module, str]:
+        """The defended model, its weights loaded or trained (cached under ``key``), and whether they were trained."""
         model_plugin = self.registry.get("model", model_ref.name).cls(**model_ref.params)
         defense: Defense = self.registry.get("defense", defense_ref.name).cls(**defense_ref.params)
         seed_everything(self.scenario.seed)
@@ -183,9 +185,8 @@ class Arena:
             defense.train(net, train_images, train_labels, trainer)
             source = "trained"
             log.info("%s: trained, weights cached at %s", label, self.cache.save(key, net, fields))
-        self.weights[f"{model_ref.key}/{defense_ref.key}"] = {"key": key, "source": source}
         net.to(self.device).eval()
-        return defense.wrap(net).to(self.device).eval()
+        return defense.wrap(net).to(self.device).eval(), source
 
     def _attack(
         self, model: nn.Module, data: _Data, clean_correct: np.ndarray, refs: tuple[ModelRef, PluginRef, PluginRef]
