@@ -10,7 +10,9 @@ __version__ = "0.1.0"
 #: Decorator for plugin hook implementations, as ``pytest.hookimpl`` or ``datasette.hookimpl``.
 hookimpl = pluggy.HookimplMarker("arena")
 
-from arena.kinds import Attack, DataError, Dataset, Defense, Model, Param, Plugin  # noqa: E402
+from arena.kinds import (  # noqa: E402
+    Attack, DataError, Dataset, Defense, Model, Param, Plugin, Postprocessor, Preprocessor, TrainingDefense,
+)
 from arena.threat import ThreatModel  # noqa: E402
 
 __all__ = [
@@ -21,7 +23,10 @@ __all__ = [
     "Model",
     "Param",
     "Plugin",
+    "Postprocessor",
+    "Preprocessor",
     "ThreatModel",
+    "TrainingDefense",
     "__version__",
     "hookimpl",
 ]

@@ -16,7 +16,7 @@ from arena.kinds import Attack, Dataset, Defense, Model
 hookspec = pluggy.HookspecMarker("arena")
 
 #: Bumped when a hook's signature or contract changes incompatibly.
-HOOKSPEC_VERSION = 1
+HOOKSPEC_VERSION = 2
 
 
 @hookspec
@@ -31,7 +31,17 @@ def arena_register_models(register: Callable[[type[Model]], None]) -> None:
 
 @hookspec
 def arena_register_defenses(register: Callable[[type[Defense]], None]) -> None:
-    """Register defense classes: ``train`` may replace standard training, ``wrap`` may wrap the trained model."""
+    """Register defense classes, each a subclass of one stage.
+
+    - ``arena.TrainingDefense``: ``train(model, images, labels, trainer)`` trains the model in place (the weights are
+      cached under the defense's name and parameters);
+    - ``arena.Preprocessor``: ``__call__(images)`` maps [0, 1] images to [0, 1] images before the model; declare
+      ``differentiable = False`` to be attacked through ``estimate_gradient`` (BPDA) and ``randomized = True`` to be
+      attacked with EOT;
+    - ``arena.Postprocessor``: ``__call__(probabilities)`` maps class probabilities after the model.
+
+    The arena composes them into one ``nn.Module`` from [0, 1] images to logits, which is what every attack sees.
+    """
 
 
 @hookspec

@@ -93,19 +93,55 @@ class Model(Plugin):
 
 
 class Defense(Plugin):
-    """A defense changes how a model is trained (``train``), what it computes at inference (``wrap``), or both."""
+    """Base of the three defense stages; register subclasses of ``TrainingDefense``, ``Preprocessor`` or ``Postprocessor``.
+
+    A scenario entry composes them: at most one training-time defense (it makes the weights), then any number of
+    preprocessors (applied in the order listed) and postprocessors, around one ``nn.Module`` that every attack sees.
+    """
 
     kind = "defense"
-    #: True when ``train`` departs from standard training, so trained weights are cached under this defense.
-    changes_training: ClassVar[bool] = False
+    stage: ClassVar[Literal["none", "training", "preprocess", "postprocess"]] = "none"
+
+
+class TrainingDefense(Defense):
+    """A training-time defense: produces new weights for a model from the training data (cached like any weights)."""
+
+    stage = "training"
 
     def train(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trainer: Trainer) -> None:
-        """Train ``model`` in place; the default is the scenario's recipe, ``trainer.fit(model, images, labels)``."""
-        trainer.fit(model, images, labels)
+        """Train ``model`` in place on ``images`` in [0, 1]; ``trainer`` carries the scenario's recipe and device."""
+        raise NotImplementedError
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The defended module, still mapping [0, 1] images to logits; the default is the model itself."""
-        return model
+
+class Preprocessor(Defense):
+    """An inference-time transform of the input, [0, 1] images to [0, 1] images, applied before the model."""
+
+    stage = "preprocess"
+    #: False when ``__call__`` cannot be differentiated in torch; attacks then use BPDA (``estimate_gradient``).
+    differentiable: ClassVar[bool] = True
+    #: True when ``__call__`` draws randomness; attacks then average gradients over several draws (EOT).
+    randomized: ClassVar[bool] = False
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The transformed batch, same shape, in [0, 1]."""
+        raise NotImplementedError
+
+    def estimate_gradient(self, images: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """BPDA: the gradient passed back through a non-differentiable ``__call__``; identity unless overridden."""
+        return grad
+
+
+class Postprocessor(Defense):
+    """An inference-time transform of the model's class probabilities (rows summing to 1), applied after the model.
+
+    Attacks see its output but differentiate through it as the identity (BPDA), as an adaptive attacker would.
+    """
+
+    stage = "postprocess"
+
+    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The transformed probabilities, same shape."""
+        raise NotImplementedError
 
 
 class Attack(Plugin):
@@ -124,3 +160,4 @@ class Attack(Plugin):
 
 
 KINDS: dict[str, type[Plugin]] = {cls.kind: cls for cls in (Dataset, Model, Defense, Attack)}
+STAGES: dict[str, type[Defense]] = {cls.stage: cls for cls in (TrainingDefense, Preprocessor, Postprocessor)}

@@ -1,4 +1,5 @@
-"""Play every model × defense × attack matchup of a scenario: white-box, eval mode, inputs in [0, 1], audited.
+"""Play every model × defense × attack matchup of a scenario: white-box and adaptive unless told otherwise, eval mode,
+inputs in [0, 1], audited.
 
 Each matchup is stored as soon as it finishes, so an interrupted or partly failing run loses nothing already
 computed. An exception inside a plugin fails only the matchups that need that plugin; the run goes on.
@@ -21,9 +22,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from arena.audit import audit
-from arena.kinds import DataError, Dataset, Defense
+from arena.defended import Defended, describe_gradient
+from arena.kinds import DataError, Dataset
 from arena.registry import Registry
-from arena.scenario import ModelRef, PluginRef, Scenario
+from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Matchup, Store
 from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
 
@@ -90,6 +92,8 @@ class Arena:
     fresh: bool = False
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
+    _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
+    _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def play(self) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded."""
@@ -110,20 +114,21 @@ class Arena:
             self.store.finish_run(run_id, status, self.weights)
         return run_id
 
-    def _play_pair(self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef) -> Iterator[Matchup]:
+    def _play_pair(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> Iterator[Matchup]:
         """Reuse the matchups this store already holds; prepare the defended model only for the others."""
         started = time.perf_counter()
         attacks = self.scenario.attacks
         try:
-            fields = self._weights_fields(data, model_ref, defense_ref)
-            weights_key = content_key(fields)
-            keys = {a.key: self._matchup_key(weights_key, model_ref, defense_ref, a) for a in attacks}
+            weights_key = self._weights(data, model_ref, defense_ref)[0]
+            keys = {a.key: self._matchup_key(data, weights_key, model_ref, defense_ref, a) for a in attacks}
             earlier = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
-            source = "unused"
             if not all(earlier.get(a.key) for a in attacks):
-                model, source = self._defended_model(data, model_ref, defense_ref, fields, weights_key)
-                clean = (predict(model, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
-            self.weights[f"{model_ref.key}/{defense_ref.key}"] = {"key": weights_key, "source": source}
+                target = self._defended(data, model_ref, defense_ref)
+                seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
+                clean = (predict(target, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
+            self.weights[f"{model_ref.key}/{defense_ref.key}"] = {
+                "key": weights_key, "source": self._weights_source.get(weights_key, "unused"),
+            }
         except Exception:
             detail = traceback.format_exc()
             log.error("preparing %s + %s failed:\n%s", model_ref.key, defense_ref.key, detail)
@@ -135,92 +140,150 @@ class Arena:
             if found is not None:
                 yield found
             else:
-                result = self._attack(model, data, clean, (model_ref, defense_ref, attack_ref))
+                result = self._attack(target, data, clean, (model_ref, defense_ref, attack_ref))
                 yield replace(result, key=keys[attack_ref.key])
 
-    def _weights_fields(self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef) -> dict[str, Any]:
-        """Everything that determines a model's trained weights; their hash is the weights-cache key."""
-        defense = self.registry.get("defense", defense_ref.name).cls
-        return {
+    def _weights(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
+        """The weights-cache key of a model under a defense entry, and the fields it hashes.
+
+        Only a training-time defense changes the weights, so ``cnn + art.jpeg`` shares the weights of ``cnn + none``.
+        """
+        training = self._training(defense_ref)
+        fields = {
             "model": model_ref.name,
             "model_params": model_ref.params,
             "train": model_ref.train.model_dump(),
-            "defense": [defense_ref.name, defense_ref.params] if defense.changes_training else None,
+            "defense": [training.name, training.params] if training else None,
             "dataset": [self.scenario.dataset.name, self.scenario.dataset.params],
             "train_data": data.train()[2],
             "seed": self.scenario.seed,
             "device": self.device.type,
         }
+        return content_key(fields), fields
 
-    def _matchup_key(self, weights_key: str, *refs: PluginRef) -> str:
+    def _training(self, defense_ref: DefenseRef) -> PluginRef | None:
+        """The entry's training-time defense, if any (validation allows at most one)."""
+        found = [ref for ref in defense_ref.chain if self.registry.get("defense", ref.name).cls.stage == "training"]
+        return found[0] if found else None
+
+    def _matchup_key(
+        self, data: _Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
+    ) -> str:
         """Everything that determines a matchup's result, plugin source included, so a result can be reused.
 
-        Seed and device are covered by the weights key.
+        Seed and device are covered by the weights key; a transfer attack's source by its own weights key.
         """
-        plugins = [
-            [ref.name, ref.params, self.registry.get(kind, ref.name).code_hash]
-            for kind, ref in zip(("model", "defense", "attack"), refs)
-        ]
+        def plugin(kind: str, ref: PluginRef) -> list[Any]:
+            return [ref.name, ref.params, self.registry.get(kind, ref.name).code_hash]
+
+        source = attack_ref.source
+        if source is not None:
+            source_model, source_defense = self._source(model_ref, attack_ref)
+            source = [self._weights(data, source_model, source_defense)[0],
+                      [plugin("defense", ref) for ref in source_defense.chain]]
         ds = self.scenario.dataset
         return content_key({
-            "weights": weights_key, "plugins": plugins, "threat": [self.scenario.threat.norm, self.scenario.threat.eps],
+            "weights": weights_key, "model": plugin("model", model_ref),
+            "defense": [plugin("defense", ref) for ref in defense_ref.chain],
+            "attack": plugin("attack", attack_ref), "source": source,
+            "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
+            "threat": [self.scenario.threat.norm, self.scenario.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
         })
 
-    def _defended_model(
-        self, data: _Data, model_ref: ModelRef, defense_ref: PluginRef, fields: dict[str, Any], key: str
-    ) -> tuple[nn.Module, str]:
-        """The defended model, its weights loaded or trained (cached under ``key``), and whether they were trained."""
+    def _source(self, model_ref: ModelRef, attack_ref: AttackRef) -> tuple[ModelRef, DefenseRef]:
+        """The model and defense a transfer attack crafts on (the target's own model unless it names another)."""
+        source = attack_ref.source
+        by_key = {ref.key: ref for ref in self.scenario.models}
+        return (by_key[source.model] if source.model else model_ref), source.defense
+
+    def _network(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
+        """The trained network (no inference-time stages): from memory, the weights cache, or trained and cached."""
+        key, fields = self._weights(data, model_ref, defense_ref)
+        if key in self._networks:
+            return self._networks[key]
+        training = self._training(defense_ref)
         model_plugin = self.registry.get("model", model_ref.name).cls(**model_ref.params)
-        defense: Defense = self.registry.get("defense", defense_ref.name).cls(**defense_ref.params)
         seed_everything(self.scenario.seed)
         net = model_plugin.build(data.dataset.num_classes)
-        label = f"{model_ref.key}+{defense_ref.key}" if defense.changes_training else model_ref.key
+        label = f"{model_ref.key}+{training.key}" if training else model_ref.key
         if self.cache.load(key, net):
-            source = "cache"
+            self._weights_source[key] = "cache"
             log.info("%s: loaded cached weights %s", label, self.cache.path(key))
         else:
-            trainer = Trainer(model_ref.train, self.scenario.seed, self.device, label, self.progress)
+            trainer = Trainer(
+                model_ref.train, self.scenario.seed, self.device, data.dataset.num_classes, label, self.progress,
+                baseline=lambda: self._network(data, model_ref, NO_DEFENSE),
+            )
             train_images, train_labels, _ = data.train()
-            defense.train(net, train_images, train_labels, trainer)
-            source = "trained"
+            if training is None:
+                trainer.fit(net, train_images, train_labels)
+            else:
+                defense = self.registry.get("defense", training.name).cls(**training.params)
+                seed_everything(self.scenario.seed)
+                defense.train(net, train_images, train_labels, trainer)
+            self._weights_source[key] = "trained"
             log.info("%s: trained, weights cached at %s", label, self.cache.save(key, net, fields))
-        net.to(self.device).eval()
-        return defense.wrap(net).to(self.device).eval(), source
+        self._networks[key] = net.to(self.device).eval()
+        return self._networks[key]
+
+    def _defended(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None) -> Defended:
+        """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
+        stages = [self.registry.get("defense", ref.name).cls(**ref.params) for ref in defense_ref.chain]
+        adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
+        return Defended(
+            self._network(data, model_ref, defense_ref),
+            pre=[s for s in stages if s.stage == "preprocess"], post=[s for s in stages if s.stage == "postprocess"],
+            **adaptive,
+        ).to(self.device).eval()
 
     def _attack(
-        self, model: nn.Module, data: _Data, clean_correct: np.ndarray, refs: tuple[ModelRef, PluginRef, PluginRef]
+        self, target: Defended, data: _Data, clean_correct: np.ndarray, refs: tuple[ModelRef, DefenseRef, AttackRef]
     ) -> Matchup:
-        """Attack the initially-correct samples batch by batch, auditing every adversarial batch."""
+        """Attack the initially-correct samples batch by batch, auditing every adversarial batch.
+
+        White-box, the attack differentiates the target itself; a transfer attack crafts on its source and the
+        examples are then judged by the target.
+        """
         started = time.perf_counter()
         threat, size = self.scenario.threat, self.scenario.batch_size
-        keys = [ref.key for ref in refs]
-        desc = "{2} vs {0}+{1}".format(*keys)
-        seed_everything(derive_seed(self.scenario.seed, *keys))
+        model_ref, defense_ref, attack_ref = refs
+        desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
         robust = np.zeros(len(data.images), dtype=bool)
         norms: list[torch.Tensor] = []
+        gradient: dict[str, Any] = {}
         try:
-            attack = self.registry.get("attack", refs[2].name).cls(model, threat, **refs[2].params)
+            if attack_ref.source is None:
+                crafted_on = self._defended(data, model_ref, defense_ref, attack_ref)
+                gradient = crafted_on.gradient()
+            else:
+                source_model, source_defense = self._source(model_ref, attack_ref)
+                crafted_on = self._defended(data, source_model, source_defense, attack_ref)
+                gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
+            seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
+            attack = self.registry.get("attack", attack_ref.name).cls(crafted_on, threat, **attack_ref.params)
             targets = torch.from_numpy(np.flatnonzero(clean_correct))
             for index in tqdm(targets.split(size), desc=desc, disable=not self.progress, leave=False, unit="batch"):
                 images, labels = data.images[index].to(self.device), data.labels[index].to(self.device)
-                model.eval()
+                crafted_on.eval()
                 adversarial = attack(images, labels)
-                report = audit(refs[2].name, images, adversarial, threat)
+                report = audit(attack_ref.name, images, adversarial, threat)
                 norms.append(report.norms.cpu())
                 if report.violation:
-                    return _record(refs, len(robust), started, "invalid", report.violation, clean_correct, None, norms)
-                robust[index.numpy()] = (predict(model, adversarial, size, self.device) == labels.cpu()).numpy()
+                    return _record(refs, len(robust), started, "invalid", report.violation, clean_correct, None, norms,
+                                   gradient)
+                robust[index.numpy()] = (predict(target, adversarial, size, self.device) == labels.cpu()).numpy()
         except Exception:
             detail = traceback.format_exc()
             log.error("%s failed:\n%s", desc, detail)
-            return _record(refs, len(robust), started, "error", detail, clean_correct)
-        return _record(refs, len(robust), started, "ok", None, clean_correct, robust, norms)
+            return _record(refs, len(robust), started, "error", detail, clean_correct, gradient=gradient)
+        return _record(refs, len(robust), started, "ok", None, clean_correct, robust, norms, gradient)
 
 
 def _record(
-    refs: tuple[ModelRef, PluginRef, PluginRef], samples: int, started: float, status: str, detail: str | None = None,
+    refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: str, detail: str | None = None,
     clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
+    gradient: dict[str, Any] | None = None,
 ) -> Matchup:
     """The stored result: accuracies over all samples, attack success over the initially-correct ones."""
     model_ref, defense_ref, attack_ref = refs
@@ -230,9 +293,11 @@ def _record(
         model=model_ref.key, defense=defense_ref.key, attack=attack_ref.key,
         params={
             "model": {"plugin": model_ref.name, **model_ref.params, "train": model_ref.train.model_dump()},
-            "defense": {"plugin": defense_ref.name, **defense_ref.params},
-            "attack": {"plugin": attack_ref.name, **attack_ref.params},
+            "defense": [{"plugin": ref.name, **ref.params} for ref in defense_ref.chain],
+            "attack": {"plugin": attack_ref.name, **attack_ref.params,
+                       **attack_ref.model_dump(include={"source", "bpda", "eot_samples"}, exclude_none=True)},
         },
+        gradient=gradient or {},
         status=status, detail=detail, samples=samples, wall_time_s=time.perf_counter() - started,
         clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
         robust_accuracy=float(robust.mean()) if robust is not None else None,
@@ -248,5 +313,5 @@ def describe(m: Matchup) -> str:
     head = f"{m.attack} vs {m.model}+{m.defense}: "
     if m.status == "ok":
         origin = f"reused from run {m.reused_from}" if m.reused_from else f"{m.wall_time_s:.1f} s"
-        return head + f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%} ({origin})"
+        return head + f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%} ({describe_gradient(m.gradient)}; {origin})"
     return head + f"{m.status.upper()}: {(m.detail or '').strip().splitlines()[-1]}"

@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -81,6 +82,53 @@ class ModelRef(PluginRef):
     train: TrainConfig = TrainConfig()
 
 
+class DefenseRef(_Strict):
+    """One defense entry: a plugin (``art.jpeg``, ``{name: art.jpeg, quality: 50}``) or a composition
+    (``{label: pgd_at+jpeg, chain: [{name: art.madry_pgd}, art.jpeg]}``: one training-time defense at most, then
+    preprocessors in the order listed, and postprocessors)."""
+
+    label: str = ""
+    chain: list[PluginRef] = Field(min_length=1)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _single(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"chain": [data]}
+        if isinstance(data, dict) and "chain" not in data:
+            return {"label": data.get("label", ""), "chain": [{k: v for k, v in data.items() if k != "label"}]}
+        return data
+
+    @property
+    def single(self) -> bool:
+        """True when the entry names one plugin rather than a ``chain``."""
+        return len(self.chain) == 1
+
+    @property
+    def key(self) -> str:
+        """How results name this defense: its label, else its plugins' keys joined by ``+``."""
+        return self.label or "+".join(ref.key for ref in self.chain)
+
+
+NO_DEFENSE = DefenseRef(chain=[PluginRef(name="none")])
+
+
+class SourceRef(_Strict):
+    """Where a transfer attack crafts its examples: a model of the scenario (the target's own by default) and a
+    defense entry (``none`` by default)."""
+
+    model: str | None = None
+    defense: DefenseRef = NO_DEFENSE
+
+
+class AttackRef(PluginRef):
+    """An attack entry; white-box and adaptive (BPDA, EOT) unless told otherwise."""
+
+    source: SourceRef | None = Field(None, description="craft on this model instead of the target (transfer attack)")
+    bpda: bool = Field(True, description="differentiate non-differentiable defenses as estimate_gradient says")
+    eot_samples: int = Field(10, ge=1, description="gradients of randomized defenses averaged over this many draws")
+
+
 class DatasetRef(PluginRef):
     name: str = "cifar10"
     split: Literal["train", "test"] = "test"
@@ -103,8 +151,8 @@ class Scenario(_Strict):
     dataset: DatasetRef = DatasetRef()
     threat_model: ThreatSection
     models: list[ModelRef] = Field(min_length=1)
-    defenses: list[PluginRef] = Field(default_factory=lambda: [PluginRef(name="none")], min_length=1)
-    attacks: list[PluginRef] = Field(min_length=1)
+    defenses: list[DefenseRef] = Field(default_factory=lambda: [NO_DEFENSE], min_length=1)
+    attacks: list[AttackRef] = Field(min_length=1)
     batch_size: int = Field(500, ge=1, description="images per attack batch")
     _path: str = PrivateAttr("")
     _text: str = PrivateAttr("")
@@ -211,8 +259,59 @@ class _Problems:
             raise ScenarioError(f"{self.path}: {count}; nothing was run:\n  " + "\n  ".join(self.items))
 
 
-_SECTIONS = {"dataset": ("dataset", DatasetRef), "models": ("model", ModelRef),
-             "defenses": ("defense", PluginRef), "attacks": ("attack", PluginRef)}
+class _Resolver:
+    """Resolves plugin names and validates their parameters entry by entry, collecting every problem."""
+
+    def __init__(self, registry: Registry, problems: _Problems) -> None:
+        self.registry, self.problems = registry, problems
+
+    def plugin(self, kind: str, ref: PluginRef, loc: tuple) -> PluginRef | None:
+        """``ref`` with its parameters validated and defaults filled in; None (and a problem) when it is wrong."""
+        try:
+            info = self.registry.get(kind, ref.name)
+            values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
+        except PluginError as exc:
+            self.problems.add(loc + ("name",), str(exc))
+        except pydantic.ValidationError as exc:
+            self.problems.add_validation(exc, loc, known=sorted(info.cls.params))
+        else:
+            return ref.model_copy(update={"params": values})
+        return None
+
+    def defense(self, ref: DefenseRef, loc: tuple) -> DefenseRef | None:
+        """A defense entry with each plugin resolved; at most one training-time defense per entry."""
+        chain = [self.plugin("defense", item, loc if ref.single else loc + ("chain", j)) for j, item in enumerate(ref.chain)]
+        if None in chain:
+            return None
+        training = [item.name for item in chain if self.registry.get("defense", item.name).cls.stage == "training"]
+        if len(training) > 1:
+            self.problems.add(loc, f"at most one training-time defense per entry, found {', '.join(training)}; "
+                                   "make them separate entries")
+            return None
+        return ref.model_copy(update={"chain": chain})
+
+    def attack(self, ref: AttackRef, loc: tuple, models: list[str]) -> AttackRef | None:
+        """An attack entry with its parameters and its transfer source (model key, defense) checked."""
+        resolved = self.plugin("attack", ref, loc)
+        if ref.source is None:
+            return resolved
+        if ref.source.model is not None and ref.source.model not in models:
+            self.problems.add(loc + ("source", "model"), unknown_name_message("model of this scenario", ref.source.model, models))
+            return None
+        defense = self.defense(ref.source.defense, loc + ("source", "defense"))
+        if resolved is None or defense is None:
+            return None
+        return resolved.model_copy(update={"source": ref.source.model_copy(update={"defense": defense})})
+
+
+def _entries(data: dict[str, Any], section: str, ref_type: type[BaseModel]) -> Iterator[tuple[int, Any]]:
+    """The section's entries that are structurally sound (the schema reports the others), with their index."""
+    raw = data.get(section, Scenario.model_fields[section].get_default(call_default_factory=True))
+    for index, entry in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            yield index, entry if isinstance(entry, ref_type) else ref_type.model_validate(entry)
+        except pydantic.ValidationError:
+            continue
 
 
 def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems) -> dict[str, Any]:
@@ -220,30 +319,29 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
 
     Returns each section's entries with their parameters validated and defaults filled in.
     """
+    resolver = _Resolver(registry, problems)
     resolved: dict[str, Any] = {}
-    for section, (kind, ref_type) in _SECTIONS.items():
-        raw = data.get(section, Scenario.model_fields[section].get_default(call_default_factory=True))
-        entries = [raw] if section == "dataset" else raw if isinstance(raw, list) else []
+    try:
+        dataset = DatasetRef.model_validate(data.get("dataset", {}))
+    except pydantic.ValidationError:
+        pass
+    else:
+        resolved["dataset"] = resolver.plugin("dataset", dataset, ("dataset",))
+    model_keys = [ref.key for _, ref in _entries(data, "models", ModelRef)]
+    checks = {
+        "models": (ModelRef, lambda ref, loc: resolver.plugin("model", ref, loc)),
+        "defenses": (DefenseRef, resolver.defense),
+        "attacks": (AttackRef, lambda ref, loc: resolver.attack(ref, loc, model_keys)),
+    }
+    for section, (ref_type, check) in checks.items():
         refs, seen = [], {}
-        for index, entry in enumerate(entries):
-            loc = (section,) if section == "dataset" else (section, index)
-            try:
-                ref = entry if isinstance(entry, PluginRef) else ref_type.model_validate(entry)
-            except pydantic.ValidationError:
-                continue  # its structural problem is reported by the scenario schema
+        for index, ref in _entries(data, section, ref_type):
             if ref.key in seen:
-                problems.add(loc, f"{ref.key!r} appears twice (also at index {seen[ref.key]}); give each a distinct `label`")
+                problems.add((section, index), f"{ref.key!r} appears twice (also at index {seen[ref.key]}); "
+                                               "give each a distinct `label`")
             seen[ref.key] = index
-            try:
-                info = registry.get(kind, ref.name)
-                values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
-            except PluginError as exc:
-                problems.add(loc + ("name",), str(exc))
-            except pydantic.ValidationError as exc:
-                problems.add_validation(exc, loc, known=sorted(info.cls.params))
-            else:
-                refs.append(ref.model_copy(update={"params": values}))
-        resolved[section] = refs[0] if section == "dataset" and refs else refs
+            refs.append(check(ref, (section, index)))
+        resolved[section] = refs
     return resolved
 
 

@@ -16,7 +16,7 @@ from arena import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(Exception):
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS matchups (
     defense TEXT NOT NULL,
     attack TEXT NOT NULL,
     params TEXT NOT NULL,
+    gradient TEXT NOT NULL DEFAULT '{}',
     key TEXT NOT NULL,
     reused_from TEXT,
     status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')),
@@ -66,6 +67,11 @@ CREATE TABLE IF NOT EXISTS matchups (
 );
 CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
 """
+
+#: How a store of an older schema is brought up to date in place, so no recorded result is lost.
+_MIGRATIONS = {
+    1: "ALTER TABLE matchups ADD COLUMN gradient TEXT NOT NULL DEFAULT '{}'",
+}
 
 
 def _now() -> str:
@@ -91,6 +97,8 @@ class Matchup:
     status: str
     samples: int
     wall_time_s: float
+    #: How the attack got its gradients: ``source`` (transfer), ``bpda``, ``masked``, ``randomized``, ``eot_samples``.
+    gradient: dict[str, Any] = field(default_factory=dict)
     key: str = ""
     reused_from: str | None = None
     detail: str | None = None
@@ -112,6 +120,7 @@ def _matchup(row: sqlite3.Row) -> Matchup:
     return Matchup(**{
         **{k: row[k] for k in row.keys() if k in fields},
         "params": json.loads(row["params"]),
+        "gradient": json.loads(row["gradient"]),
         "clean_correct": _unpack(row["clean_correct"]),
         "robust_correct": _unpack(row["robust_correct"]),
     })
@@ -129,12 +138,14 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-        if has_tables and version != SCHEMA_VERSION:
+        if has_tables and version > SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path} was written by another arena version (store schema {version}, this arena reads "
-                f"{SCHEMA_VERSION}); pass another --results folder"
+                f"{self.path} was written by a newer arena (store schema {version}, this arena reads up to "
+                f"{SCHEMA_VERSION}); upgrade arena or pass another --results folder"
             )
         with self.db:
+            for step in range(version, SCHEMA_VERSION) if has_tables else ():
+                self.db.execute(_MIGRATIONS[step])
             self.db.executescript(_SCHEMA)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -161,10 +172,11 @@ class Store:
         """Write one matchup atomically: it is in the store whole, or not at all."""
         with self.db:
             self.db.execute(
-                "INSERT INTO matchups (run_id, model, defense, attack, params, key, reused_from, status, detail, samples,"
-                " clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s, clean_correct,"
-                " robust_correct, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True), m.key, m.reused_from,
+                "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status, detail,"
+                " samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s,"
+                " clean_correct, robust_correct, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True),
+                 json.dumps(m.gradient, sort_keys=True), m.key, m.reused_from,
                  m.status, m.detail,
                  m.samples, m.clean_accuracy, m.robust_accuracy, m.attack_success_rate, m.mean_norm, m.max_norm,
                  m.wall_time_s, _pack(m.clean_correct), _pack(m.robust_correct), _now()),

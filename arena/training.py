@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,17 +54,25 @@ class Trainer:
     config: TrainConfig
     seed: int
     device: torch.device
+    num_classes: int
     label: str = ""
     progress: bool = True
+    #: The undefended model trained with the same recipe (trained or loaded from the cache on first call), for
+    #: defenses that craft their training data on a fixed baseline, as the seed study did.
+    baseline: Callable[[], nn.Module] | None = None
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The recipe's optimizer over ``model``'s parameters."""
+        cfg = self.config
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Train ``model`` in place on ``images`` in [0, 1]; shuffling and flips come from a seeded generator."""
         cfg = self.config
         model.to(self.device).train()
-        if cfg.optimizer == "adam":
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = self.optimizer(model)
         generator = torch.Generator().manual_seed(self.seed)
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(images), generator=generator)

@@ -1,4 +1,4 @@
-"""The ``none`` defense: standard training, no wrapping. Every defended model is compared against it."""
+"""The ``none`` defense: the scenario's standard training and nothing at inference; every defense is compared with it."""
 
 from __future__ import annotations
 

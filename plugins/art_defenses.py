@@ -1,0 +1,260 @@
+"""Defenses from adversarial-robustness-toolbox (ART), each a thin adapter: ART does the work, the arena composes it.
+
+Training-time: ART's adversarial trainers (Madry PGD, fast FGSM "FBF", TRADES) and the seed study's FGSM data
+augmentation. Inference-time: ART preprocessors and postprocessors. ART trainers take NumPy arrays and do their own
+batching, so the recipe's epochs, batch size and optimizer are used but its flip augmentation is not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
+from art.defences.postprocessor import HighConfidence, ReverseSigmoid
+from art.defences.preprocessor import (
+    FeatureSqueezing, GaussianAugmentation, JpegCompression, SpatialSmoothingPyTorch, TotalVarMin,
+)
+from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+from art.defences.trainer import (
+    AdversarialTrainer, AdversarialTrainerFBFPyTorch, AdversarialTrainerMadryPGD, AdversarialTrainerTRADESPyTorch,
+)
+from art.estimators.classification import PyTorchClassifier
+from torch import nn
+
+from arena import Param, Postprocessor, Preprocessor, TrainingDefense, hookimpl
+from arena.training import Trainer
+
+_EPOCHS = Param(int, None, nullable=True, ge=1, help="training epochs; the model's recipe when unset")
+_STEP = Param(float, None, nullable=True, gt=0, help="attack step size; 2.5 * eps / max_iter when unset")
+
+
+def art_classifier(
+    model: nn.Module, trainer: Trainer, optimizer: torch.optim.Optimizer | None = None,
+    cls: type[PyTorchClassifier] = PyTorchClassifier,
+) -> PyTorchClassifier:
+    """``model`` as an ART estimator on [0, 1] CIFAR-shaped inputs, with the recipe's optimizer unless given one."""
+    return cls(
+        model=model.to(trainer.device), loss=nn.CrossEntropyLoss(), optimizer=optimizer or trainer.optimizer(model),
+        input_shape=(3, 32, 32), nb_classes=trainer.num_classes, clip_values=(0.0, 1.0),
+        device_type="gpu" if trainer.device.type == "cuda" else "cpu",
+    )
+
+
+class _ArtTrainer(TrainingDefense):
+    """Builds the ART trainer of ``art_trainer`` and fits it with the recipe's epochs (unless overridden) and batch size."""
+
+    def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        raise NotImplementedError
+
+    #: The ART estimator class the model is wrapped in.
+    classifier_class: ClassVar[type[PyTorchClassifier]] = PyTorchClassifier
+
+    def optimizer(self, model: nn.Module, trainer: Trainer) -> torch.optim.Optimizer:
+        """The optimizer ART trains with; the recipe's by default."""
+        return trainer.optimizer(model)
+
+    def step(self, max_iter: int) -> float:
+        """The PGD step size: as declared, else Madry et al.'s 2.5 * eps / steps."""
+        return self.eps_step or 2.5 * self.eps / max_iter
+
+    def train(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trainer: Trainer) -> None:
+        classifier = art_classifier(model, trainer, self.optimizer(model, trainer), self.classifier_class)
+        one_hot = np.eye(trainer.num_classes, dtype=np.float32)[labels.numpy()]
+        self.art_trainer(classifier, trainer).fit(
+            images.numpy(), one_hot, nb_epochs=self.epochs or trainer.config.epochs,
+            batch_size=trainer.config.batch_size,
+        )
+        model.eval()
+
+
+class MadryPGD(_ArtTrainer):
+    """PGD adversarial training (Madry et al.), ART's AdversarialTrainerMadryPGD."""
+
+    name = "art.madry_pgd"
+    params = {"eps": Param(float, 0.1, gt=0), "eps_step": _STEP, "max_iter": Param(int, 7, ge=1),
+              "num_random_init": Param(int, 1, ge=0), "epochs": _EPOCHS}
+
+    def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        art = AdversarialTrainerMadryPGD(
+            classifier, eps=self.eps, eps_step=self.step(self.max_iter), max_iter=self.max_iter,
+            num_random_init=self.num_random_init,
+        )
+        art.attack.set_params(batch_size=trainer.config.batch_size)
+        return art
+
+
+class _TrainModeClassifier(PyTorchClassifier):
+    """ART's FBF trainer takes its FGSM step with ``loss_gradient``, which leaves the model in eval mode, so the weight
+    update after it would run on frozen BatchNorm statistics; FBF's reference code stays in train mode throughout."""
+
+    def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = True, **kwargs: Any) -> np.ndarray:
+        return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+
+
+class FastFGSM(_ArtTrainer):
+    """Fast FGSM training with random start ("fast is better than free"), ART's AdversarialTrainerFBFPyTorch.
+
+    ART's cyclic schedule sets the learning rate itself (peak 0.21), so it trains with SGD as in the paper.
+    """
+
+    name = "art.fbf"
+    params = {"eps": Param(float, 0.1, gt=0), "epochs": _EPOCHS}
+    classifier_class = _TrainModeClassifier
+
+    def optimizer(self, model: nn.Module, trainer: Trainer) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+
+    def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        return AdversarialTrainerFBFPyTorch(classifier, eps=self.eps)
+
+
+class Trades(_ArtTrainer):
+    """TRADES (Zhang et al.): clean loss plus beta times the KL to PGD examples, ART's AdversarialTrainerTRADESPyTorch."""
+
+    name = "art.trades"
+    params = {"eps": Param(float, 0.1, gt=0), "eps_step": _STEP, "max_iter": Param(int, 7, ge=1),
+              "beta": Param(float, 6.0, gt=0), "epochs": _EPOCHS}
+
+    def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        attack = ProjectedGradientDescent(
+            classifier, eps=self.eps, eps_step=self.step(self.max_iter), max_iter=self.max_iter,
+            batch_size=trainer.config.batch_size, verbose=False,
+        )
+        return AdversarialTrainerTRADESPyTorch(classifier, attack, beta=self.beta)
+
+
+class FGSMAugmentation(_ArtTrainer):
+    """The seed study's defense: FGSM examples at eps replace a share of every batch (ART's AdversarialTrainer).
+
+    ``static``: crafted once on the undefended baseline, as the seed did; ``on_the_fly``: crafted on the model being
+    trained, batch by batch.
+    """
+
+    name = "fgsm_augmentation"
+    params = {"eps": Param(float, 0.2, gt=0), "mode": Param(str, "static", choices=("static", "on_the_fly")),
+              "ratio": Param(float, 0.5, gt=0, le=1, help="share of each batch replaced by adversarial examples"),
+              "epochs": _EPOCHS}
+
+    def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        crafted_on = classifier if self.mode == "on_the_fly" else art_classifier(trainer.baseline(), trainer)
+        fgsm = FastGradientMethod(crafted_on, norm=np.inf, eps=self.eps, batch_size=256)
+        return AdversarialTrainer(classifier, fgsm, ratio=self.ratio)
+
+
+class _ArtPreprocessor(Preprocessor):
+    """Runs an ART preprocessor: in torch when ART has a PyTorch version, else on NumPy copies (crossed with BPDA)."""
+
+    _tool: Any = None
+
+    def art(self) -> Any:
+        """The ART preprocessor, built from this plugin's parameters."""
+        raise NotImplementedError
+
+    @property
+    def tool(self) -> Any:
+        if self._tool is None:
+            self._tool = self.art()
+        return self._tool
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.tool, PreprocessorPyTorch):
+            return self.tool.forward(images)[0]
+        return torch.from_numpy(self.tool(images.cpu().numpy())[0]).to(images.device)
+
+    def estimate_gradient(self, images: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        estimate = self.tool.estimate_gradient(images.cpu().numpy(), grad.cpu().numpy())
+        return torch.from_numpy(np.ascontiguousarray(estimate)).to(grad.device, grad.dtype)
+
+
+class Jpeg(_ArtPreprocessor):
+    """JPEG compression of the input (ART JpegCompression); not differentiable, attacked with BPDA."""
+
+    name = "art.jpeg"
+    differentiable = False
+    params = {"quality": Param(int, 50, ge=1, le=95)}
+
+    def art(self) -> Any:
+        return JpegCompression(clip_values=(0.0, 1.0), quality=self.quality, channels_first=True)
+
+
+class SpatialSmoothing(_ArtPreprocessor):
+    """Median filter over a window (ART SpatialSmoothingPyTorch); differentiable, attacked directly."""
+
+    name = "art.spatial_smoothing"
+    params = {"window_size": Param(int, 3, ge=1)}
+
+    def art(self) -> Any:
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        return SpatialSmoothingPyTorch(window_size=self.window_size, channels_first=True, clip_values=(0.0, 1.0),
+                                       device_type=device)
+
+
+class Squeezing(_ArtPreprocessor):
+    """Colour-depth reduction (ART FeatureSqueezing); not differentiable, attacked with BPDA."""
+
+    name = "art.feature_squeezing"
+    differentiable = False
+    params = {"bit_depth": Param(int, 4, ge=1, le=8)}
+
+    def art(self) -> Any:
+        return FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=self.bit_depth)
+
+
+class TotalVariation(_ArtPreprocessor):
+    """Total-variance minimisation of randomly kept pixels (ART TotalVarMin); slow, randomized, attacked with BPDA."""
+
+    name = "art.total_var_min"
+    differentiable = False
+    randomized = True
+    params = {"prob": Param(float, 0.3, gt=0, le=1), "lamb": Param(float, 0.5, gt=0), "max_iter": Param(int, 10, ge=1)}
+
+    def art(self) -> Any:
+        return TotalVarMin(prob=self.prob, lamb=self.lamb, max_iter=self.max_iter, clip_values=(0.0, 1.0))
+
+
+class GaussianNoise(_ArtPreprocessor):
+    """Gaussian noise added at inference (ART GaussianAugmentation); randomized, attacked with EOT."""
+
+    name = "art.gaussian_noise"
+    differentiable = False
+    randomized = True
+    params = {"sigma": Param(float, 0.1, gt=0)}
+
+    def art(self) -> Any:
+        return GaussianAugmentation(sigma=self.sigma, augmentation=False, apply_fit=False, apply_predict=True,
+                                    clip_values=(0.0, 1.0))
+
+
+class _ArtPostprocessor(Postprocessor):
+    """Runs an ART postprocessor on NumPy copies of the probabilities."""
+
+    tool_class: ClassVar[type]
+
+    def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
+        tool = self.tool_class(**{key: getattr(self, key) for key in self.params})
+        return torch.from_numpy(tool(probabilities.cpu().numpy())).to(probabilities.device, probabilities.dtype)
+
+
+class ReverseSigmoidPost(_ArtPostprocessor):
+    """Reverse sigmoid perturbation of the output probabilities (ART ReverseSigmoid); keeps the top class."""
+
+    name = "art.reverse_sigmoid"
+    tool_class = ReverseSigmoid
+    params = {"beta": Param(float, 1.0, gt=0), "gamma": Param(float, 0.1, gt=0)}
+
+
+class HighConfidencePost(_ArtPostprocessor):
+    """Zeroes probabilities under a cutoff (ART HighConfidence)."""
+
+    name = "art.high_confidence"
+    tool_class = HighConfidence
+    params = {"cutoff": Param(float, 0.25, ge=0, le=1)}
+
+
+@hookimpl
+def arena_register_defenses(register) -> None:
+    for cls in (MadryPGD, FastFGSM, Trades, FGSMAugmentation, Jpeg, SpatialSmoothing, Squeezing, TotalVariation,
+                GaussianNoise, ReverseSigmoidPost, HighConfidencePost):
+        register(cls)
