@@ -16,7 +16,7 @@ from arena.kinds import DataError
 from arena.leaderboard import render, rows, write_summary
 from arena.matchups import Arena
 from arena.registry import PluginError, Registry, load_registry
-from arena.scenario import ScenarioError, load_scenario
+from arena.scenario import ScenarioError, declared_plugins, load_scenario
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
 
@@ -25,7 +25,14 @@ DEFAULT_RESULTS = Path("arena-results")
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    registry = load_registry(modules=args.plugin, blocked=args.block)
+    """Plugins from entry points, ``-p`` modules and, for commands given a scenario, the scenario's ``plugins:``."""
+    scenario = getattr(args, "scenario", None)
+    declared = declared_plugins(scenario) if scenario else []
+    try:
+        registry = load_registry(modules=[*args.plugin, *declared], blocked=args.block)
+    except PluginError as exc:
+        where = f"{scenario}: plugins: " if declared else ""
+        raise PluginError(f"{where}{exc}") from None
     for error in registry.load_errors:
         log.warning("plugin not loaded: %s", error)
     return registry

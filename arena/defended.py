@@ -1,8 +1,8 @@
 """The defended model every attack sees: preprocessors, the trained network and postprocessors as one ``nn.Module``.
 
 Gradients go through differentiable stages directly. A non-differentiable stage is crossed with BPDA (its
-``estimate_gradient``; identity for postprocessors), or, when an attack turns BPDA off, with a zero gradient, which
-is what a naive attack gets. When a stage is randomized and gradients are on, the output is the log of the class
+``estimate_gradient``; identity for postprocessors, whose output is log-probabilities), or, when an attack turns
+BPDA off, with a zero gradient, which is what a naive attack gets. When a stage is randomized and gradients are on, the output is the log of the class
 probabilities averaged over several draws (EOT), so every gradient-based attack attacks the expected model.
 """
 
@@ -32,10 +32,6 @@ class _Bridge(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         (x,) = ctx.saved_tensors
         return (torch.zeros_like(grad) if ctx.estimate is None else ctx.estimate(x, grad)), None, None
-
-
-def _identity_gradient(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return grad
 
 
 class Defended(nn.Module):
@@ -70,10 +66,14 @@ class Defended(nn.Module):
         logits = self.net(x)
         if not self.post:
             return logits
-        probabilities = logits.softmax(1)
-        for stage in self.post:
-            probabilities = _Bridge.apply(probabilities, stage, _identity_gradient if self.bpda else None)
-        return probabilities.clamp_min(1e-12).log()
+        log_probs = logits.log_softmax(1)
+        with torch.no_grad():
+            probabilities = log_probs.exp()
+            for stage in self.post:
+                probabilities = stage(probabilities).to(log_probs.dtype)
+            output = probabilities.clamp_min(1e-12).log()
+        # Straight through: the value is the postprocessed output, the gradient that of log_probs (BPDA) or zero.
+        return log_probs + (output - log_probs).detach() if self.bpda else output + 0 * log_probs
 
     def gradient(self) -> dict[str, Any]:
         """How attacks differentiate this module, recorded with each matchup."""

@@ -1,17 +1,27 @@
 """Every hook the arena calls, with its contract. Plugins implement them with ``@arena.hookimpl``.
 
-Each hook receives ``register``, a callable taking a plugin class of that kind (a subclass of
-``arena.Dataset``, ``arena.Model``, ``arena.Defense`` or ``arena.Attack``). The registry records which
-plugin registered it, so a name claimed twice is reported with both providers.
+Two families:
+
+- register hooks (called once when plugins load) receive ``register``, a callable taking a plugin class of that kind
+  (a subclass of ``arena.Dataset``, ``arena.Model``, a defense stage or ``arena.Attack``). The registry records which
+  plugin registered it, so a name claimed twice is reported with both providers;
+- reporter hooks (called during a run) receive plain data about the run; an exception in one is logged and
+  ignored, so a broken reporter never stops a tournament.
+
+Stability: ``HOOKSPEC_VERSION`` is bumped whenever a hook's signature or contract changes incompatibly. New hooks
+and new optional keyword arguments do not bump it (pluggy passes an implementation only the arguments it names).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pluggy
 
 from arena.kinds import Attack, Dataset, Defense, Model
+from arena.store import Matchup
 
 hookspec = pluggy.HookspecMarker("arena")
 
@@ -50,3 +60,18 @@ def arena_register_attacks(register: Callable[[type[Attack]], None]) -> None:
 
     The returned batch must have the input's shape and dtype; the arena audits it against the threat model.
     """
+
+
+@hookspec
+def arena_run_started(run_id: str, run: dict[str, Any], results_dir: Path) -> None:
+    """A run has started: ``run`` is its stored record (scenario name and text, threat model, seed, samples, device)."""
+
+
+@hookspec
+def arena_matchup_finished(run_id: str, matchup: Matchup, results_dir: Path) -> None:
+    """A matchup has been stored (status ``ok``, ``invalid`` or ``error``, or reused from an earlier run)."""
+
+
+@hookspec
+def arena_run_finished(run_id: str, status: str, results_dir: Path) -> None:
+    """A run has ended with ``status`` ``complete`` or ``interrupted``; every matchup is in the store."""

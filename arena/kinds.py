@@ -62,7 +62,11 @@ class Plugin:
     params: ClassVar[dict[str, Param]] = {}
 
     def __init__(self, **values: Any) -> None:
-        for key, value in values.items():
+        """Set each parameter as an attribute: the given value, else its declared default (scenarios pass all)."""
+        missing = [key for key, spec in self.params.items() if spec.required and key not in values]
+        if missing:
+            raise TypeError(f"{self.name}: missing required parameter(s): {', '.join(missing)}")
+        for key, value in {**{k: p.default for k, p in self.params.items() if not p.required}, **values}.items():
             setattr(self, key, value)
 
     @classmethod
@@ -86,10 +90,17 @@ class Model(Plugin):
     """An architecture: ``build`` returns an untrained module mapping [0, 1] images to logits."""
 
     kind = "model"
+    #: True when ``build`` returns trained weights (say, from a checkpoint): the arena then neither trains it with the
+    #: recipe nor caches it, unless a training-time defense trains it further.
+    pretrained: ClassVar[bool] = False
 
     def build(self, num_classes: int) -> nn.Module:
         """A fresh module; any input normalisation must live inside it, so attacks see the [0, 1] domain."""
         raise NotImplementedError
+
+    def identity(self) -> str:
+        """For a pretrained model, what its weights depend on beyond its parameters (e.g. the checkpoint's hash)."""
+        return ""
 
 
 class Defense(Plugin):

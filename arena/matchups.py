@@ -103,15 +103,19 @@ class Arena:
         run_id = self.store.start_run(self.scenario, len(data.images), self.device.type)
         log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.scenario.threat, len(data.images))
         status = "interrupted"
+        self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir)
         try:
             for model_ref in self.scenario.models:
                 for defense_ref in self.scenario.defenses:
                     for matchup in self._play_pair(data, model_ref, defense_ref):
                         self.store.add_matchup(run_id, matchup)
                         log.info("%s", describe(matchup))
+                        self.registry.notify("matchup_finished", run_id=run_id, matchup=matchup,
+                                             results_dir=self.results_dir)
             status = "complete"
         finally:
             self.store.finish_run(run_id, status, self.weights)
+            self.registry.notify("run_finished", run_id=run_id, status=status, results_dir=self.results_dir)
         return run_id
 
     def _play_pair(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> Iterator[Matchup]:
@@ -159,6 +163,9 @@ class Arena:
             "seed": self.scenario.seed,
             "device": self.device.type,
         }
+        model = self.registry.get("model", model_ref.name).cls(**model_ref.params)
+        if model.pretrained:
+            fields["pretrained"] = model.identity()
         return content_key(fields), fields
 
     def _training(self, defense_ref: DefenseRef) -> PluginRef | None:
@@ -207,7 +214,9 @@ class Arena:
         seed_everything(self.scenario.seed)
         net = model_plugin.build(data.dataset.num_classes)
         label = f"{model_ref.key}+{training.key}" if training else model_ref.key
-        if self.cache.load(key, net):
+        if model_plugin.pretrained and training is None:
+            self._weights_source[key] = "pretrained"
+        elif self.cache.load(key, net):
             self._weights_source[key] = "cache"
             log.info("%s: loaded cached weights %s", label, self.cache.path(key))
         else:

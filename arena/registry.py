@@ -10,18 +10,25 @@ import difflib
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
+import logging
 import os
+import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
 from arena import hookspecs
 from arena.kinds import KINDS, Plugin
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "arena"
 #: Set to 1 to load only the arena's own plugins, as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest.
@@ -62,6 +69,15 @@ class Registry:
 
     plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     load_errors: list[str] = field(default_factory=list)
+    pm: pluggy.PluginManager = field(default_factory=lambda: make_manager(), repr=False)
+
+    def notify(self, event: str, **kwargs: Any) -> None:
+        """Call every ``arena_<event>`` reporter hook; one that raises is logged and the others still run."""
+        for impl in getattr(self.pm.hook, f"arena_{event}").get_hookimpls():
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception:
+                log.warning("reporter %s failed in arena_%s:\n%s", impl.plugin_name, event, traceback.format_exc())
 
     def add(self, info: PluginInfo) -> None:
         """Index ``info``; a second plugin of the same kind and name is an error naming both providers."""
@@ -122,23 +138,38 @@ def _load_entry_points(pm: pluggy.PluginManager, blocked: set[str], errors: list
     return dists
 
 
+def _import(module: str) -> ModuleType:
+    """Import a dotted module path, or a ``.py`` file named explicitly (never searched for in the working folder)."""
+    if not module.endswith(".py"):
+        return importlib.import_module(module)
+    path = Path(module)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}")
+    spec = importlib.util.spec_from_file_location(f"arena_local_{path.stem}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
 def load_registry(modules: Iterable[str | ModuleType] = (), blocked: Iterable[str] = ()) -> Registry:
-    """Build the registry from the ``arena`` entry points plus ``modules`` (import paths or module objects).
+    """Build the registry from the ``arena`` entry points plus ``modules`` (import paths, ``.py`` files or modules).
 
     ``blocked`` names entry points or modules not to load, as pytest's ``-p no:NAME``.
     """
     blocked = set(blocked)
-    pm = make_manager()
     registry = Registry()
+    pm = registry.pm
     dists = _load_entry_points(pm, blocked, registry.load_errors)
     for module in modules:
-        name = module if isinstance(module, str) else module.__name__
+        name = Path(module).stem if isinstance(module, str) and module.endswith(".py") else \
+            module if isinstance(module, str) else module.__name__
         if name in blocked or pm.has_plugin(name):
             continue
         try:
-            pm.register(importlib.import_module(module) if isinstance(module, str) else module, name=name)
+            pm.register(_import(module) if isinstance(module, str) else module, name=name)
         except Exception as exc:
-            raise PluginError(f"cannot load plugin module {name!r}: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"cannot load plugin module {module!r}: {type(exc).__name__}: {exc}") from exc
     pm.check_pending()
 
     for kind, hook_name in _REGISTER_HOOKS.items():

@@ -154,6 +154,8 @@ class Scenario(_Strict):
     defenses: list[DefenseRef] = Field(default_factory=lambda: [NO_DEFENSE], min_length=1)
     attacks: list[AttackRef] = Field(min_length=1)
     batch_size: int = Field(500, ge=1, description="images per attack batch")
+    plugins: list[str] = Field(default_factory=list, description="plugin modules to load: import paths or .py files "
+                                                                 "relative to the scenario file")
     _path: str = PrivateAttr("")
     _text: str = PrivateAttr("")
 
@@ -343,6 +345,21 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
             refs.append(check(ref, (section, index)))
         resolved[section] = refs
     return resolved
+
+
+def declared_plugins(path: str | Path) -> list[str]:
+    """The scenario's ``plugins:`` list, ``.py`` files made relative to the scenario's folder; read before the
+    registry is built, since the scenario's plugins must be registered to validate it. Malformed files give []
+    here and a full report from ``load_scenario``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    entries = data.get("plugins") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    folder = Path(path).parent
+    return [str(folder / e) if e.endswith(".py") else e for e in entries if isinstance(e, str)]
 
 
 def load_scenario(path: str | Path, registry: Registry) -> Scenario:

@@ -51,7 +51,7 @@ def test_every_matchup_is_recorded_with_its_numbers(first):
         assert 0 < m.mean_norm <= m.max_norm <= 0.1 + 1e-6
         assert m.params["attack"]["plugin"] == m.attack and m.params["model"]["train"]["epochs"] == 1
     pgd = matchups[1].params["attack"]
-    assert pgd == {"plugin": "pgd", "steps": 3, "step_size": None, "random_start": True}
+    assert pgd == {"plugin": "pgd", "steps": 3, "step_size": None, "random_start": True, "bpda": True, "eot_samples": 10}
 
 
 def test_summary_json_and_leaderboard(first, capsys):
