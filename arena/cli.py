@@ -13,9 +13,10 @@ import torch
 from arena import __version__
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.kinds import DataError
-from arena.leaderboard import render, rows, write_summary
+from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render, write_summary
 from arena.matchups import Arena
-from arena.registry import PluginError, Registry, load_registry
+from arena.registry import PluginError, Registry, load_registry, unknown_name_message
+from arena.report import write_report
 from arena.scenario import ScenarioError, declared_plugins, load_scenario
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
@@ -47,18 +48,22 @@ def _device(name: str) -> torch.device:
 def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(args)
     scenario = load_scenario(args.scenario, registry)
-    arena = Arena(scenario, registry, args.results, _device(args.device), WeightsCache(args.cache_dir),
-                  progress=not args.quiet, fresh=args.fresh)
-    run_id = arena.play()
-    store = arena.store
-    try:
-        summary = write_summary(store, run_id)
-        matchups = store.matchups(run_id)
-        print(render(store.run(run_id), rows(matchups)))
-    finally:
-        store.close()
-    print(f"\nresults: {store.path} (run {run_id}); summary: {summary}")
-    failed = [m for m in matchups if m.status != "ok"]
+    cache = WeightsCache(args.cache_dir)
+    failed = []
+    for threat in scenario.threats:  # one run per ε of a sweep
+        arena = Arena(scenario, registry, args.results, _device(args.device), cache, progress=not args.quiet,
+                      fresh=args.fresh, threat=threat)
+        run_id = arena.play()
+        store = arena.store
+        try:
+            summary = write_summary(store, run_id)
+            run = store.run(run_id)
+            print(render(leaderboard_table(run, board(store, run))))
+            report = None if args.no_report else write_report(store, run_id, registry, cache)
+            failed += [m for m in store.matchups(run_id) if m.status != "ok"]
+        finally:
+            store.close()
+        print(f"\nresults: {store.path} (run {run_id}); summary: {summary}" + (f"; report: {report}" if report else ""))
     for m in failed:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
               file=sys.stderr)
@@ -68,17 +73,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, _registry(args))
     count = len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
-    print(f"{args.scenario}: valid; {count} matchups under {scenario.threat}")
+    runs = f"{len(scenario.threats)} runs ({', '.join(map(str, scenario.threats))})" if len(scenario.threats) > 1 \
+        else str(scenario.threat)
+    print(f"{args.scenario}: valid; {count} matchups under {runs}")
     return 0
+
+
+def _pick_run(store: Store, run_id: str | None, scenario: str | None) -> dict:
+    """The run asked for: by id, else the latest of ``scenario``, else the latest of all."""
+    if run_id or not scenario:
+        return store.run(run_id)
+    runs = store.runs(scenario=scenario)
+    if not runs:
+        known = sorted({r["scenario"] for r in store.runs()})
+        raise StoreError(unknown_name_message(f"scenario in {store.path}", scenario, known))
+    return runs[0]
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     store = Store.open_existing(args.results)
     try:
-        run = store.run(args.run)
-        print(render(run, rows(store.matchups(run["id"]))))
+        if args.compare:
+            a, b = (store.run(run_id) for run_id in args.compare)
+            table = compare_table(a, board(store, a), b, board(store, b))
+        else:
+            run = _pick_run(store, args.run, args.scenario)
+            table = leaderboard_table(run, board(store, run))
     finally:
         store.close()
+    text = render(table, args.format)
+    if args.out:
+        args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    store = Store.open_existing(args.results)
+    try:
+        page = write_report(store, args.run_id, registry, WeightsCache(args.cache_dir), args.out)
+    finally:
+        store.close()
+    print(f"wrote {page} and its pictures")
     return 0
 
 
@@ -122,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
                                                                   "or the user cache folder)")
     run.add_argument("--fresh", action="store_true",
                      help="replay every matchup, even those the results store already holds with the same key")
+    run.add_argument("--no-report", action="store_true", help="skip the pictures and HTML page at the end")
     run.set_defaults(func=cmd_run)
 
     validate = commands.add_parser("validate", parents=[common], help="check a scenario without running it")
@@ -130,7 +170,18 @@ def parser() -> argparse.ArgumentParser:
 
     board = commands.add_parser("leaderboard", parents=[common, results], help="print a run's leaderboard")
     board.add_argument("--run", default=None, help="run id (default: the latest run)")
+    board.add_argument("--scenario", default=None, help="the latest run of this scenario name")
+    board.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
+    board.add_argument("--out", type=Path, default=None, help="write to this file instead of the terminal")
+    board.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="the rows both runs share, and B − A")
     board.set_defaults(func=cmd_leaderboard)
+
+    report = commands.add_parser("report", parents=[common, results],
+                                 help="write a run's pictures and HTML leaderboard next to its results")
+    report.add_argument("run_id", nargs="?", default=None, help="run id (default: the latest run)")
+    report.add_argument("--out", type=Path, default=None, help="folder (default: RESULTS/reports/RUN_ID)")
+    report.add_argument("--cache-dir", type=Path, default=None, help="trained-weights cache, for the example grid")
+    report.set_defaults(func=cmd_report)
 
     listing = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their parameters")
     listing.add_argument("--json", action="store_true", help="machine-readable output")

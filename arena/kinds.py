@@ -159,6 +159,9 @@ class Attack(Plugin):
     """An attack on ``model`` within ``threat``: called on a batch, returns the adversarial batch."""
 
     kind = "attack"
+    #: True when the attack never uses the model's gradients (noise, decision-based search): the leaderboard then
+    #: flags a defense on which it beats the gradient attacks.
+    gradient_free: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, threat: ThreatModel, **values: Any) -> None:
         super().__init__(**values)

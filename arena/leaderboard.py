@@ -1,7 +1,14 @@
-"""Turn stored matchups into a leaderboard: per model × defense, clean and robust accuracy and the per-sample worst case."""
+"""Turn stored matchups into a leaderboard: per model × defense, clean and robust accuracy, the per-sample worst case
+over every valid attack (the rank), and trust flags where a number should not be believed as it stands.
+
+The same rows are written as a text table, Markdown, CSV, JSON or a self-contained HTML page.
+"""
 
 from __future__ import annotations
 
+import csv
+import html
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,10 +18,16 @@ import numpy as np
 
 from arena.store import Matchup, Store
 
+FORMATS = ("table", "md", "csv", "json", "html")
+#: A transfer attack's robust accuracy this far above the white-box worst case means the robustness is only apparent.
+TRANSFER_GAP = 0.20
+#: Differences below this (half a sample in a hundred) are noise, not a finding.
+TOLERANCE = 0.005
+
 
 @dataclass
 class Row:
-    """One model × defense: clean accuracy, robust accuracy per attack, and the worst case over valid attacks."""
+    """One model × defense of one run: clean accuracy, robust accuracy per attack, worst case, rank and trust flags."""
 
     model: str
     defense: str
@@ -22,7 +35,11 @@ class Row:
     clean_accuracy: float | None
     attacks: dict[str, float | str] = field(default_factory=dict)
     worst_case: float | None = None
-    excluded: list[str] = field(default_factory=list)
+    rank: int | None = None
+    flags: list[str] = field(default_factory=list)
+    threat: str = ""
+    run: str = ""
+    arena_version: str = ""
 
 
 def worst_case(matchups: list[Matchup]) -> np.ndarray | None:
@@ -31,61 +48,212 @@ def worst_case(matchups: list[Matchup]) -> np.ndarray | None:
     return np.logical_and.reduce(masks) if masks else None
 
 
-def rows(matchups: list[Matchup]) -> list[Row]:
-    """Group matchups by model × defense and rank by worst-case robust accuracy (unrankable rows last)."""
+def _white_box(m: Matchup) -> bool:
+    return not m.gradient.get("source") and not m.gradient.get("gradient_free")
+
+
+def trust_flags(group: list[Matchup]) -> list[str]:
+    """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
+    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status != "ok"]
+    ok = [m for m in group if m.status == "ok"]
+    white = [m for m in ok if _white_box(m)]
+    other = [m for m in ok if not _white_box(m)]
+    if white and other:
+        strongest = min(white, key=lambda m: m.robust_accuracy)
+        beating = min(other, key=lambda m: m.robust_accuracy)
+        if beating.robust_accuracy < strongest.robust_accuracy - TOLERANCE:
+            kind = "transfer" if beating.gradient.get("source") else "gradient-free"
+            flags.append(f"{beating.attack} ({kind}) beats white-box {strongest.attack}: "
+                         f"{beating.robust_accuracy:.1%} < {strongest.robust_accuracy:.1%}; gradients may be masked")
+        best = max(other, key=lambda m: m.robust_accuracy)
+        combined = worst_case(white)
+        white_worst = float(combined.mean())
+        if best.gradient.get("source") and best.robust_accuracy - white_worst > TRANSFER_GAP:
+            flags.append(f"robust only to transfer: {best.robust_accuracy:.1%} under {best.attack} but "
+                         f"{white_worst:.1%} white-box, so it ranks by the white-box number")
+    for m in ok:
+        if m.gradient.get("randomized") and m.gradient.get("eot_samples", 1) <= 1 and not m.gradient.get("source"):
+            flags.append(f"{m.attack}: randomized defense ({', '.join(m.gradient['randomized'])}) attacked without EOT")
+        if m.gradient.get("masked"):
+            flags.append(f"{m.attack}: non-differentiable {', '.join(m.gradient['masked'])} attacked without BPDA")
+    return flags
+
+
+def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row]:
+    """Group matchups by model × defense; rank by worst-case robust accuracy the rows whose matchups are all valid."""
+    run = run or {}
     groups: dict[tuple[str, str], list[Matchup]] = {}
     for m in matchups:
         groups.setdefault((m.model, m.defense), []).append(m)
     table = []
     for (model, defense), group in groups.items():
         clean = next((m.clean_accuracy for m in group if m.clean_accuracy is not None), None)
-        row = Row(model, defense, group[0].samples, clean)
-        for m in group:
-            row.attacks[m.attack] = m.robust_accuracy if m.status == "ok" else m.status
-            if m.status != "ok":
-                row.excluded.append(m.attack)
         combined = worst_case(group)
-        row.worst_case = float(combined.mean()) if combined is not None else None
-        table.append(row)
-    return sorted(table, key=lambda r: (r.worst_case is None, -(r.worst_case or 0.0)))
+        table.append(Row(
+            model, defense, group[0].samples, clean,
+            attacks={m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
+            worst_case=float(combined.mean()) if combined is not None else None,
+            flags=trust_flags(group),
+            threat=f"{run['norm']} ε={run['eps']:.4g}" if run else "", run=run.get("id", ""),
+            arena_version=run.get("arena_version", ""),
+        ))
+    rankable = sorted((r for r in table if all(not isinstance(v, str) for v in r.attacks.values())),
+                      key=lambda r: -(r.worst_case or 0.0))
+    for rank, row in enumerate(rankable, 1):
+        row.rank = rank
+    return rankable + [r for r in table if r.rank is None]
 
 
-def _percent(value: float | str | None) -> str:
+def sweep_flags(curves: dict[tuple[str, str], list[tuple[float, float]]]) -> dict[tuple[str, str], str]:
+    """Rows whose worst-case accuracy does not fall as ε grows across a sweep: the attack, not the model, is failing."""
+    flagged = {}
+    for key, points in curves.items():
+        points = sorted(points)
+        if len(points) >= 2 and points[-1][1] >= points[0][1] - TOLERANCE:
+            flagged[key] = (f"robust accuracy does not fall as ε grows ({points[0][1]:.1%} at ε={points[0][0]:.4g}, "
+                            f"{points[-1][1]:.1%} at ε={points[-1][0]:.4g})")
+    return flagged
+
+
+def curves(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """Worst-case robust accuracy against ε per model × defense, from the latest run at each ε of this scenario file."""
+    latest: dict[float, str] = {}
+    for other in store.runs(scenario_digest=run["scenario_digest"]):
+        latest.setdefault(other["eps"], other["id"])
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for eps, run_id in latest.items():
+        for row in rows(store.matchups(run_id)):
+            if row.worst_case is not None:
+                points.setdefault((row.model, row.defense), []).append((eps, row.worst_case))
+    return points
+
+
+def board(store: Store, run: dict[str, Any]) -> list[Row]:
+    """A run's rows with every trust flag, the ε-sweep one included."""
+    table = rows(store.matchups(run["id"]), run)
+    flagged = sweep_flags(curves(store, run))
+    for row in table:
+        if (row.model, row.defense) in flagged:
+            row.flags.append(flagged[row.model, row.defense])
+    return table
+
+
+@dataclass
+class Table:
+    """Columns and records ready to render: numbers stay fractions until a format shows them."""
+
+    title: str
+    columns: list[str]
+    records: list[dict[str, Any]]
+    percent: set[str] = field(default_factory=set)
+
+
+def leaderboard_table(run: dict[str, Any], table: list[Row]) -> Table:
+    attacks = list(dict.fromkeys(a for r in table for a in r.attacks))
+    records = [{
+        "rank": r.rank, "model": r.model, "defense": r.defense, "clean": r.clean_accuracy,
+        **{a: r.attacks.get(a) for a in attacks}, "worst case": r.worst_case, "samples": r.samples,
+        "threat": r.threat, "run": r.run, "arena": r.arena_version, "flags": r.flags,
+    } for r in table]
+    title = (f"run {run['id']} · scenario {run['scenario']} · {run['norm']} ε={run['eps']:.4g} · "
+             f"{run['samples']} samples · arena {run['arena_version']} · {run['status']}")
+    columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "samples", "threat", "run", "arena", "flags"]
+    return Table(title, columns, records, {"clean", "worst case", *attacks})
+
+
+def compare_table(run_a: dict[str, Any], rows_a: list[Row], run_b: dict[str, Any], rows_b: list[Row]) -> Table:
+    """The model × defense rows both runs have: each number in A, in B, and B − A."""
+    by_key = {(r.model, r.defense): r for r in rows_b}
+    records, percent = [], set()
+    for a in rows_a:
+        b = by_key.get((a.model, a.defense))
+        if b is None:
+            continue
+        record: dict[str, Any] = {"model": a.model, "defense": a.defense}
+        shared = [k for k in a.attacks if k in b.attacks]
+        values = [("clean", a.clean_accuracy, b.clean_accuracy), *((k, a.attacks[k], b.attacks[k]) for k in shared),
+                  ("worst case", a.worst_case, b.worst_case)]
+        for name, x, y in values:
+            numeric = not isinstance(x, str) and not isinstance(y, str) and x is not None and y is not None
+            record.update({f"{name} A": x, f"{name} B": y, f"{name} Δ": y - x if numeric else None})
+            percent |= {f"{name} A", f"{name} B", f"{name} Δ"}
+        records.append(record)
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    title = (f"A = run {run_a['id']} ({run_a['scenario']}, {run_a['norm']} ε={run_a['eps']:.4g}) · "
+             f"B = run {run_b['id']} ({run_b['scenario']}, {run_b['norm']} ε={run_b['eps']:.4g})")
+    return Table(title, columns, records, percent)
+
+
+def _cell(value: Any, percent: bool) -> str:
     if value is None:
         return "-"
-    return value.upper() if isinstance(value, str) else f"{100 * value:.1f}%"
+    if isinstance(value, list):
+        return "; ".join(value)
+    if isinstance(value, str):
+        return value.upper() if value in ("invalid", "error") else value
+    return f"{100 * value:.1f}%" if percent else str(value)
 
 
-def render(run: dict[str, Any], table: list[Row]) -> str:
-    """A plain-text table headed by the run that produced it."""
-    attacks = list(dict.fromkeys(a for r in table for a in r.attacks))
-    header = ["rank", "model", "defense", "clean", *attacks, "worst case"]
-    body = [
-        [str(i + 1) if r.worst_case is not None else "-", r.model, r.defense, _percent(r.clean_accuracy),
-         *(_percent(r.attacks.get(a)) for a in attacks), _percent(r.worst_case)]
-        for i, r in enumerate(table)
-    ]
-    widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
-    lines = [
-        f"run {run['id']} · scenario {run['scenario']} · {run['norm']} ε={run['eps']:.4g} · "
-        f"{run['samples']} samples · arena {run['arena_version']} · {run['status']}",
-        "  ".join(h.ljust(w) for h, w in zip(header, widths)),
-        *("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in body),
-    ]
-    notes = [f"{r.model}+{r.defense}: worst case excludes {', '.join(r.excluded)} (not valid)" for r in table if r.excluded]
-    return "\n".join(lines + notes)
+def render(table: Table, fmt: str = "table", images: list[str] = ()) -> str:
+    """``table`` in one of ``FORMATS``; ``images`` (file names beside the HTML page) are shown under it."""
+    shown = [[_cell(r.get(c), c in table.percent) for c in table.columns] for r in table.records]
+    if fmt == "json":
+        return json.dumps({"title": table.title, "rows": table.records}, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, table.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: _cell(r[c], False) if isinstance(r.get(c), list) else "" if r.get(c) is None else r[c]
+                          for c in table.columns} for r in table.records)
+        return out.getvalue()
+    if fmt == "md":
+        lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
+                 "|" + "---|" * len(table.columns), *("| " + " | ".join(c.replace("|", "/") for c in line) + " |"
+                                                      for line in shown)]
+        return "\n".join(lines)
+    if fmt == "html":
+        return _html(table, shown, images)
+    widths = [max(len(line[i]) for line in [table.columns, *shown]) for i in range(len(table.columns))]
+    fixed = [i for i, c in enumerate(table.columns) if c != "flags"]
+    lines = [table.title, "  ".join(table.columns[i].ljust(widths[i]) for i in fixed)]
+    lines += ["  ".join(line[i].ljust(widths[i]) for i in fixed).rstrip() for line in shown]
+    if "flags" in table.columns:
+        lines += [f"⚑ {r['model']}+{r['defense']}: {flag}" for r in table.records for flag in r["flags"]]
+    return "\n".join(lines)
+
+
+_CSS = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.2em}
+table{border-collapse:collapse}th,td{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right}
+th{background:#f4f4f4}td.text{text-align:left}tr.flagged td{background:#fff6e0}.flags{color:#a35b00;text-align:left}
+img{max-width:100%;margin:1em 0;display:block}"""
+
+
+def _html(table: Table, shown: list[list[str]], images: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = []
+    for record, line in zip(table.records, shown):
+        cells = "".join(
+            f"<td class=\"{'flags' if c == 'flags' else 'text' if c not in table.percent else 'num'}\">{html.escape(v)}</td>"
+            for c, v in zip(table.columns, line)
+        )
+        flagged = " class=\"flagged\"" if record.get("flags") else ""
+        body.append(f"<tr{flagged}>{cells}</tr>")
+    pictures = "".join(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">' for name in images)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>arena leaderboard</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(table.title)}</h1>"
+            f"<table id=\"leaderboard\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"{pictures}</body></html>\n")
 
 
 def write_summary(store: Store, run_id: str) -> Path:
     """Write ``runs/<run id>.json`` beside the store: the run, every matchup's numbers, and the leaderboard."""
     run = store.run(run_id)
-    matchups = store.matchups(run_id)
     path = store.results_dir / "runs" / f"{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": {k: v for k, v in run.items() if k != "scenario_text"},
-        "matchups": [m.summary() for m in matchups],
-        "leaderboard": [asdict(r) for r in rows(matchups)],
+        "matchups": [m.summary() for m in store.matchups(run_id)],
+        "leaderboard": [asdict(r) for r in board(store, run)],
     }
     path.write_text(json.dumps(summary, indent=2))
     return path

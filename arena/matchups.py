@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from arena.audit import audit
 from arena.defended import Defended, describe_gradient
-from arena.kinds import DataError, Dataset
+from arena.kinds import Attack, DataError, Dataset
 from arena.registry import Registry
 from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Matchup, Store
+from arena.threat import ThreatModel
 from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 
 
 @dataclass
-class _Data:
+class Data:
     """The scenario's evaluation slice, and its training data loaded only when a model must be trained."""
 
     dataset: Dataset
@@ -55,7 +56,7 @@ class _Data:
     _train: tuple[torch.Tensor, torch.Tensor, str] | None = None
 
     @classmethod
-    def load(cls, scenario: Scenario, registry: Registry) -> _Data:
+    def load(cls, scenario: Scenario, registry: Registry) -> Data:
         ref = scenario.dataset
         dataset = registry.get("dataset", ref.name).cls(**ref.params)
         images, labels = dataset.load(ref.split, scenario.data_dir())
@@ -90,6 +91,8 @@ class Arena:
     progress: bool = True
     #: Replay every matchup even when the store holds one with the same key.
     fresh: bool = False
+    #: The threat model this run plays; the scenario's (first) one unless an ε sweep gives another.
+    threat: ThreatModel | None = None
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
     _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
@@ -97,11 +100,12 @@ class Arena:
 
     def play(self) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded."""
+        self.threat = self.threat or self.scenario.threat
         seed_everything(self.scenario.seed)
-        data = _Data.load(self.scenario, self.registry)
+        data = Data.load(self.scenario, self.registry)
         self.store = Store(self.results_dir)
-        run_id = self.store.start_run(self.scenario, len(data.images), self.device.type)
-        log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.scenario.threat, len(data.images))
+        run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type)
+        log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.threat, len(data.images))
         status = "interrupted"
         self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir)
         try:
@@ -118,16 +122,16 @@ class Arena:
             self.registry.notify("run_finished", run_id=run_id, status=status, results_dir=self.results_dir)
         return run_id
 
-    def _play_pair(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> Iterator[Matchup]:
+    def _play_pair(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> Iterator[Matchup]:
         """Reuse the matchups this store already holds; prepare the defended model only for the others."""
         started = time.perf_counter()
         attacks = self.scenario.attacks
         try:
-            weights_key = self._weights(data, model_ref, defense_ref)[0]
+            weights_key = self.weights_key(data, model_ref, defense_ref)[0]
             keys = {a.key: self._matchup_key(data, weights_key, model_ref, defense_ref, a) for a in attacks}
             earlier = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
             if not all(earlier.get(a.key) for a in attacks):
-                target = self._defended(data, model_ref, defense_ref)
+                target = self.defended(data, model_ref, defense_ref)
                 seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
                 clean = (predict(target, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
             self.weights[f"{model_ref.key}/{defense_ref.key}"] = {
@@ -147,7 +151,7 @@ class Arena:
                 result = self._attack(target, data, clean, (model_ref, defense_ref, attack_ref))
                 yield replace(result, key=keys[attack_ref.key])
 
-    def _weights(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
+    def weights_key(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
         """The weights-cache key of a model under a defense entry, and the fields it hashes.
 
         Only a training-time defense changes the weights, so ``cnn + art.jpeg`` shares the weights of ``cnn + none``.
@@ -174,7 +178,7 @@ class Arena:
         return found[0] if found else None
 
     def _matchup_key(
-        self, data: _Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
+        self, data: Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
     ) -> str:
         """Everything that determines a matchup's result, plugin source included, so a result can be reused.
 
@@ -186,7 +190,7 @@ class Arena:
         source = attack_ref.source
         if source is not None:
             source_model, source_defense = self._source(model_ref, attack_ref)
-            source = [self._weights(data, source_model, source_defense)[0],
+            source = [self.weights_key(data, source_model, source_defense)[0],
                       [plugin("defense", ref) for ref in source_defense.chain]]
         ds = self.scenario.dataset
         return content_key({
@@ -194,7 +198,7 @@ class Arena:
             "defense": [plugin("defense", ref) for ref in defense_ref.chain],
             "attack": plugin("attack", attack_ref), "source": source,
             "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
-            "threat": [self.scenario.threat.norm, self.scenario.threat.eps],
+            "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
         })
 
@@ -204,9 +208,9 @@ class Arena:
         by_key = {ref.key: ref for ref in self.scenario.models}
         return (by_key[source.model] if source.model else model_ref), source.defense
 
-    def _network(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
+    def _network(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
         """The trained network (no inference-time stages): from memory, the weights cache, or trained and cached."""
-        key, fields = self._weights(data, model_ref, defense_ref)
+        key, fields = self.weights_key(data, model_ref, defense_ref)
         if key in self._networks:
             return self._networks[key]
         training = self._training(defense_ref)
@@ -236,7 +240,7 @@ class Arena:
         self._networks[key] = net.to(self.device).eval()
         return self._networks[key]
 
-    def _defended(self, data: _Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None) -> Defended:
+    def defended(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None) -> Defended:
         """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
         stages = [self.registry.get("defense", ref.name).cls(**ref.params) for ref in defense_ref.chain]
         adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
@@ -246,8 +250,32 @@ class Arena:
             **adaptive,
         ).to(self.device).eval()
 
+    def trained(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> bool:
+        """Whether the weights of ``model_ref`` under ``defense_ref`` are at hand without training."""
+        key = self.weights_key(data, model_ref, defense_ref)[0]
+        pretrained = self.registry.get("model", model_ref.name).cls(**model_ref.params).pretrained
+        return key in self._networks or self.cache.path(key).is_file() or (pretrained and not self._training(defense_ref))
+
+    def attacker(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
+    ) -> tuple[Attack, Defended, dict[str, Any]]:
+        """The attack built on the module it differentiates (the target, or a transfer attack's source), seeded for
+        this matchup, with a record of how it gets its gradients."""
+        if attack_ref.source is None:
+            crafted_on = self.defended(data, model_ref, defense_ref, attack_ref)
+            gradient = crafted_on.gradient()
+        else:
+            source_model, source_defense = self._source(model_ref, attack_ref)
+            crafted_on = self.defended(data, source_model, source_defense, attack_ref)
+            gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
+        attack_cls = self.registry.get("attack", attack_ref.name).cls
+        if attack_cls.gradient_free:
+            gradient["gradient_free"] = True
+        seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
+        return attack_cls(crafted_on, self.threat, **attack_ref.params), crafted_on, gradient
+
     def _attack(
-        self, target: Defended, data: _Data, clean_correct: np.ndarray, refs: tuple[ModelRef, DefenseRef, AttackRef]
+        self, target: Defended, data: Data, clean_correct: np.ndarray, refs: tuple[ModelRef, DefenseRef, AttackRef]
     ) -> Matchup:
         """Attack the initially-correct samples batch by batch, auditing every adversarial batch.
 
@@ -255,22 +283,14 @@ class Arena:
         examples are then judged by the target.
         """
         started = time.perf_counter()
-        threat, size = self.scenario.threat, self.scenario.batch_size
+        threat, size = self.threat, self.scenario.batch_size
         model_ref, defense_ref, attack_ref = refs
         desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
         robust = np.zeros(len(data.images), dtype=bool)
         norms: list[torch.Tensor] = []
         gradient: dict[str, Any] = {}
         try:
-            if attack_ref.source is None:
-                crafted_on = self._defended(data, model_ref, defense_ref, attack_ref)
-                gradient = crafted_on.gradient()
-            else:
-                source_model, source_defense = self._source(model_ref, attack_ref)
-                crafted_on = self._defended(data, source_model, source_defense, attack_ref)
-                gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
-            seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
-            attack = self.registry.get("attack", attack_ref.name).cls(crafted_on, threat, **attack_ref.params)
+            attack, crafted_on, gradient = self.attacker(data, model_ref, defense_ref, attack_ref)
             targets = torch.from_numpy(np.flatnonzero(clean_correct))
             for index in tqdm(targets.split(size), desc=desc, disable=not self.progress, leave=False, unit="batch"):
                 images, labels = data.images[index].to(self.device), data.labels[index].to(self.device)

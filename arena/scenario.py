@@ -137,9 +137,14 @@ class DatasetRef(PluginRef):
     data_dir: str | None = None
 
 
+Eps = Annotated[float, pydantic.BeforeValidator(_fraction), Field(gt=0)]
+
+
 class ThreatSection(_Strict):
+    """The norm and budget; a list of budgets is an ε sweep: one run per ε, read together as robustness curves."""
+
     norm: Literal["linf", "l2"]
-    eps: Annotated[float, pydantic.BeforeValidator(_fraction), Field(gt=0)]
+    eps: Eps | Annotated[list[Eps], Field(min_length=1)]
 
 
 class Scenario(_Strict):
@@ -170,8 +175,15 @@ class Scenario(_Strict):
         return self._text
 
     @property
+    def threats(self) -> list[ThreatModel]:
+        """One threat model per ε (several for an ε sweep), smallest first."""
+        eps = self.threat_model.eps
+        return [ThreatModel(self.threat_model.norm, e) for e in sorted(eps if isinstance(eps, list) else [eps])]
+
+    @property
     def threat(self) -> ThreatModel:
-        return ThreatModel(self.threat_model.norm, self.threat_model.eps)
+        """The first (for a sweep, the smallest) threat model."""
+        return self.threats[0]
 
     @property
     def digest(self) -> str:
@@ -369,7 +381,11 @@ def load_scenario(path: str | Path, registry: Registry) -> Scenario:
     if not path.is_file():
         hint = "; shipped scenarios live in scenarios/" if not path.exists() else " (it is not a file)"
         raise ScenarioError(f"{shown}: scenario file not found{hint}")
-    text = path.read_text(encoding="utf-8")
+    return parse_scenario(path.read_text(encoding="utf-8"), shown, registry)
+
+
+def parse_scenario(text: str, shown: str, registry: Registry) -> Scenario:
+    """Validate scenario ``text`` (as read from ``shown``, or as a run stored it); raises ``ScenarioError``."""
     try:
         data = yaml.safe_load(text)
         lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader)) if data is not None else {}

@@ -156,15 +156,15 @@ class Store:
             raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
         return cls(results_dir)
 
-    def start_run(self, scenario: Any, samples: int, device: str) -> str:
-        """Record a new run of ``scenario`` (status ``running``) and return its id."""
+    def start_run(self, scenario: Any, threat: Any, samples: int, device: str) -> str:
+        """Record a new run of ``scenario`` under ``threat`` (status ``running``) and return its id."""
         run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
                 " norm, eps, dataset, samples, device, status, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
-                 scenario.threat.norm, scenario.threat.eps, scenario.dataset.name, samples, device, "running", _now()),
+                 threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now()),
             )
         return run_id
 
@@ -203,6 +203,16 @@ class Store:
         run = dict(row)
         run["weights"] = json.loads(run["weights"])
         return run
+
+    def runs(self, scenario: str | None = None, scenario_digest: str | None = None) -> list[dict[str, Any]]:
+        """Runs, latest first, optionally only those of one scenario name or one exact scenario file."""
+        query, args = "SELECT id FROM runs WHERE 1", []
+        for column, value in (("scenario", scenario), ("scenario_digest", scenario_digest)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        ids = [row[0] for row in self.db.execute(query + " ORDER BY started_at DESC, rowid DESC", args)]
+        return [self.run(run_id) for run_id in ids]
 
     def matchups(self, run_id: str) -> list[Matchup]:
         """Every matchup recorded for ``run_id``, in the order they were played."""

@@ -19,6 +19,7 @@ class CIFAR10(Dataset):
 
     name = "cifar10"
     num_classes = 10
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     params = {"download": Param(bool, True, "download with torchvision when the data is not in the data folder")}
 
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:

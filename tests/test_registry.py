@@ -20,14 +20,18 @@ SPECS = {name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 def test_every_hookspec_is_implemented_by_the_builtins_loaded_through_entry_points(monkeypatch):
     monkeypatch.setenv(AUTOLOAD_ENV, "1")  # built-ins only: they must still cover every hook
     registry = load_registry()
-    assert SPECS == {f"arena_register_{kind}s" for kind in KINDS}
+    assert SPECS == {f"arena_register_{kind}s" for kind in KINDS} | {
+        "arena_run_started", "arena_matchup_finished", "arena_run_finished"}
+    for spec in SPECS:
+        assert getattr(registry.pm.hook, spec).get_hookimpls(), f"no built-in implements {spec}"
     for kind in KINDS:
         infos = [registry.get(kind, name) for name in registry.names(kind)]
         assert infos, f"no built-in {kind}"
         assert all(info.package == "arena" for info in infos), "built-ins must come through the arena entry points"
     assert {"cnn", "cnn_lstm"} <= set(registry.names("model"))
     assert {"fgsm", "pgd"} <= set(registry.names("attack"))
-    assert registry.names("dataset") == ["cifar10"] and registry.names("defense") == ["none"]
+    assert registry.names("dataset") == ["cifar10"]
+    assert {"none", "art.jpeg", "art.madry_pgd", "fgsm_augmentation"} <= set(registry.names("defense"))
 
 
 def test_a_plugin_registered_from_a_test_module_is_picked_up():

@@ -22,6 +22,7 @@ class RandomNoise(Attack):
     """Random noise of the full budget: uniform ±ε per pixel (L∞) or a random direction of norm ε (L2)."""
 
     name = "noise"
+    gradient_free = True
     params = {"tries": Param(int, 1, "noise draws per image; an image counts as broken if any draw breaks it", ge=1)}
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

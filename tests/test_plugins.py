@@ -1,0 +1,166 @@
+"""Third-party plugins: the example package found through its entry point, explicit loading, isolation, reporters."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from arena.registry import AUTOLOAD_ENV, load_registry
+from arena.scenario import ScenarioError, load_scenario
+from arena.store import Store
+from conftest import REPO, run_cli, tiny, write_scenario
+
+EXAMPLE = REPO / "examples" / "arena-noise"
+
+
+@pytest.fixture
+def installed_example(tmp_path, monkeypatch):
+    """The example package as pip would leave it: its code importable and a dist-info folder declaring its entry point."""
+    site = tmp_path / "site"
+    dist_info = site / "arena_noise-0.1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-noise\nVersion: 0.1.0\n")
+    (dist_info / "entry_points.txt").write_text("[arena]\nnoise = arena_noise\n")
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_the_example_package_is_discovered_through_its_entry_point(installed_example, capsys):
+    registry = load_registry()
+    noise, checkpoint = registry.get("attack", "noise"), registry.get("model", "checkpoint")
+    assert (noise.package, noise.version, noise.provider) == ("arena-noise", "0.1.0", "noise")
+    assert checkpoint.package == "arena-noise"
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    listed = {p["name"]: p for p in json.loads(out)["plugins"]}
+    assert code == 0 and listed["noise"]["package"] == "arena-noise"
+    assert listed["noise"]["params"] == {"tries": "int = 1, >= 1"}
+    assert listed["noise"]["description"].startswith("Random noise of the full budget")
+
+
+def test_autoload_off_keeps_only_the_builtins(installed_example, monkeypatch):
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    registry = load_registry()
+    assert "noise" not in registry.names("attack") and "fgsm" in registry.names("attack")
+    assert "noise" in load_registry(modules=["arena_noise"]).names("attack"), "explicit loading still works"
+
+
+def test_its_parameters_are_validated(installed_example, tmp_path):
+    path = write_scenario(tmp_path, tiny(attacks=[{"name": "noise", "tries": 0}],
+                                         models=[{"name": "checkpoint", "arch": "resnet"}]))
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(path, load_registry())
+    message = str(error.value)
+    assert "attacks[0].tries: Input should be greater than or equal to 1" in message
+    assert "models[0].path: required field is missing" in message and "models[0].arch" in message
+
+
+def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_example, tmp_path, capsys):
+    torch.manual_seed(0)
+    from arena_plugins.models import CNN
+
+    first = write_scenario(tmp_path, tiny(attacks=["fgsm"]), "train.yaml")
+    assert run_cli(capsys, "run", str(first), "--results", str(tmp_path / "r"), "-q")[0] == 0
+    trained = Store(tmp_path / "r").run()["weights"]["cnn/none"]["key"]
+    checkpoint = tmp_path / "elsewhere.pt"
+    net = CNN().build(10)
+    net.load_state_dict(torch.load(tmp_path / "cache" / f"{trained}.pt", weights_only=True))
+    torch.save(net.state_dict(), checkpoint)
+
+    models = [{"name": "checkpoint", "path": str(checkpoint), "train": {"epochs": 0}}]
+    scenario = write_scenario(tmp_path, tiny(models=models, attacks=["fgsm", {"name": "noise", "tries": 2}]))
+    code, out, err = run_cli(capsys, "run", str(scenario), "--results", str(tmp_path / "r"), "-q")
+    assert code == 0, err
+    store = Store(tmp_path / "r")
+    run = store.run()
+    fgsm, noise = store.matchups(run["id"])
+    assert run["weights"]["checkpoint/none"]["source"] == "pretrained"
+    earlier = [r for r in store.db.execute("SELECT clean_accuracy FROM matchups WHERE model = 'cnn'")]
+    assert fgsm.clean_accuracy == pytest.approx(earlier[0][0]), "the checkpoint's weights are the ones trained before"
+    assert noise.status == "ok" and noise.robust_accuracy >= fgsm.robust_accuracy, "noise is a weaker attack than FGSM"
+    assert noise.gradient["bpda"] == [] and "source" not in noise.gradient
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_load(installed_example, capsys):
+    broken = installed_example / "arena_broken-1.0.dist-info"
+    broken.mkdir()
+    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-broken\nVersion: 1.0\n")
+    (broken / "entry_points.txt").write_text("[arena]\nbroken = arena_broken_missing_module\n")
+    registry = load_registry()
+    assert any("broken = arena_broken_missing_module (arena-broken)" in e and "ModuleNotFoundError" in e
+               for e in registry.load_errors)
+    assert "noise" in registry.names("attack") and "fgsm" in registry.names("attack")
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    assert code == 0 and json.loads(out)["errors"] == registry.load_errors
+
+
+def test_a_scenario_loads_its_own_plugin_file(tmp_path, capsys):
+    (tmp_path / "my_attack.py").write_text(textwrap.dedent('''
+        import torch
+        from arena import Attack, hookimpl
+
+        class Nothing(Attack):
+            """Returns the images unchanged."""
+            name = "nothing"
+
+            def __call__(self, images, labels):
+                return images.clone()
+
+        @hookimpl
+        def arena_register_attacks(register):
+            register(Nothing)
+    '''))
+    path = write_scenario(tmp_path, tiny(attacks=["nothing"], plugins=["my_attack.py"]))
+    code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-q")
+    assert code == 0, err
+    matchup = Store(tmp_path / "r").matchups(Store(tmp_path / "r").run()["id"])[0]
+    assert matchup.attack == "nothing" and matchup.robust_accuracy == matchup.clean_accuracy
+    missing = write_scenario(tmp_path, tiny(plugins=["not_here.py"]), "missing.yaml")
+    code, _, err = run_cli(capsys, "validate", str(missing))
+    assert code == 2 and f"{missing}: plugins: cannot load plugin module" in err and "not_here.py" in err
+
+
+class Recorder:
+    """A reporter plugin (an object with hook methods) that records the events it receives, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def arena_run_started(self, run_id, run):
+        self.events.append(("run_started", run["scenario"]))
+
+    def arena_matchup_finished(self, matchup):
+        self.events.append(("matchup_finished", matchup.attack))
+
+    def arena_run_finished(self, status):
+        self.events.append(("run_finished", status))
+
+
+class Broken:
+    def arena_matchup_finished(self, matchup):
+        raise RuntimeError("the tracker is down")
+
+
+def test_reporter_events_arrive_in_order_and_a_broken_reporter_stops_nothing(tmp_path, registry):
+    from arena import hookimpl
+    from arena.matchups import Arena
+    from arena.training import WeightsCache
+
+    recorder = Recorder()
+    registry = load_registry()
+    for plugin in (recorder, Broken()):
+        for name in dir(plugin):
+            if name.startswith("arena_"):
+                hookimpl(getattr(type(plugin), name))
+        registry.pm.register(plugin)
+    scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=["fgsm", {"name": "pgd", "steps": 1}])), registry)
+    arena = Arena(scenario, registry, tmp_path / "r", cache=WeightsCache(tmp_path / "cache"), progress=False)
+    run_id = arena.play()
+    assert recorder.events == [("run_started", "tiny"), ("matchup_finished", "fgsm"), ("matchup_finished", "pgd"),
+                               ("run_finished", "complete")]
+    lines = [json.loads(line) for line in (tmp_path / "r" / "runs" / f"{run_id}.jsonl").read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["run_started", "matchup_finished", "matchup_finished", "run_finished"]
+    assert lines[1]["matchup"]["attack"] == "fgsm" and lines[1]["matchup"]["robust_accuracy"] is not None
