@@ -170,8 +170,9 @@ def test_training_defense_weights_are_cached_and_reused(defended_run, registry):
     assert weights["cnn/art.jpeg"]["key"] == weights["cnn/none"]["key"] != weights["cnn/pgd_at"]["key"]
     sidecar = json.loads((folder / "cache" / f"{weights['cnn/pgd_at']['key']}.json").read_text())
     assert sidecar["defense"][0] == "art.madry_pgd"
-    again, second = play(folder, registry, scenario)
-    assert again.store.run(second)["weights"]["cnn/pgd_at"]["source"] == "cache"
+    (folder / "again").mkdir()
+    again, second = play(folder / "again", registry, scenario, cache=folder / "cache")
+    assert again.store.run(second)["weights"]["cnn/pgd_at"]["source"] == "cache", "a new results store, cached weights"
 
 
 def test_static_fgsm_augmentation_crafts_on_the_cached_baseline(tmp_path, registry):

@@ -1,0 +1,218 @@
+"""Leaderboard: worst case on hand-made results, trust flags, formats, comparisons, sweeps, pictures, HTML in Chromium."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from arena.leaderboard import FORMATS, leaderboard_table, render, rows, sweep_flags, trust_flags, worst_case
+from arena.store import Matchup, Store
+from conftest import run_cli, tiny, write_scenario
+
+RUN = {"id": "r1", "scenario": "hand", "norm": "linf", "eps": 0.1, "samples": 8, "arena_version": "0", "status": "complete"}
+
+
+def matchup(attack, robust, clean=(1, 1, 1, 1, 1, 1, 0, 0), defense="none", status="ok", **gradient):
+    clean, robust = np.array(clean, bool), np.array(robust, bool)
+    return Matchup(model="cnn", defense=defense, attack=attack, params={}, status=status, samples=len(clean),
+                   wall_time_s=1.0, gradient=gradient, clean_accuracy=clean.mean(),
+                   robust_accuracy=robust.mean() if status == "ok" else None,
+                   clean_correct=clean, robust_correct=robust if status == "ok" else None)
+
+
+def test_worst_case_counts_a_sample_only_if_every_attack_failed():
+    a = matchup("a", (1, 1, 1, 0, 0, 0, 0, 0))  # breaks samples 3-5
+    b = matchup("b", (0, 0, 0, 1, 1, 1, 0, 0))  # breaks samples 0-2: a disjoint set
+    c = matchup("c", (1, 1, 0, 1, 1, 1, 0, 0))
+    assert a.robust_accuracy == b.robust_accuracy == 3 / 8
+    assert worst_case([a, b]).tolist() == [False] * 8, "together the two attacks break every sample"
+    assert worst_case([a, c]).tolist() == [True, True] + [False] * 6
+    crashed = matchup("d", (), status="error")
+    [row] = rows([a, c, crashed], RUN)
+    assert row.worst_case == 2 / 8 and row.rank is None, "a row with a failed matchup is shown but never ranked"
+    assert row.attacks["d"] == "error" and any("d: error" in f for f in row.flags)
+
+
+def test_rows_rank_by_worst_case_not_by_the_best_attack():
+    strong_transfer_only = [matchup("fgsm", (0,) * 8, defense="aug"),
+                            matchup("transfer", (1, 1, 1, 1, 1, 1, 0, 0), defense="aug", source="cnn+none")]
+    modest = [matchup("fgsm", (1, 1, 0, 0, 0, 0, 0, 0), defense="at"),
+              matchup("transfer", (1, 1, 1, 0, 0, 0, 0, 0), defense="at", source="cnn+none")]
+    table = rows(strong_transfer_only + modest, RUN)
+    assert [(r.defense, r.rank, r.worst_case) for r in table] == [("at", 1, 2 / 8), ("aug", 2, 0.0)]
+
+
+WHITE = (1, 1, 1, 1, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        ([matchup("pgd", WHITE), matchup("tr", (1, 0, 0, 0, 0, 0, 0, 0), source="cnn+none")],
+         "tr (transfer) beats white-box pgd: 12.5% < 50.0%"),
+        ([matchup("pgd", WHITE), matchup("noise", (1, 1, 0, 0, 0, 0, 0, 0), gradient_free=True)],
+         "noise (gradient-free) beats white-box pgd"),
+        ([matchup("pgd", (0,) * 8), matchup("tr", (1, 1, 1, 1, 1, 1, 0, 0), source="cnn+none")],
+         "robust only to transfer: 75.0% under tr but 0.0% white-box"),
+        ([matchup("pgd", WHITE, randomized=["art.gaussian_noise"], eot_samples=1)],
+         "pgd: randomized defense (art.gaussian_noise) attacked without EOT"),
+        ([matchup("pgd", WHITE, masked=["art.jpeg"])], "pgd: non-differentiable art.jpeg attacked without BPDA"),
+    ],
+)
+def test_each_trust_flag_fires_on_its_case(group, expected):
+    flags = trust_flags(group)
+    assert len(flags) == 1 and flags[0].startswith(expected), flags
+
+
+def test_trust_flags_stay_quiet_on_a_sound_evaluation():
+    sound = [matchup("pgd", WHITE), matchup("fgsm", (1, 1, 1, 1, 1, 0, 0, 0)),
+             matchup("tr", (1, 1, 1, 1, 1, 0, 0, 0), source="cnn+none"),
+             matchup("eot", WHITE, randomized=["art.gaussian_noise"], eot_samples=10, bpda=["art.gaussian_noise"]),
+             matchup("bpda", WHITE, bpda=["art.jpeg"])]
+    assert trust_flags(sound) == []
+
+
+def test_sweep_flag_fires_when_accuracy_does_not_fall_as_eps_grows():
+    flagged = sweep_flags({("cnn", "masked"): [(0.03, 0.40), (0.3, 0.41)], ("cnn", "none"): [(0.03, 0.4), (0.3, 0.0)],
+                           ("cnn", "single"): [(0.1, 0.5)]})
+    assert list(flagged) == [("cnn", "masked")] and "does not fall as ε grows" in flagged["cnn", "masked"]
+
+
+class _Cells(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows, self._in = [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        self._in = tag in ("td", "th")
+
+    def handle_endtag(self, tag):
+        self._in = False
+
+    def handle_data(self, data):
+        if self._in:
+            self.rows[-1].append(data)
+
+
+def _parse(fmt: str, text: str) -> list[dict[str, str]]:
+    """Rows of a rendered leaderboard as column → shown text."""
+    if fmt == "json":
+        return json.loads(text)["rows"]
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if fmt == "md":
+        lines = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+        return [dict(zip([c.strip() for c in lines[0]], [c.strip() for c in line])) for line in lines[1:]]
+    if fmt == "html":
+        parser = _Cells()
+        parser.feed(text)
+        return [dict(zip(parser.rows[0], line)) for line in parser.rows[1:]]
+    lines = text.splitlines()[1:]
+    header = re.split(r"\s{2,}", lines[0])
+    return [dict(zip(header, re.split(r"\s{2,}", line))) for line in lines[1:] if not line.startswith("⚑")]
+
+
+def _number(value) -> float:
+    return float(value) if not isinstance(value, str) or not value.endswith("%") else float(value[:-1]) / 100
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_round_trips_the_same_numbers(fmt):
+    group = [matchup("fgsm", (1, 1, 1, 0, 0, 0, 0, 0)), matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0)),
+             matchup("fgsm", (1, 1, 1, 1, 1, 0, 0, 0), defense="jpeg"), matchup("pgd", WHITE, defense="jpeg")]
+    table = rows(group, RUN)
+    parsed = _parse(fmt, render(leaderboard_table(RUN, table), fmt))
+    assert [p["defense"] for p in parsed] == ["jpeg", "none"]
+    for row, shown in zip(table, parsed):
+        for column, value in [("clean", row.clean_accuracy), ("worst case", row.worst_case),
+                              *((a, v) for a, v in row.attacks.items())]:
+            assert _number(shown[column]) == pytest.approx(value, abs=0.0005), (fmt, column)
+        assert str(shown["samples"]) == "8" and shown["threat"] == "linf ε=0.1"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, registry):
+    """A real ε sweep on a small slice: two runs of one scenario, reported with pictures."""
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write_scenario(folder, tiny(threat_model={"norm": "linf", "eps": [0.01, 0.1]},
+                                       defenses=["none", "art.jpeg"],
+                                       attacks=["fgsm", {"name": "fgsm", "label": "fgsm_t", "source": {"defense": "none"}}]))
+    from arena.cli import main
+
+    code = main(["run", str(path), "--results", str(folder / "r"), "--cache-dir", str(folder / "cache"), "-q"])
+    assert code == 0
+    return folder
+
+
+def test_a_sweep_plays_one_run_per_eps_and_reports_a_curve(sweep, capsys):
+    store = Store(sweep / "r")
+    runs = store.runs(scenario="tiny")
+    assert sorted(r["eps"] for r in runs) == [0.01, 0.1]
+    small, large = sorted(runs, key=lambda r: r["eps"])
+    row = {r["model"] + "+" + r["defense"]: r for r in
+           json.loads(run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--run", small["id"],
+                              "--format", "json")[1])["rows"]}
+    assert row["cnn+none"]["worst case"] > 0
+    for run in runs:
+        report = sweep / "r" / "reports" / run["id"]
+        for name in ("leaderboard.png", "robustness.png", "examples.png", "leaderboard.html"):
+            assert (report / name).stat().st_size > 1000, name
+        assert matplotlib.image.imread(report / "robustness.png").std() > 0
+
+
+def test_compare_and_scenario_selection(sweep, capsys):
+    store = Store(sweep / "r")
+    small, large = sorted(store.runs(), key=lambda r: r["eps"])
+    code, out, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--compare", small["id"], large["id"],
+                           "--format", "csv")
+    parsed = {r["defense"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert code == 0 and set(parsed) == {"none", "art.jpeg"}
+    none = parsed["none"]
+    assert float(none["worst case Δ"]) == pytest.approx(float(none["worst case B"]) - float(none["worst case A"]))
+    assert float(none["fgsm Δ"]) < 0, "a larger ε breaks more samples"
+    code, out, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--scenario", "tiny")
+    assert code == 0 and large["id"] in out, "the latest run of the scenario: the sweep plays the larger ε last"
+    code, _, err = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--scenario", "tinny")
+    assert code == 2 and "did you mean 'tiny'" in err
+    target = sweep / "board.md"
+    assert run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--format", "md", "--out", str(target))[0] == 0
+    assert target.read_text().count("| cnn |") == 2
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("ARENA_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (ARENA_REQUIRE_BROWSER is set): apt-get install chromium")
+        pytest.skip("no chromium on this machine; .ci/run installs Debian's chromium and requires this test")
+    return found
+
+
+def test_html_page_renders_in_headless_chromium(sweep, tmp_path):
+    browser = _chromium()
+    store = Store(sweep / "r")
+    page = sweep / "r" / "reports" / store.run()["id"] / "leaderboard.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/p"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    parser = _Cells()
+    parser.feed(dom)
+    assert parser.rows[0][:4] == ["rank", "model", "defense", "clean"] and len(parser.rows) == 3
+    assert dom.count("<img") == 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.std() > 0.05, "the page rendered blank"
