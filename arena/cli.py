@@ -124,7 +124,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = _registry(args)
     listing = [
-        {"kind": info.kind, "name": info.name, "provider": info.provider, "package": info.package,
+        {"kind": info.kind, "stage": getattr(info.cls, "stage", None), "name": info.name, "provider": info.provider,
+         "package": info.package,
          "version": info.version, "description": info.cls.description(),
          "params": {k: p.describe() for k, p in info.cls.params.items()}}
         for info in registry
@@ -133,11 +134,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps({"hookspec_version": HOOKSPEC_VERSION, "plugins": listing, "errors": registry.load_errors},
                          indent=2))
         return 0
-    for item in listing:
-        origin = f"{item['package']} {item['version']}" if item["package"] else item["provider"]
-        print(f"{item['kind']:8} {item['name']:12} {origin:20} {item['description']}")
+    kinds = [f"{i['kind']} ({i['stage']})" if i["stage"] else i["kind"] for i in listing]
+    origins = [f"{i['package']} {i['version']}" if i["package"] else i["provider"] for i in listing]
+    widths = [max(map(len, column), default=0) for column in (kinds, [i["name"] for i in listing], origins)]
+    for kind, item, origin in zip(kinds, listing, origins):
+        print(f"{kind:{widths[0]}}  {item['name']:{widths[1]}}  {origin:{widths[2]}}  {item['description']}")
         for key, text in item["params"].items():
-            print(f"{'':42}{key}: {text}")
+            print(f"{'':{sum(widths) + 6}}{key}: {text}")
     return 0
 
 

@@ -144,7 +144,7 @@ class ThreatSection(_Strict):
     """The norm and budget; a list of budgets is an ε sweep: one run per ε, read together as robustness curves."""
 
     norm: Literal["linf", "l2"]
-    eps: Eps | Annotated[list[Eps], Field(min_length=1)]
+    eps: Annotated[list[Eps], pydantic.BeforeValidator(lambda v: v if isinstance(v, list) else [v]), Field(min_length=1)]
 
 
 class Scenario(_Strict):
@@ -177,8 +177,7 @@ class Scenario(_Strict):
     @property
     def threats(self) -> list[ThreatModel]:
         """One threat model per ε (several for an ε sweep), smallest first."""
-        eps = self.threat_model.eps
-        return [ThreatModel(self.threat_model.norm, e) for e in sorted(eps if isinstance(eps, list) else [eps])]
+        return [ThreatModel(self.threat_model.norm, eps) for eps in sorted(self.threat_model.eps)]
 
     @property
     def threat(self) -> ThreatModel:
@@ -249,6 +248,8 @@ class _Problems:
         self.path, self.lines, self.items = path, lines, []
 
     def add(self, loc: tuple, message: str) -> None:
+        if loc and isinstance(loc[-1], int) and loc not in self.lines and loc[:-1] in self.lines:
+            loc = loc[:-1]  # a value the schema reads as a one-item list (a single ε) was written as a scalar
         probe = loc
         while probe and probe not in self.lines:
             probe = probe[:-1]

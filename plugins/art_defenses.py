@@ -161,7 +161,7 @@ class _ArtPreprocessor(Preprocessor):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if isinstance(self.tool, PreprocessorPyTorch):
             return self.tool.forward(images)[0]
-        return torch.from_numpy(self.tool(images.cpu().numpy())[0]).to(images.device, images.dtype)
+        return torch.from_numpy(self.tool(images.cpu().numpy())[0]).to(images.device)
 
     def estimate_gradient(self, images: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         estimate = self.tool.estimate_gradient(images.cpu().numpy(), grad.cpu().numpy())

@@ -65,5 +65,5 @@ def test_a_cheating_attack_is_caught_and_marked_invalid(tmp_path, capsys):
     assert "linf norm up to 0.2 > ε = 0.1" in cheat.detail and cheat.max_norm == pytest.approx(0.2, abs=1e-6)
     assert "INVALID: cheat vs cnn+none" in err
     (row,) = rows([fgsm, cheat])
-    assert row.attacks["cheat"] == "invalid" and row.worst_case == fgsm.robust_accuracy and row.excluded == ["cheat"]
-    assert "INVALID" in out and "worst case excludes cheat" in out
+    assert row.attacks["cheat"] == "invalid" and row.worst_case == fgsm.robust_accuracy and row.rank is None
+    assert "INVALID" in out and "cheat: invalid, left out of the worst case" in out

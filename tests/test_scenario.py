@@ -93,7 +93,7 @@ def test_defaults_are_filled_and_eps_may_be_a_fraction(tmp_path, registry):
     assert scenario.threat.eps == pytest.approx(8 / 255)
     assert scenario.attacks[1].params == {"steps": 3, "step_size": None, "random_start": True}
     assert scenario.models[0].train.lr == 1e-3 and scenario.models[0].train.batch_size == 64
-    assert [d.name for d in scenario.defenses] == ["none"]
+    assert [d.key for d in scenario.defenses] == ["none"]
 
 
 @pytest.mark.parametrize("name", ["linf_0.1.yaml", "l2_8_255.yaml", "quickstart.yaml"])
