@@ -24,7 +24,8 @@ RUN = {"id": "r1", "scenario": "hand", "norm": "linf", "eps": 0.1, "samples": 8,
 
 def matchup(attack, robust, clean=(1, 1, 1, 1, 1, 1, 0, 0), defense="none", status="ok", **gradient):
     clean, robust = np.array(clean, bool), np.array(robust, bool)
-    return Matchup(model="cnn", defense=defense, attack=attack, params={}, status=status, samples=len(clean),
+    plugin = attack.split("_")[0]
+    return Matchup(model="cnn", defense=defense, attack=attack, params={"attack": {"plugin": plugin}}, status=status, samples=len(clean),
                    wall_time_s=1.0, gradient=gradient, clean_accuracy=clean.mean(),
                    robust_accuracy=robust.mean() if status == "ok" else None,
                    clean_correct=clean, robust_correct=robust if status == "ok" else None)
@@ -60,6 +61,8 @@ WHITE = (1, 1, 1, 1, 0, 0, 0, 0)
     [
         ([matchup("pgd", WHITE), matchup("tr", (1, 0, 0, 0, 0, 0, 0, 0), source="cnn+none")],
          "tr (transfer) beats white-box pgd: 12.5% < 50.0%"),
+        ([matchup("fgsm", WHITE), matchup("pgd", (0,) * 8), matchup("fgsm_t", (1, 0, 0, 0, 0, 0, 0, 0), source="x")],
+         "fgsm_t (transfer) beats white-box fgsm: 12.5% < 50.0%"),
         ([matchup("pgd", WHITE), matchup("noise", (1, 1, 0, 0, 0, 0, 0, 0), gradient_free=True)],
          "noise (gradient-free) beats white-box pgd"),
         ([matchup("pgd", (0,) * 8), matchup("tr", (1, 1, 1, 1, 1, 1, 0, 0), source="cnn+none")],
