@@ -90,7 +90,8 @@ def trust_flags(group: list[Matchup]) -> list[str]:
 
 
 def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row]:
-    """Group matchups by model × defense; rank by worst-case robust accuracy the rows whose matchups are all valid."""
+    """Group matchups by model × defense; rank by worst-case robust accuracy the rows whose matchups are all valid
+    (equal worst cases share a rank and are listed by clean accuracy)."""
     run = run or {}
     groups: dict[tuple[str, str], list[Matchup]] = {}
     for m in matchups:
@@ -108,9 +109,10 @@ def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row
             arena_version=run.get("arena_version", ""),
         ))
     rankable = sorted((r for r in table if all(not isinstance(v, str) for v in r.attacks.values())),
-                      key=lambda r: -(r.worst_case or 0.0))
-    for rank, row in enumerate(rankable, 1):
-        row.rank = rank
+                      key=lambda r: (-(r.worst_case or 0.0), -(r.clean_accuracy or 0.0)))
+    for position, row in enumerate(rankable):
+        tied = position and row.worst_case == rankable[position - 1].worst_case
+        row.rank = rankable[position - 1].rank if tied else position + 1  # equal worst cases share a rank
     return rankable + [r for r in table if r.rank is None]
 
 

@@ -219,3 +219,10 @@ def test_html_page_renders_in_headless_chromium(sweep, tmp_path):
                    capture_output=True, timeout=120)
     pixels = matplotlib.image.imread(shot)
     assert pixels.std() > 0.05, "the page rendered blank"
+
+
+def test_equal_worst_cases_share_a_rank_and_list_by_clean_accuracy():
+    table = rows([matchup("fgsm", (0,) * 8, clean=(1, 1, 0, 0, 0, 0, 0, 0), defense="low_clean"),
+                  matchup("fgsm", (0,) * 8, defense="high_clean"),
+                  matchup("fgsm", (1, 0, 0, 0, 0, 0, 0, 0), defense="robust")], RUN)
+    assert [(r.defense, r.rank) for r in table] == [("robust", 1), ("high_clean", 2), ("low_clean", 2)]
