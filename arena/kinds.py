@@ -174,4 +174,3 @@ class Attack(Plugin):
 
 
 KINDS: dict[str, type[Plugin]] = {cls.kind: cls for cls in (Dataset, Model, Defense, Attack)}
-STAGES: dict[str, type[Defense]] = {cls.stage: cls for cls in (TrainingDefense, Preprocessor, Postprocessor)}
