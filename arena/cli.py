@@ -56,10 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_id = arena.play()
         store = arena.store
         try:
-            summary = write_summary(store, run_id)
             run = store.run(run_id)
-            print(render(leaderboard_table(run, board(store, run))))
-            report = None if args.no_report else write_report(store, run_id, registry, cache)
+            table = board(store, run)
+            summary = write_summary(store, run, table)
+            print(render(leaderboard_table(run, table)))
+            report = None if args.no_report else write_report(store, run, table, registry, cache)
             failed += [m for m in store.matchups(run_id) if m.status != "ok"]
         finally:
             store.close()
@@ -114,7 +115,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     registry = _registry(args)
     store = Store.open_existing(args.results)
     try:
-        page = write_report(store, args.run_id, registry, WeightsCache(args.cache_dir), args.out)
+        run = store.run(args.run_id)
+        page = write_report(store, run, board(store, run), registry, WeightsCache(args.cache_dir), args.out)
     finally:
         store.close()
     print(f"wrote {page} and its pictures")

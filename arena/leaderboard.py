@@ -257,15 +257,15 @@ def _html(table: Table, shown: list[list[str]], images: list[str]) -> str:
             f"{pictures}</body></html>\n")
 
 
-def write_summary(store: Store, run_id: str) -> Path:
+def write_summary(store: Store, run: dict[str, Any], table: list[Row]) -> Path:
     """Write ``runs/<run id>.json`` beside the store: the run, every matchup's numbers, and the leaderboard."""
-    run = store.run(run_id)
+    run_id = run["id"]
     path = store.results_dir / "runs" / f"{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": {k: v for k, v in run.items() if k != "scenario_text"},
         "matchups": [m.summary() for m in store.matchups(run_id)],
-        "leaderboard": [asdict(r) for r in board(store, run)],
+        "leaderboard": [asdict(r) for r in table],
     }
     path.write_text(json.dumps(summary, indent=2))
     return path

@@ -162,8 +162,10 @@ def load_registry(modules: Iterable[str | ModuleType] = (), blocked: Iterable[st
     pm = registry.pm
     dists = _load_entry_points(pm, blocked, registry.load_errors)
     for module in modules:
-        name = Path(module).stem if isinstance(module, str) and module.endswith(".py") else \
-            module if isinstance(module, str) else module.__name__
+        if isinstance(module, ModuleType):
+            name = module.__name__
+        else:
+            name = Path(module).stem if module.endswith(".py") else module
         if name in blocked or pm.has_plugin(name):
             continue
         try:

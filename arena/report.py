@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from arena.leaderboard import Row, board, curves, leaderboard_table, render  # noqa: E402
+from arena.leaderboard import Row, curves, leaderboard_table, render  # noqa: E402
 from arena.matchups import Arena, Data  # noqa: E402
 from arena.registry import Registry  # noqa: E402
 from arena.scenario import parse_scenario  # noqa: E402
@@ -120,12 +120,12 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def write_report(
-    store: Store, run_id: str | None, registry: Registry, cache: WeightsCache | None = None, out: Path | None = None,
+    store: Store, run: dict[str, Any], table: list[Row], registry: Registry, cache: WeightsCache | None = None,
+    out: Path | None = None,
 ) -> Path:
-    """Write the pictures and ``leaderboard.html`` of a run into ``out`` (default ``<results>/reports/<run id>``)."""
-    run = store.run(run_id)
+    """Write the pictures and ``leaderboard.html`` of a run (its ``board`` rows in ``table``) into ``out``
+    (default ``<results>/reports/<run id>``)."""
     folder = Path(out or store.results_dir / "reports" / run["id"])
-    table = board(store, run)
     pictures = [bar_chart(table, folder / "leaderboard.png"),
                 curve_chart(curves(store, run), table, run["norm"], folder / "robustness.png")]
     grid = examples_grid(store, run, table, registry, cache or WeightsCache(), folder / "examples.png")

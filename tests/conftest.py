@@ -10,7 +10,11 @@ import pytest
 import yaml
 
 from arena.cli import main
-from arena.registry import load_registry
+from arena.matchups import Arena
+from arena.registry import Registry, load_registry
+from arena.scenario import load_scenario
+from arena.store import Store
+from arena.training import WeightsCache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +69,15 @@ def write_scenario(folder: Path, scenario: dict[str, Any] | str, name: str = "sc
     path = folder / name
     path.write_text(scenario if isinstance(scenario, str) else yaml.safe_dump(scenario, sort_keys=False))
     return path
+
+
+def play(folder: Path, registry: Registry, scenario: dict[str, Any], cache: Path | None = None) -> tuple[Store, str]:
+    """Play ``scenario`` into ``folder/results`` with the weights cache at ``cache`` (default ``folder/cache``);
+    returns the store and the run id."""
+    arena = Arena(load_scenario(write_scenario(folder, scenario), registry), registry, folder / "results",
+                  cache=WeightsCache(cache or folder / "cache"), progress=False)
+    run_id = arena.play()
+    return arena.store, run_id
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from arena.defended import Defended
-from arena.matchups import Arena
 from arena.scenario import ScenarioError, TrainConfig, load_scenario
 from arena.store import Store
-from arena.training import Trainer, WeightsCache
+from arena.training import Trainer
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
-from conftest import tiny, write_scenario
+from conftest import play, tiny, write_scenario
 
 PREPROCESSORS = ["art.jpeg", "art.spatial_smoothing", "art.feature_squeezing", "art.total_var_min", "art.gaussian_noise"]
 POSTPROCESSORS = ["art.reverse_sigmoid", "art.high_confidence"]
@@ -117,12 +116,6 @@ def test_trainer_changes_the_weights(entry, registry, scenario_data_dir):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "training left the weights as they were"
 
 
-def play(folder, registry, scenario, cache=None):
-    arena = Arena(load_scenario(write_scenario(folder, scenario), registry), registry, folder / "results",
-                  cache=WeightsCache(cache or folder / "cache"), progress=False)
-    run_id = arena.play()
-    return arena, run_id
-
 
 @pytest.fixture(scope="module")
 def defended_run(tmp_path_factory, registry):
@@ -135,8 +128,8 @@ def defended_run(tmp_path_factory, registry):
         attacks=["fgsm", {"name": "fgsm", "label": "fgsm_transfer", "source": {"defense": "none"}},
                  {"name": "fgsm", "label": "fgsm_no_eot", "eot_samples": 1}],
     )
-    arena, run_id = play(folder, registry, scenario)
-    return folder, scenario, arena, run_id
+    store, run_id = play(folder, registry, scenario)
+    return folder, scenario, store, run_id
 
 
 def by_name(store, run_id):
@@ -144,8 +137,8 @@ def by_name(store, run_id):
 
 
 def test_every_matchup_records_its_gradient_path(defended_run):
-    _, _, arena, run_id = defended_run
-    found = by_name(arena.store, run_id)
+    _, _, store, run_id = defended_run
+    found = by_name(store, run_id)
     assert all(m.status == "ok" for m in found.values()), [m.detail for m in found.values() if m.status != "ok"]
     assert found["none", "fgsm"].gradient["bpda"] == [] and "source" not in found["none", "fgsm"].gradient
     assert found["art.jpeg", "fgsm"].gradient["bpda"] == ["art.jpeg"]
@@ -156,8 +149,8 @@ def test_every_matchup_records_its_gradient_path(defended_run):
 
 
 def test_transfer_uses_the_source_gradients(defended_run):
-    _, _, arena, run_id = defended_run
-    found = by_name(arena.store, run_id)
+    _, _, store, run_id = defended_run
+    found = by_name(store, run_id)
     # Crafted on cnn+none, the examples are the white-box ones for cnn+none ...
     assert np.array_equal(found["none", "fgsm_transfer"].robust_correct, found["none", "fgsm"].robust_correct)
     # ... and they transfer badly to the adversarially trained model, which white-box FGSM attacks better.
@@ -165,8 +158,8 @@ def test_transfer_uses_the_source_gradients(defended_run):
 
 
 def test_training_defense_weights_are_cached_and_reused(defended_run, registry):
-    folder, scenario, arena, run_id = defended_run
-    weights = arena.store.run(run_id)["weights"]
+    folder, scenario, store, run_id = defended_run
+    weights = store.run(run_id)["weights"]
     assert weights["cnn/pgd_at"]["source"] == "trained"
     assert weights["cnn/pgd_at+jpeg"]["key"] == weights["cnn/pgd_at"]["key"], "JPEG adds no training"
     assert weights["cnn/art.jpeg"]["key"] == weights["cnn/none"]["key"] != weights["cnn/pgd_at"]["key"]
@@ -174,15 +167,15 @@ def test_training_defense_weights_are_cached_and_reused(defended_run, registry):
     assert sidecar["defense"][0] == "art.madry_pgd"
     (folder / "again").mkdir()
     again, second = play(folder / "again", registry, scenario, cache=folder / "cache")
-    assert again.store.run(second)["weights"]["cnn/pgd_at"]["source"] == "cache", "a new results store, cached weights"
+    assert again.run(second)["weights"]["cnn/pgd_at"]["source"] == "cache", "a new results store, cached weights"
 
 
 def test_static_fgsm_augmentation_crafts_on_the_cached_baseline(tmp_path, registry):
-    arena, run_id = play(tmp_path, registry, tiny(defenses=[{"name": "fgsm_augmentation", "mode": "static"}],
+    store, run_id = play(tmp_path, registry, tiny(defenses=[{"name": "fgsm_augmentation", "mode": "static"}],
                                                   attacks=["fgsm"]))
     keys = {p.stem for p in (tmp_path / "cache").glob("*.pt")}
     assert len(keys) == 2, "the baseline it crafts on is trained and cached as cnn + none"
-    assert arena.store.matchups(run_id)[0].status == "ok"
+    assert store.matchups(run_id)[0].status == "ok"
 
 
 @pytest.mark.parametrize(

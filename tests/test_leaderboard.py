@@ -226,3 +226,13 @@ def test_equal_worst_cases_share_a_rank_and_list_by_clean_accuracy():
                   matchup("fgsm", (0,) * 8, defense="high_clean"),
                   matchup("fgsm", (1, 0, 0, 0, 0, 0, 0, 0), defense="robust")], RUN)
     assert [(r.defense, r.rank) for r in table] == [("robust", 1), ("high_clean", 2), ("low_clean", 2)]
+
+
+def test_arena_report_writes_the_pictures_and_page_of_a_run(sweep, tmp_path, capsys):
+    run_id = Store(sweep / "r").run()["id"]
+    code, out, _ = run_cli(capsys, "report", run_id, "--results", str(sweep / "r"), "--cache-dir", str(sweep / "cache"),
+                           "--out", str(tmp_path / "report"))
+    assert code == 0 and str(tmp_path / "report" / "leaderboard.html") in out
+    for name in ("leaderboard.png", "robustness.png", "examples.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 1000, name
+        assert f'src="{name}"' in (tmp_path / "report" / "leaderboard.html").read_text()

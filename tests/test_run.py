@@ -13,17 +13,10 @@ from arena.matchups import Arena
 from arena.scenario import load_scenario
 from arena.store import Store
 from arena.training import WeightsCache
-from conftest import REPO, run_cli, tiny, write_scenario
+from conftest import REPO, play, run_cli, tiny, write_scenario
 
 BOTH = [{"name": "cnn", "train": {"epochs": 1}}, {"name": "cnn_lstm", "train": {"epochs": 1}}]
 
-
-def play(folder, registry, scenario, cache):
-    """Play ``scenario`` into ``folder/results`` with the weights cache at ``cache``; returns store and run id."""
-    arena = Arena(load_scenario(write_scenario(folder, scenario), registry), registry, folder / "results",
-                  cache=WeightsCache(cache), progress=False)
-    run_id = arena.play()
-    return arena.store, run_id
 
 
 @pytest.fixture(scope="module")
