@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("arena")
 
 from arena.kinds import (  # noqa: E402
-    Attack, DataError, Dataset, Defense, Model, Param, Plugin, Postprocessor, Preprocessor, TrainingDefense,
+    Attack, DataError, Dataset, Defense, Model, Param, Plugin, Postprocessor, Preprocessor, Suite, TrainingDefense,
 )
 from arena.threat import ThreatModel  # noqa: E402
 
@@ -25,6 +25,7 @@ __all__ = [
     "Plugin",
     "Postprocessor",
     "Preprocessor",
+    "Suite",
     "ThreatModel",
     "TrainingDefense",
     "__version__",

@@ -50,8 +50,12 @@ class Defended(nn.Module):
         self.bpda, self.eot_samples = bpda, eot_samples
         self.randomized = any(stage.randomized for stage in self.pre)
 
+    def draws(self) -> int:
+        """Network passes one forward call makes: ``eot_samples`` for a randomized defense under gradients, else 1."""
+        return self.eot_samples if self.randomized and torch.is_grad_enabled() else 1
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        draws = self.eot_samples if self.randomized and torch.is_grad_enabled() else 1
+        draws = self.draws()
         if draws == 1:
             return self._once(images)
         log_probs = torch.stack([self._once(images).log_softmax(1) for _ in range(draws)])

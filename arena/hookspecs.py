@@ -20,7 +20,7 @@ from typing import Any
 
 import pluggy
 
-from arena.kinds import Attack, Dataset, Defense, Model
+from arena.kinds import Attack, Dataset, Defense, Model, Suite
 from arena.store import Matchup
 
 hookspec = pluggy.HookspecMarker("arena")
@@ -60,6 +60,12 @@ def arena_register_attacks(register: Callable[[type[Attack]], None]) -> None:
 
     The returned batch must have the input's shape and dtype; the arena audits it against the threat model.
     """
+
+
+@hookspec
+def arena_register_suites(register: Callable[[type[Suite]], None]) -> None:
+    """Register suite classes: ``attacks()`` lists member attack entries, which a scenario entry naming the suite
+    expands to and plays as a cascade (each member only on the samples every earlier member failed on)."""
 
 
 @hookspec

@@ -1,4 +1,4 @@
-"""The four plugin kinds (dataset, model, defense, attack) and how each declares its parameters.
+"""The plugin kinds (dataset, model, defense, attack, suite) and how each declares its parameters.
 
 A plugin is a small class, in the spirit of torchattacks' ``Attack`` and ART's estimators: it declares its
 parameters in ``params`` so that a scenario can be validated before any work starts, and the arena builds it
@@ -173,4 +173,16 @@ class Attack(Plugin):
         raise NotImplementedError
 
 
-KINDS: dict[str, type[Plugin]] = {cls.kind: cls for cls in (Dataset, Model, Defense, Attack)}
+class Suite(Plugin):
+    """Several attacks that a scenario names as one entry (``autoattack``) and that run as a cascade: each attack
+    only on the samples every earlier one failed on. The leaderboard shows each attack and the suite's worst case."""
+
+    kind = "suite"
+
+    def attacks(self) -> list[dict[str, Any]]:
+        """The member attack entries in cascade order, as a scenario would write them: ``{"name": ..., **params}``
+        (``eot_samples`` and ``bpda`` are allowed too)."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Plugin]] = {cls.kind: cls for cls in (Dataset, Model, Defense, Attack, Suite)}

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from arena import checks
 from arena.store import Matchup, Store
 
 FORMATS = ("table", "md", "csv", "json", "html")
@@ -37,6 +38,11 @@ class Row:
     worst_case: float | None = None
     rank: int | None = None
     flags: list[str] = field(default_factory=list)
+    #: ``full``, ``cascade``, or ``full; cascade: <suite>`` when only a suite cascaded.
+    evaluation: str = "full"
+    #: Network passes (forward + backward) per evaluated sample over all of the row's attacks, and per attack.
+    passes: float | None = None
+    attack_passes: dict[str, float | None] = field(default_factory=dict)
     threat: str = ""
     run: str = ""
     arena_version: str = ""
@@ -60,6 +66,12 @@ def _white_box(m: Matchup) -> bool:
     return not m.gradient.get("source") and not m.gradient.get("gradient_free")
 
 
+def _same_samples(a: Matchup, b: Matchup) -> bool:
+    """Whether two matchups attacked all the same initially-correct samples, so their accuracies compare directly
+    (a cascaded attack's accuracy is cumulative; ``arena.checks`` compares those sample by sample)."""
+    return not a.cascade_after and not b.cascade_after and np.array_equal(a.attacked_mask, b.attacked_mask)
+
+
 def trust_flags(group: list[Matchup]) -> list[str]:
     """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
     flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status != "ok"]
@@ -67,12 +79,18 @@ def trust_flags(group: list[Matchup]) -> list[str]:
     white = [m for m in ok if _white_box(m)]
     other = [m for m in ok if not _white_box(m)]
     for m in other:
-        # Compare with the white-box run of the same attack plugin when there is one, else with the strongest.
-        compared = [w for w in white if _plugin(w) == _plugin(m)] or ([min(white, key=_robust)] if white else [])
+        kind = "transfer" if m.gradient.get("source") else "gradient-free"
+        beyond = checks.beyond_white_box(m, white)
+        if beyond:
+            flags.append(f"{m.attack} ({kind}) broke {beyond} samples that every white-box attack missed; gradients "
+                         "may be masked: attack adaptively (BPDA, EOT) or with more iterations")
+            continue
+        # Else compare with the white-box run of the same attack plugin when there is one, else with the strongest.
+        same = [w for w in white if _same_samples(w, m)]
+        compared = [w for w in same if _plugin(w) == _plugin(m)] or ([min(same, key=_robust)] if same else [])
         beaten = [w for w in compared if m.robust_accuracy < w.robust_accuracy - TOLERANCE]
         if beaten:
             w = max(beaten, key=_robust)
-            kind = "transfer" if m.gradient.get("source") else "gradient-free"
             flags.append(f"{m.attack} ({kind}) beats white-box {w.attack}: "
                          f"{m.robust_accuracy:.1%} < {w.robust_accuracy:.1%}; gradients may be masked")
     if white and other:
@@ -86,7 +104,36 @@ def trust_flags(group: list[Matchup]) -> list[str]:
             flags.append(f"{m.attack}: randomized defense ({', '.join(m.gradient['randomized'])}) attacked without EOT")
         if m.gradient.get("masked"):
             flags.append(f"{m.attack}: non-differentiable {', '.join(m.gradient['masked'])} attacked without BPDA")
-    return flags
+    return flags + checks.flags(group)
+
+
+def _evaluation(group: list[Matchup]) -> str:
+    """How a row was evaluated: ``full``, ``cascade``, or ``full; cascade: <suite>`` when only suites cascaded."""
+    cascaded = [m for m in group if m.cascade_after]
+    if not cascaded:
+        return "full"
+    if all(m.cascade_after or m is group[0] for m in group):
+        return "cascade"
+    suites = sorted({m.suite for m in cascaded if m.suite})
+    return "full; cascade: " + ", ".join(suites) if suites else "mixed"
+
+
+def _suites(group: list[Matchup]) -> dict[str, float | str]:
+    """Each suite's worst case over its members, or the status of a member that did not finish."""
+    members: dict[str, list[Matchup]] = {}
+    for m in group:
+        if m.suite:
+            members.setdefault(m.suite, []).append(m)
+    result: dict[str, float | str] = {}
+    for suite, ms in members.items():
+        failed = [m.status for m in ms if m.status != "ok"]
+        result[suite] = failed[0] if failed else float(worst_case(ms).mean())
+    return result
+
+
+def _passes(group: list[Matchup]) -> float | None:
+    counted = [m.passes_per_sample for m in group]
+    return None if any(p is None for p in counted) else sum(counted)
 
 
 def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row]:
@@ -102,9 +149,11 @@ def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row
         combined = worst_case(group)
         table.append(Row(
             model, defense, group[0].samples, clean,
-            attacks={m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
+            attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
+                     **_suites(group)},
             worst_case=float(combined.mean()) if combined is not None else None,
-            flags=trust_flags(group),
+            flags=trust_flags(group), evaluation=_evaluation(group), passes=_passes(group),
+            attack_passes={m.attack: m.passes_per_sample for m in group},
             threat=f"{run['norm']} ε={run['eps']:.4g}" if run else "", run=run.get("id", ""),
             arena_version=run.get("arena_version", ""),
         ))
@@ -116,14 +165,39 @@ def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row
     return rankable + [r for r in table if r.rank is None]
 
 
-def sweep_flags(curves: dict[tuple[str, str], list[tuple[float, float]]]) -> dict[tuple[str, str], str]:
-    """Rows whose worst-case accuracy does not fall as ε grows across a sweep: the attack, not the model, is failing."""
-    flagged = {}
+#: An L∞ ε at which every image can be moved to the same grey one: an attack that works leaves almost nothing robust.
+SATURATING_LINF = 0.5
+#: Budgets this small should leave accuracy at its clean value; robust accuracy this far below clean means the
+#: predictions are unstable (randomness) or the evaluation is broken.
+TINY_EPS = {"linf": 1e-4, "l2": 1e-3}
+SANITY_GAP = 0.01
+
+
+def sweep_flags(
+    curves: dict[tuple[str, str], list[tuple[float, float]]], clean: dict[tuple[str, str], float | None] | None = None,
+    norm: str | None = None,
+) -> dict[tuple[str, str], list[str]]:
+    """Rows whose robustness curve is implausible: worst-case accuracy that does not fall as ε grows (the attack, not
+    the model, is failing), that stays above chance at an L∞ ε of 0.5 or more, or that is well below clean accuracy
+    at a vanishing ε."""
+    flagged: dict[tuple[str, str], list[str]] = {}
     for key, points in curves.items():
         points = sorted(points)
+        found = []
         if len(points) >= 2 and points[-1][1] >= points[0][1] - TOLERANCE:
-            flagged[key] = (f"robust accuracy does not fall as ε grows ({points[0][1]:.1%} at ε={points[0][0]:.4g}, "
-                            f"{points[-1][1]:.1%} at ε={points[-1][0]:.4g})")
+            found.append(f"robust accuracy does not fall as ε grows ({points[0][1]:.1%} at ε={points[0][0]:.4g}, "
+                         f"{points[-1][1]:.1%} at ε={points[-1][0]:.4g})")
+        large = [(e, a) for e, a in points if norm == "linf" and e >= SATURATING_LINF and a > 0.1]
+        if large:
+            found.append(f"{large[-1][1]:.1%} robust at ε={large[-1][0]:.4g}, where every image can be turned grey; "
+                         "the attack is failing")
+        base = (clean or {}).get(key)
+        tiny = [(e, a) for e, a in points if norm in TINY_EPS and e <= TINY_EPS[norm]]
+        if base is not None and tiny and tiny[0][1] < base - SANITY_GAP:
+            found.append(f"{tiny[0][1]:.1%} robust at ε={tiny[0][0]:.2g} against {base:.1%} clean; at a vanishing ε "
+                         "it should equal clean accuracy (unstable predictions?)")
+        if found:
+            flagged[key] = found
     return flagged
 
 
@@ -143,10 +217,10 @@ def curves(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], list[tupl
 def board(store: Store, run: dict[str, Any]) -> list[Row]:
     """A run's rows with every trust flag, the ε-sweep one included."""
     table = rows(store.matchups(run["id"]), run)
-    flagged = sweep_flags(curves(store, run))
+    clean = {(row.model, row.defense): row.clean_accuracy for row in table}
+    flagged = sweep_flags(curves(store, run), clean, run["norm"])
     for row in table:
-        if (row.model, row.defense) in flagged:
-            row.flags.append(flagged[row.model, row.defense])
+        row.flags += flagged.get((row.model, row.defense), [])
     return table
 
 
@@ -164,12 +238,15 @@ def leaderboard_table(run: dict[str, Any], table: list[Row]) -> Table:
     attacks = list(dict.fromkeys(a for r in table for a in r.attacks))
     records = [{
         "rank": r.rank, "model": r.model, "defense": r.defense, "clean": r.clean_accuracy,
-        **{a: r.attacks.get(a) for a in attacks}, "worst case": r.worst_case, "samples": r.samples,
-        "threat": r.threat, "run": r.run, "arena": r.arena_version, "flags": r.flags,
+        **{a: r.attacks.get(a) for a in attacks}, "worst case": r.worst_case,
+        "passes/sample": None if r.passes is None else round(r.passes, 1), "evaluation": r.evaluation,
+        "samples": r.samples, "threat": r.threat, "run": r.run, "arena": r.arena_version, "flags": r.flags,
+        "passes per attack": r.attack_passes,
     } for r in table]
     title = (f"run {run['id']} · scenario {run['scenario']} · {run['norm']} ε={run['eps']:.4g} · "
              f"{run['samples']} samples · arena {run['arena_version']} · {run['status']}")
-    columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "samples", "threat", "run", "arena", "flags"]
+    columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "passes/sample", "evaluation", "samples",
+               "threat", "run", "arena", "flags"]
     return Table(title, columns, records, {"clean", "worst case", *attacks})
 
 

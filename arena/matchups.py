@@ -22,6 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from arena.audit import audit
+from arena.checks import convergence, probe, single_step
+from arena.cost import Counted, Passes
 from arena.defended import Defended, describe_gradient
 from arena.kinds import Attack, DataError, Dataset
 from arena.registry import Registry
@@ -123,12 +125,19 @@ class Arena:
         return run_id
 
     def _play_pair(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> Iterator[Matchup]:
-        """Reuse the matchups this store already holds; prepare the defended model only for the others."""
+        """Reuse the matchups this store already holds; prepare the defended model only for the others.
+
+        A cascaded attack runs only on the samples every attack before it in its cascade failed on, so its key
+        includes theirs.
+        """
         started = time.perf_counter()
         attacks = self.scenario.attacks
         try:
             weights_key = self.weights_key(data, model_ref, defense_ref)[0]
-            keys = {a.key: self._matchup_key(data, weights_key, model_ref, defense_ref, a) for a in attacks}
+            keys: dict[str, str] = {}
+            for index, attack_ref in enumerate(attacks):
+                after = [keys[ref.key] for ref in self.scenario.cascade_before(index)]
+                keys[attack_ref.key] = self._matchup_key(data, weights_key, model_ref, defense_ref, attack_ref, after)
             earlier = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
             if not all(earlier.get(a.key) for a in attacks):
                 target = self.defended(data, model_ref, defense_ref)
@@ -143,13 +152,19 @@ class Arena:
             for attack_ref in attacks:
                 yield _record((model_ref, defense_ref, attack_ref), len(data.images), started, "error", detail=detail)
             return
-        for attack_ref in attacks:
+        played: dict[str, Matchup] = {}
+        for index, attack_ref in enumerate(attacks):
+            before = [played[ref.key] for ref in self.scenario.cascade_before(index)]
             found = earlier.get(attack_ref.key)
-            if found is not None:
-                yield found
-            else:
-                result = self._attack(target, data, clean, (model_ref, defense_ref, attack_ref))
-                yield replace(result, key=keys[attack_ref.key])
+            if found is None:
+                todo = clean.copy()
+                for m in before:  # an earlier attack that failed to run breaks nothing
+                    if m.robust_correct is not None:
+                        todo &= m.robust_correct
+                found = self._attack(target, data, clean, todo, (model_ref, defense_ref, attack_ref), before)
+                found = replace(found, key=keys[attack_ref.key])
+            played[attack_ref.key] = found
+            yield found
 
     def weights_key(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
         """The weights-cache key of a model under a defense entry, and the fields it hashes.
@@ -178,11 +193,13 @@ class Arena:
         return found[0] if found else None
 
     def _matchup_key(
-        self, data: Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
+        self, data: Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef,
+        after: list[str],
     ) -> str:
         """Everything that determines a matchup's result, plugin source included, so a result can be reused.
 
-        Seed and device are covered by the weights key; a transfer attack's source by its own weights key.
+        Seed and device are covered by the weights key; a transfer attack's source by its own weights key; the
+        samples a cascaded attack runs on by the keys of the attacks before it (``after``).
         """
         def plugin(kind: str, ref: PluginRef) -> list[Any]:
             return [ref.name, ref.params, self.registry.get(kind, ref.name).code_hash]
@@ -200,6 +217,7 @@ class Arena:
             "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
+            **({"after": after} if after else {}),
         })
 
     def _source(self, model_ref: ModelRef, attack_ref: AttackRef) -> tuple[ModelRef, DefenseRef]:
@@ -258,9 +276,9 @@ class Arena:
 
     def attacker(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
-    ) -> tuple[Attack, Defended, dict[str, Any]]:
-        """The attack built on the module it differentiates (the target, or a transfer attack's source), seeded for
-        this matchup, with a record of how it gets its gradients."""
+    ) -> tuple[Attack, Counted, dict[str, Any]]:
+        """The attack built on the module it differentiates (the target, or a transfer attack's source) with its
+        passes counted, seeded for this matchup, and a record of how it gets its gradients."""
         if attack_ref.source is None:
             crafted_on = self.defended(data, model_ref, defense_ref, attack_ref)
             gradient = crafted_on.gradient()
@@ -272,54 +290,121 @@ class Arena:
         if attack_cls.gradient_free:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
-        return attack_cls(crafted_on, self.threat, **attack_ref.params), crafted_on, gradient
+        counted = Counted(crafted_on).eval()
+        return attack_cls(counted, self.threat, **attack_ref.params), counted, gradient
 
     def _attack(
-        self, target: Defended, data: Data, clean_correct: np.ndarray, refs: tuple[ModelRef, DefenseRef, AttackRef]
+        self, target: Defended, data: Data, clean_correct: np.ndarray, todo: np.ndarray,
+        refs: tuple[ModelRef, DefenseRef, AttackRef], before: list[Matchup],
     ) -> Matchup:
-        """Attack the initially-correct samples batch by batch, auditing every adversarial batch.
+        """Attack the samples in ``todo`` batch by batch, counting passes and auditing every adversarial batch.
 
         White-box, the attack differentiates the target itself; a transfer attack crafts on its source and the
-        examples are then judged by the target.
+        examples are then judged by the target. The first batch also answers the checks of ``arena.checks``; a
+        single-step attack outside a cascade is then run on the initially-misclassified samples too, so that label
+        leaking (the attack fixing images) can be measured.
         """
         started = time.perf_counter()
-        threat, size = self.threat, self.scenario.batch_size
         model_ref, defense_ref, attack_ref = refs
+        record = _Recorder(refs, len(data.images), started, clean_correct, todo, [m.attack for m in before])
         desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
-        robust = np.zeros(len(data.images), dtype=bool)
-        norms: list[torch.Tensor] = []
-        gradient: dict[str, Any] = {}
         try:
-            attack, crafted_on, gradient = self.attacker(data, model_ref, defense_ref, attack_ref)
-            targets = torch.from_numpy(np.flatnonzero(clean_correct))
-            for index in tqdm(targets.split(size), desc=desc, disable=not self.progress, leave=False, unit="batch"):
+            attack, counted, record.gradient = self.attacker(data, model_ref, defense_ref, attack_ref)
+            traces = []
+            for index in self._batches(todo, desc):
                 images, labels = data.images[index].to(self.device), data.labels[index].to(self.device)
-                crafted_on.eval()
-                adversarial = attack(images, labels)
-                report = audit(attack_ref.name, images, adversarial, threat)
-                norms.append(report.norms.cpu())
-                if report.violation:
-                    return _record(refs, len(robust), started, "invalid", report.violation, clean_correct, None, norms,
-                                   gradient)
-                robust[index.numpy()] = (predict(target, adversarial, size, self.device) == labels.cpu()).numpy()
+                if not record.checks:
+                    counted.counting = False
+                    record.checks.update(probe(target, counted.module, images, labels))
+                    counted.counting = True
+                counted.watch(labels)
+                violation = self._judge(attack, counted, target, images, labels, index, record.robust, record.norms)
+                traces.append(counted.trace())
+                counted.watch(None)
+                if violation:
+                    return record.finish("invalid", violation, counted.passes)
+            record.checks["convergence"] = convergence(traces)
+            record.passes = counted.passes
+            if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
+                counted.counting = False
+                fixed = np.zeros(len(todo), dtype=bool)
+                for index in self._batches(~clean_correct, desc + " (label-leak check)"):
+                    images, labels = data.images[index].to(self.device), data.labels[index].to(self.device)
+                    violation = self._judge(attack, counted, target, images, labels, index, fixed, record.norms)
+                    if violation:
+                        return record.finish("invalid", violation, record.passes)
+                record.checks["accuracy_all"] = float((record.robust | fixed).mean())
         except Exception:
             detail = traceback.format_exc()
             log.error("%s failed:\n%s", desc, detail)
-            return _record(refs, len(robust), started, "error", detail, clean_correct, gradient=gradient)
-        return _record(refs, len(robust), started, "ok", None, clean_correct, robust, norms, gradient)
+            return record.finish("error", detail)
+        return record.finish("ok")
+
+    def _batches(self, mask: np.ndarray, desc: str) -> Iterator[torch.Tensor]:
+        """The indices of ``mask``'s samples in batches of the scenario's size, with a progress bar."""
+        indices = torch.from_numpy(np.flatnonzero(mask))
+        batches = indices.split(self.scenario.batch_size) if len(indices) else ()
+        yield from tqdm(batches, desc=desc, disable=not self.progress, leave=False, unit="batch")
+
+    def _judge(
+        self, attack: Attack, counted: Counted, target: Defended, images: torch.Tensor, labels: torch.Tensor,
+        index: torch.Tensor, correct: np.ndarray, norms: list[torch.Tensor],
+    ) -> str | None:
+        """Attack one batch, audit it and mark in ``correct`` which adversarial images the target still classifies
+        right; returns the audit's violation, if any."""
+        counted.eval()
+        adversarial = attack(images, labels)
+        report = audit(attack.name, images, adversarial, self.threat)
+        norms.append(report.norms.cpu())
+        if report.violation:
+            return report.violation
+        correct[index.numpy()] = (predict(target, adversarial, self.scenario.batch_size, self.device)
+                                  == labels.cpu()).numpy()
+        return None
+
+
+@dataclass
+class _Recorder:
+    """What one matchup accumulates while it runs, turned into its stored ``Matchup`` by ``finish``."""
+
+    refs: tuple[ModelRef, DefenseRef, AttackRef]
+    samples: int
+    started: float
+    clean_correct: np.ndarray
+    attacked: np.ndarray
+    after: list[str]
+    robust: np.ndarray = field(init=False)
+    norms: list[torch.Tensor] = field(default_factory=list)
+    gradient: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    passes: Passes | None = None
+
+    def __post_init__(self) -> None:
+        self.robust = np.zeros(self.samples, dtype=bool)
+
+    def finish(self, status: str, detail: str | None = None, passes: Passes | None = None) -> Matchup:
+        passes = passes or self.passes
+        base = _record(self.refs, self.samples, self.started, status, detail, self.clean_correct,
+                       self.robust if status == "ok" else None, self.norms, self.gradient, self.attacked)
+        return replace(
+            base, checks={k: v for k, v in self.checks.items() if v is not None}, cascade_after=self.after,
+            forward_passes=passes.forward if passes else None, backward_passes=passes.backward if passes else None,
+        )
 
 
 def _record(
     refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: str, detail: str | None = None,
     clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
-    gradient: dict[str, Any] | None = None,
+    gradient: dict[str, Any] | None = None, attacked_mask: np.ndarray | None = None,
 ) -> Matchup:
-    """The stored result: accuracies over all samples, attack success over the initially-correct ones."""
+    """The stored result: accuracies over all samples, attack success over the attacked ones (by default the
+    initially-correct ones)."""
     model_ref, defense_ref, attack_ref = refs
     measured = torch.cat(list(norms)) if norms else None
-    attacked = int(clean_correct.sum()) if clean_correct is not None else 0
+    attacked_mask = clean_correct if attacked_mask is None else attacked_mask
+    attacked = int(attacked_mask.sum()) if attacked_mask is not None else 0
     return Matchup(
-        model=model_ref.key, defense=defense_ref.key, attack=attack_ref.key,
+        model=model_ref.key, defense=defense_ref.key, attack=attack_ref.key, suite=attack_ref.suite,
         params={
             "model": {"plugin": model_ref.name, **model_ref.params, "train": model_ref.train.model_dump()},
             "defense": [{"plugin": ref.name, **ref.params} for ref in defense_ref.chain],
@@ -330,10 +415,10 @@ def _record(
         status=status, detail=detail, samples=samples, wall_time_s=time.perf_counter() - started,
         clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
         robust_accuracy=float(robust.mean()) if robust is not None else None,
-        attack_success_rate=1 - float(robust[clean_correct].sum()) / attacked if robust is not None and attacked else None,
+        attack_success_rate=1 - float(robust[attacked_mask].sum()) / attacked if robust is not None and attacked else None,
         mean_norm=float(measured.double().mean()) if measured is not None and len(measured) else None,
         max_norm=float(measured.max()) if measured is not None and len(measured) else None,
-        clean_correct=clean_correct, robust_correct=robust,
+        clean_correct=clean_correct, robust_correct=robust, attacked=attacked_mask,
     )
 
 
@@ -342,5 +427,7 @@ def describe(m: Matchup) -> str:
     head = f"{m.attack} vs {m.model}+{m.defense}: "
     if m.status == "ok":
         origin = f"reused from run {m.reused_from}" if m.reused_from else f"{m.wall_time_s:.1f} s"
+        if m.passes_per_sample is not None and not m.reused_from:
+            origin += f", {m.passes_per_sample:.1f} passes/sample"
         return head + f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%} ({describe_gradient(m.gradient)}; {origin})"
     return head + f"{m.status.upper()}: {(m.detail or '').strip().splitlines()[-1]}"

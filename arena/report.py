@@ -75,7 +75,7 @@ def examples_grid(
             continue
         attack_ref = min(white, key=lambda a: matchups[row.model, row.defense, a.key].robust_accuracy)
         m = matchups[row.model, row.defense, attack_ref.key]
-        broken = np.flatnonzero(m.clean_correct & ~m.robust_correct)[:count]
+        broken = np.flatnonzero(m.attacked_mask & ~m.robust_correct)[:count]
         if not len(broken):
             continue
         target = arena.defended(data, model_ref, defense_ref)

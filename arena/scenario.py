@@ -127,6 +127,7 @@ class AttackRef(PluginRef):
     source: SourceRef | None = Field(None, description="craft on this model instead of the target (transfer attack)")
     bpda: bool = Field(True, description="differentiate non-differentiable defenses as estimate_gradient says")
     eot_samples: int = Field(10, ge=1, description="gradients of randomized defenses averaged over this many draws")
+    suite: str = Field("", description="set by expansion: the suite entry (e.g. autoattack) this attack belongs to")
 
 
 class DatasetRef(PluginRef):
@@ -159,6 +160,9 @@ class Scenario(_Strict):
     defenses: list[DefenseRef] = Field(default_factory=lambda: [NO_DEFENSE], min_length=1)
     attacks: list[AttackRef] = Field(min_length=1)
     batch_size: int = Field(500, ge=1, description="images per attack batch")
+    evaluation: Literal["full", "cascade"] = Field(
+        "full", description="full: every attack on every initially-correct sample; cascade: each attack only on the "
+                            "samples every earlier attack failed on (a suite always cascades within itself)")
     plugins: list[str] = Field(default_factory=list, description="plugin modules to load: import paths or .py files "
                                                                  "relative to the scenario file")
     _path: str = PrivateAttr("")
@@ -168,6 +172,15 @@ class Scenario(_Strict):
     def path(self) -> str:
         """The file this scenario was read from."""
         return self._path
+
+    def cascade_before(self, index: int) -> list[AttackRef]:
+        """The attacks whose failures choose the samples attack ``index`` runs on: in ``cascade`` evaluation every
+        earlier attack, else the earlier members of its suite (none for an attack outside a suite)."""
+        attack = self.attacks[index]
+        earlier = self.attacks[:index]
+        if self.evaluation == "cascade":
+            return earlier
+        return [ref for ref in earlier if attack.suite and ref.suite == attack.suite]
 
     @property
     def text(self) -> str:
@@ -305,6 +318,20 @@ class _Resolver:
             return None
         return ref.model_copy(update={"chain": chain})
 
+    def attacks(self, ref: AttackRef, loc: tuple, models: list[str]) -> list[AttackRef | None]:
+        """An attack entry, or a suite entry expanded into its member attacks (keys ``<suite>/<member>``)."""
+        if ref.name not in self.registry.names("suite") or ref.name in self.registry.names("attack"):
+            return [self.attack(ref, loc, models)]
+        suite = self.plugin("suite", ref, loc)
+        if suite is None:
+            return [None]
+        members = []
+        for entry in self.registry.get("suite", ref.name).cls(**suite.params).attacks():
+            member = {"bpda": ref.bpda, "eot_samples": ref.eot_samples, **entry, "label": f"{ref.key}/{entry['name']}"}
+            member_ref = AttackRef.model_validate(member).model_copy(update={"source": ref.source, "suite": ref.key})
+            members.append(self.attack(member_ref, loc, models))
+        return members
+
     def attack(self, ref: AttackRef, loc: tuple, models: list[str]) -> AttackRef | None:
         """An attack entry with its parameters and its transfer source (model key, defense) checked."""
         resolved = self.plugin("attack", ref, loc)
@@ -346,16 +373,19 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
     checks = {
         "models": (ModelRef, lambda ref, loc: resolver.plugin("model", ref, loc)),
         "defenses": (DefenseRef, resolver.defense),
-        "attacks": (AttackRef, lambda ref, loc: resolver.attack(ref, loc, model_keys)),
+        "attacks": (AttackRef, lambda ref, loc: resolver.attacks(ref, loc, model_keys)),
     }
     for section, (ref_type, check) in checks.items():
         refs, seen = [], {}
         for index, ref in _entries(data, section, ref_type):
-            if ref.key in seen:
-                problems.add((section, index), f"{ref.key!r} appears twice (also at index {seen[ref.key]}); "
-                                               "give each a distinct `label`")
-            seen[ref.key] = index
-            refs.append(check(ref, (section, index)))
+            checked = check(ref, (section, index))
+            for item in checked if isinstance(checked, list) else [checked]:
+                key = item.key if item is not None else ref.key
+                if key in seen:
+                    problems.add((section, index), f"{key!r} appears twice (also at index {seen[key]}); "
+                                                   "give each a distinct `label`")
+                seen[key] = index
+                refs.append(item)
         resolved[section] = refs
     return resolved
 

@@ -16,7 +16,7 @@ from arena import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreError(Exception):
@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS matchups (
     clean_correct BLOB,
     robust_correct BLOB,
     finished_at TEXT NOT NULL,
+    attacked BLOB,
+    forward_passes INTEGER,
+    backward_passes INTEGER,
+    checks TEXT NOT NULL DEFAULT '{}',
+    suite TEXT NOT NULL DEFAULT '',
+    cascade_after TEXT NOT NULL DEFAULT '[]',
     UNIQUE (run_id, model, defense, attack)
 );
 CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
@@ -70,7 +76,11 @@ CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
 
 #: How a store of an older schema is brought up to date in place, so no recorded result is lost.
 _MIGRATIONS = {
-    1: "ALTER TABLE matchups ADD COLUMN gradient TEXT NOT NULL DEFAULT '{}'",
+    1: ["ALTER TABLE matchups ADD COLUMN gradient TEXT NOT NULL DEFAULT '{}'"],
+    2: [f"ALTER TABLE matchups ADD COLUMN {column}" for column in (
+        "attacked BLOB", "forward_passes INTEGER", "backward_passes INTEGER", "checks TEXT NOT NULL DEFAULT '{}'",
+        "suite TEXT NOT NULL DEFAULT ''", "cascade_after TEXT NOT NULL DEFAULT '[]'",
+    )],
 }
 
 
@@ -109,10 +119,34 @@ class Matchup:
     max_norm: float | None = None
     clean_correct: np.ndarray | None = field(default=None, repr=False)
     robust_correct: np.ndarray | None = field(default=None, repr=False)
+    #: The samples the attack ran on: the initially-correct ones, less those an earlier attack of a cascade broke.
+    attacked: np.ndarray | None = field(default=None, repr=False)
+    #: Network passes (EOT draws included) the attack made, summed over samples; None for results stored before.
+    forward_passes: int | None = None
+    backward_passes: int | None = None
+    #: What the evaluation measured about itself (``arena.checks``), read by the leaderboard's trust flags.
+    checks: dict[str, Any] = field(default_factory=dict)
+    #: The suite (e.g. ``autoattack``) this attack was expanded from, if any.
+    suite: str = ""
+    #: The attacks of its cascade that ran before it; empty when it ran on every initially-correct sample.
+    cascade_after: list[str] = field(default_factory=list)
+
+    @property
+    def attacked_mask(self) -> np.ndarray | None:
+        """The samples the attack ran on (the initially-correct ones for results stored before cascades)."""
+        return self.attacked if self.attacked is not None else self.clean_correct
+
+    @property
+    def passes_per_sample(self) -> float | None:
+        """Forward plus backward passes per evaluated sample: the attack's cost, independent of the machine."""
+        if self.forward_passes is None or not self.samples:
+            return None
+        return (self.forward_passes + (self.backward_passes or 0)) / self.samples
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-sample arrays, for JSON."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("clean_correct", "robust_correct")}
+        arrays = ("clean_correct", "robust_correct", "attacked")
+        return {**{k: v for k, v in self.__dict__.items() if k not in arrays}, "passes_per_sample": self.passes_per_sample}
 
 
 def _matchup(row: sqlite3.Row) -> Matchup:
@@ -121,8 +155,11 @@ def _matchup(row: sqlite3.Row) -> Matchup:
         **{k: row[k] for k in row.keys() if k in fields},
         "params": json.loads(row["params"]),
         "gradient": json.loads(row["gradient"]),
+        "checks": json.loads(row["checks"]),
+        "cascade_after": json.loads(row["cascade_after"]),
         "clean_correct": _unpack(row["clean_correct"]),
         "robust_correct": _unpack(row["robust_correct"]),
+        "attacked": _unpack(row["attacked"]),
     })
 
 
@@ -145,7 +182,8 @@ class Store:
             )
         with self.db:
             for step in range(version, SCHEMA_VERSION) if has_tables else ():
-                self.db.execute(_MIGRATIONS[step])
+                for statement in _MIGRATIONS[step]:
+                    self.db.execute(statement)
             self.db.executescript(_SCHEMA)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -174,12 +212,15 @@ class Store:
             self.db.execute(
                 "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status, detail,"
                 " samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s,"
-                " clean_correct, robust_correct, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " clean_correct, robust_correct, finished_at, attacked, forward_passes, backward_passes, checks, suite,"
+                " cascade_after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True),
                  json.dumps(m.gradient, sort_keys=True), m.key, m.reused_from,
                  m.status, m.detail,
                  m.samples, m.clean_accuracy, m.robust_accuracy, m.attack_success_rate, m.mean_norm, m.max_norm,
-                 m.wall_time_s, _pack(m.clean_correct), _pack(m.robust_correct), _now()),
+                 m.wall_time_s, _pack(m.clean_correct), _pack(m.robust_correct), _now(), _pack(m.attacked),
+                 m.forward_passes, m.backward_passes, json.dumps(m.checks, sort_keys=True), m.suite,
+                 json.dumps(m.cascade_after)),
             )
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:

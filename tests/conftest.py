@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -13,7 +14,7 @@ from arena.cli import main
 from arena.matchups import Arena
 from arena.registry import Registry, load_registry
 from arena.scenario import load_scenario
-from arena.store import Store
+from arena.store import Matchup, Store
 from arena.training import WeightsCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,19 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def matchup(attack: str, robust: tuple, clean: tuple = (1, 1, 1, 1, 1, 1, 0, 0), defense: str = "none",
+            status: str = "ok", passes: tuple[int, int] | None = None, attacked: tuple | None = None,
+            checks: dict[str, Any] | None = None, after: tuple[str, ...] = (), **gradient: Any) -> Matchup:
+    """A hand-made matchup of 8 samples: per-sample clean and robust correctness, how its gradients were got, and
+    optionally its passes (forward, backward), the samples it attacked, its checks and the attacks it cascaded after."""
+    clean, robust = np.array(clean, bool), np.array(robust, bool)
+    plugin = attack.split("_")[0]
+    return Matchup(model="cnn", defense=defense, attack=attack, params={"attack": {"plugin": plugin}}, status=status,
+                   samples=len(clean), wall_time_s=1.0, gradient=gradient, clean_accuracy=clean.mean(),
+                   robust_accuracy=robust.mean() if status == "ok" else None,
+                   clean_correct=clean, robust_correct=robust if status == "ok" else None,
+                   attacked=None if attacked is None else np.array(attacked, bool),
+                   forward_passes=passes[0] if passes else None, backward_passes=passes[1] if passes else None,
+                   checks=checks or {}, cascade_after=list(after))

@@ -11,7 +11,7 @@ import torch
 
 from arena.defended import Defended
 from arena.scenario import ScenarioError, TrainConfig, load_scenario
-from arena.store import Store
+from arena.store import SCHEMA_VERSION, Store
 from arena.training import Trainer
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
@@ -194,13 +194,17 @@ def test_bad_defense_entries_are_refused(defenses, attacks, expected, tmp_path, 
     assert expected in str(error.value)
 
 
-def test_store_of_schema_1_is_migrated_in_place(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_store_is_migrated_in_place(tmp_path, version):
     Store(tmp_path).close()
     db = sqlite3.connect(tmp_path / "arena.db")
-    db.execute("ALTER TABLE matchups DROP COLUMN gradient")
-    db.execute("PRAGMA user_version = 1")
+    added = {1: ["gradient"], 2: ["attacked", "forward_passes", "backward_passes", "checks", "suite", "cascade_after"]}
+    dropped = [column for step in range(version, SCHEMA_VERSION) for column in added[step]]
+    for column in dropped:
+        db.execute(f"ALTER TABLE matchups DROP COLUMN {column}")
+    db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
     store = Store(tmp_path)
     columns = [row[1] for row in store.db.execute("PRAGMA table_info(matchups)")]
-    assert "gradient" in columns and store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert set(dropped) <= set(columns) and store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -1,0 +1,143 @@
+"""Every evaluation checks itself, as AutoAttack's ``checks.py`` does, and says why a number may not be trusted.
+
+Measured while a matchup runs (stored in its ``checks``): whether the model returns probabilities, whether five
+forward passes agree, how many samples have a zero input gradient, whether the attack's best margin was still rising
+at its end, and, for single-step attacks, accuracy on the attacked images over all samples (label leaking). Read
+from the stored per-sample results: an iterative attack weaker than a single-step one on the same samples, and a
+black-box or transfer attack breaking samples that every white-box attack missed. Each finding becomes a trust flag
+with its reason (Carlini et al. 2019, "On Evaluating Adversarial Robustness"; Pintor et al. 2022, "Indicators of
+Attack Failure").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arena.store import Matchup
+
+#: Forward passes compared by the determinism check, and how far (normalised logits) they may differ.
+DETERMINISM_PASSES = 5
+DETERMINISM_TOLERANCE = 1e-4
+#: Share of the output rows' slack allowed before outputs count as probabilities.
+PROBABILITY_TOLERANCE = 1e-5
+#: An attack has not converged when its last 10 % of iterations brought more than this share of its whole progress.
+CONVERGENCE_SHARE = 0.05
+CONVERGENCE_MIN_CALLS = 10
+#: Differences below this share of the samples are noise, not a finding.
+TOLERANCE = 0.005
+#: AutoAttack's ``check_square_sr`` threshold: a black-box attack breaking more than this share past the white-box
+#: attacks is a finding.
+BLACK_BOX_TOLERANCE = 0.002
+
+
+def probe(target: nn.Module, attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """The checks one batch answers: ``probabilities`` (the module the attack differentiates returns rows summing to
+    1), ``nondeterministic`` (the judged module's forward passes disagree), ``zero_gradient`` of ``checked`` samples."""
+    with torch.no_grad():
+        outputs = [target(images).float() for _ in range(DETERMINISM_PASSES)]
+        seen = attacked(images).float()
+    unit = [o / o.norm(dim=1, keepdim=True).clamp_min(1e-10) for o in outputs]
+    spread = max(float((a - b).norm(dim=1).max()) for a in unit for b in unit)
+    disagree = any(not torch.equal(o.argmax(1), outputs[0].argmax(1)) for o in outputs)
+    slack = PROBABILITY_TOLERANCE
+    probabilities = bool(seen.min() > -slack and seen.max() < 1 + slack and ((seen.sum(1) - 1).abs() < slack).all())
+    x = images.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(F.cross_entropy(attacked(x), labels, reduction="sum"), x)
+    zero = int((grad.flatten(1).abs().sum(1) == 0).sum())
+    return {"probabilities": probabilities, "nondeterministic": disagree or spread > DETERMINISM_TOLERANCE,
+            "zero_gradient": zero, "checked": len(images)}
+
+
+def convergence(traces: list[torch.Tensor]) -> dict[str, Any] | None:
+    """From per-batch margin traces (``[calls, batch]``), how much the best margin of the samples the attack never
+    broke rose in all and in its last 10 % of calls; None for attacks with too few gradient steps to tell."""
+    traces = [t for t in traces if t.dim() == 2 and len(t) >= CONVERGENCE_MIN_CALLS]
+    if not traces:
+        return None
+    total = late = 0.0
+    robust = 0
+    for trace in traces:
+        best = trace.cummax(0).values
+        kept = best[-1] < 0
+        mark = int(0.9 * len(best)) - 1
+        total += float((best[-1] - best[0])[kept].sum())
+        late += float((best[-1] - best[mark])[kept].sum())
+        robust += int(kept.sum())
+    return {"calls": max(len(t) for t in traces), "robust": robust, "rise": total, "late_rise": late}
+
+
+def single_step(backward_passes: int | None, attacked: int, gradient: dict[str, Any]) -> bool | None:
+    """Whether an attack took at most one gradient step per attacked sample (None when that was not counted)."""
+    if backward_passes is None or not attacked:
+        return None
+    return backward_passes <= attacked * max(1, int(gradient.get("eot_samples", 1)))
+
+
+def _single_step(m: Matchup) -> bool | None:
+    attacked = m.attacked_mask
+    return single_step(m.backward_passes, int(attacked.sum()) if attacked is not None else 0, m.gradient)
+
+
+def _white_box(m: Matchup) -> bool:
+    return not m.gradient.get("source") and not m.gradient.get("gradient_free")
+
+
+def flags(group: list[Matchup]) -> list[str]:
+    """The trust flags of one model × defense from its matchups' checks and per-sample results."""
+    ok = [m for m in group if m.status == "ok"]
+    found = []
+    if any(m.checks.get("probabilities") for m in ok):
+        found.append("the model returns probabilities (rows sum to 1), not logits: gradient attacks on a saturated "
+                     "softmax are weak; return logits")
+    if any(m.checks.get("nondeterministic") for m in ok) and not any(m.gradient.get("eot_samples", 1) > 1 for m in ok):
+        found.append(f"{DETERMINISM_PASSES} forward passes disagree (a randomized defense?) and no attack used EOT; "
+                     "declare the stage `randomized` or attack with eot_samples > 1")
+    for m in ok:
+        zero = m.checks.get("zero_gradient", 0)
+        if zero and not m.gradient.get("masked"):
+            found.append(f"{m.attack}: {zero} of {m.checks['checked']} attacked samples have a zero input gradient "
+                         "(masked gradients); use BPDA or a gradient-free attack")
+        rise = m.checks.get("convergence")
+        if rise and rise["late_rise"] > CONVERGENCE_SHARE * rise["rise"] and rise["late_rise"] > 1e-3 * rise["robust"]:
+            found.append(f"{m.attack} had not converged: the best margin of the samples it did not break still rose "
+                         f"by {rise['late_rise']:.3g} in its last 10% of {rise['calls']} steps ({rise['rise']:.3g} in "
+                         "all); give it more iterations or restarts")
+        leaked = m.checks.get("accuracy_all")
+        if leaked is not None and m.clean_accuracy is not None and leaked > m.clean_accuracy + TOLERANCE:
+            found.append(f"label leaking: {m.attack}'s images are classified correctly on {leaked:.1%} of all samples, "
+                         f"above the clean {m.clean_accuracy:.1%}; the model reads the perturbation, so this attack "
+                         "understates its strength")
+    found += _weaker_iterative(ok)
+    return found
+
+
+def _weaker_iterative(ok: list[Matchup]) -> list[str]:
+    """An iterative white-box attack leaving more samples robust than a single-step one, on the samples both ran on."""
+    found = []
+    white = [m for m in ok if _white_box(m)]
+    for it in (m for m in white if _single_step(m) is False):
+        for one in (m for m in white if _single_step(m)):
+            both = it.attacked_mask & one.attacked_mask
+            gap = int((it.robust_correct & both).sum()) - int((one.robust_correct & both).sum())
+            if both.any() and gap > TOLERANCE * len(both):
+                found.append(f"iterative {it.attack} leaves {gap} more samples robust than single-step {one.attack} "
+                             f"on the {int(both.sum())} both attacked; the iterative attack is failing (step size, "
+                             "iterations, masked gradients)")
+    return found
+
+
+def beyond_white_box(m: Matchup, white: list[Matchup]) -> int:
+    """How many samples ``m`` (a black-box or transfer attack) broke that every white-box attack which ran on them
+    missed; more than ``BLACK_BOX_TOLERANCE`` of the samples means the white-box gradients may be masked."""
+    broken = m.attacked_mask & ~m.robust_correct
+    for w in white:
+        broken &= ~(w.attacked_mask & ~w.robust_correct)  # w broke it too: not a finding
+    ran = np.logical_or.reduce([w.attacked_mask for w in white]) if white else np.zeros_like(broken)
+    beyond = int((broken & ran).sum())
+    return beyond if beyond > BLACK_BOX_TOLERANCE * len(broken) else 0

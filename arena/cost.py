@@ -1,0 +1,75 @@
+"""What an attack costs, in network passes per sample rather than seconds, and how its objective progressed.
+
+``Counted`` wraps the module an attack differentiates. It counts every forward and backward pass through the
+network (EOT draws included), per sample, so attack strength per unit of cost compares across machines
+(AttackBench). While the attack runs on a batch it also records, for every gradient-carrying forward pass over the
+whole batch, each sample's margin (best other logit minus the true one): the trace the convergence check reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Passes:
+    """Network passes summed over samples: ``forward`` and ``backward``."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def __iadd__(self, other: Passes) -> Passes:
+        self.forward += other.forward
+        self.backward += other.backward
+        return self
+
+
+def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample, the largest other logit minus the true one: positive exactly when the sample is misclassified."""
+    true = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    other = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+    return other - true
+
+
+class Counted(nn.Module):
+    """``module`` with its passes counted; ``watch(labels)`` starts the margin trace of one batch."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.passes = Passes()
+        self.counting = True
+        self._labels: torch.Tensor | None = None
+        self._trace: list[torch.Tensor] = []
+
+    def draws(self) -> int:
+        """Network passes per sample in one forward call: the EOT draws of a randomized defended module."""
+        draws = getattr(self.module, "draws", None)
+        return draws() if callable(draws) else 1
+
+    def watch(self, labels: torch.Tensor | None) -> None:
+        """Trace the margins of a batch with these labels (None stops tracing)."""
+        self._labels, self._trace = labels, []
+
+    def trace(self) -> torch.Tensor:
+        """``[calls, batch]`` margins of the watched batch, one row per gradient-carrying forward pass over all of it."""
+        return torch.stack(self._trace) if self._trace else torch.empty(0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        passes = images.shape[0] * self.draws()
+        output = self.module(images)
+        if not self.counting:
+            return output
+        self.passes.forward += passes
+        if output.requires_grad:
+            output.register_hook(lambda grad: self._backward(passes))
+            labels = self._labels
+            if labels is not None and images.shape[0] == labels.shape[0]:
+                self._trace.append(margins(output.detach().float(), labels).cpu())
+        return output
+
+    def _backward(self, passes: int) -> None:
+        self.passes.backward += passes

@@ -1,0 +1,70 @@
+"""What the benchmarks share: the shipped scenarios as a starting point, played through the arena's own pipeline
+with the default weights cache (so cached weights are reused and missing ones are trained once), and a Markdown
+table written to ``benchmarks/results``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from arena.matchups import Arena
+from arena.registry import load_registry
+from arena.scenario import load_scenario
+from arena.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def arguments(description: str, samples: int) -> argparse.Namespace:
+    """The options every benchmark takes: how many test images, and the torch threads to use."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--samples", type=int, default=samples, help="test images (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not os.environ.get("ARENA_DATA_DIR") and (REPO.parent / "shared" / "data").is_dir():
+        os.environ["ARENA_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+    return args
+
+
+def scenario(base: str, **overrides: Any) -> dict[str, Any]:
+    """A shipped scenario (``scenarios/<base>.yaml``) with top-level fields replaced; models and recipe are kept,
+    so the weights it trained are found in the cache."""
+    data = yaml.safe_load((REPO / "scenarios" / f"{base}.yaml").read_text())
+    data.update(overrides)
+    return data
+
+
+def play(data: dict[str, Any], results: Path | None = None, fresh: bool = True) -> tuple[Store, str]:
+    """Play a scenario through the arena (``fresh``: every matchup is computed, none reused); returns the store
+    and the run id."""
+    folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
+    path = folder / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    registry = load_registry()
+    arena = Arena(load_scenario(path, registry), registry, results or folder / "results", progress=False, fresh=fresh)
+    run_id = arena.play()
+    return arena.store, run_id
+
+
+def median_min(values: list[float]) -> str:
+    """``median (min)`` of repeated timings."""
+    return f"{statistics.median(values):.1f} s ({min(values):.1f} s)"
+
+
+def write(name: str, title: str, command: str, lines: list[str]) -> Path:
+    """Write ``results/<name>.md`` with the command that produced it, and print it."""
+    RESULTS.mkdir(exist_ok=True)
+    text = "\n".join([f"# {title}", "", f"`{command}`", "", *lines, ""])
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    print(text)
+    return path
