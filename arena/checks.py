@@ -20,6 +20,8 @@ from torch import nn
 
 from arena.store import Matchup
 
+#: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
+PROBE_SAMPLES = 100
 #: Forward passes compared by the determinism check, and how far (normalised logits) they may differ.
 DETERMINISM_PASSES = 5
 DETERMINISM_TOLERANCE = 1e-4
@@ -37,7 +39,9 @@ BLACK_BOX_TOLERANCE = 0.002
 
 def probe(target: nn.Module, attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """The checks one batch answers: ``probabilities`` (the module the attack differentiates returns rows summing to
-    1), ``nondeterministic`` (the judged module's forward passes disagree), ``zero_gradient`` of ``checked`` samples."""
+    1), ``nondeterministic`` (the judged module's forward passes disagree), ``zero_gradient`` of ``checked`` samples
+    (the first ``PROBE_SAMPLES`` of the batch)."""
+    images, labels = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
     with torch.no_grad():
         outputs = [target(images).float() for _ in range(DETERMINISM_PASSES)]
         seen = attacked(images).float()

@@ -3,8 +3,8 @@
 Two families:
 
 - register hooks (called once when plugins load) receive ``register``, a callable taking a plugin class of that kind
-  (a subclass of ``arena.Dataset``, ``arena.Model``, a defense stage or ``arena.Attack``). The registry records which
-  plugin registered it, so a name claimed twice is reported with both providers;
+  (a subclass of ``arena.Dataset``, ``arena.Model``, a defense stage, ``arena.Attack`` or ``arena.Suite``). The
+  registry records which plugin registered it, so a name claimed twice is reported with both providers;
 - reporter hooks (called during a run) receive plain data about the run; an exception in one is logged and
   ignored, so a broken reporter never stops a tournament.
 

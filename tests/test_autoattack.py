@@ -10,7 +10,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 
 from arena import ThreatModel
-from arena.checks import convergence, flags, probe
+from arena.checks import PROBE_SAMPLES, convergence, flags, probe
 from arena.cost import Counted
 from arena.defended import Defended
 from arena.leaderboard import rows, sweep_flags
@@ -262,7 +262,7 @@ def test_a_real_run_stores_checks_and_measures_label_leaking_for_single_step_att
     store, run_id = play(tmp_path, registry, tiny())
     fgsm, pgd = store.matchups(run_id)
     for m in (fgsm, pgd):
-        assert m.checks["checked"] == min(100, int(m.clean_correct.sum())) and m.checks["zero_gradient"] == 0
+        assert m.checks["checked"] == min(PROBE_SAMPLES, int(m.clean_correct.sum())) and m.checks["zero_gradient"] == 0
         assert not m.checks["probabilities"] and not m.checks["nondeterministic"]
     attacked = int(fgsm.clean_correct.sum())
     assert (fgsm.forward_passes, fgsm.backward_passes) == (attacked, attacked), "checks are not counted as cost"
