@@ -11,7 +11,17 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("arena")
 
 from arena.kinds import (  # noqa: E402
-    Attack, DataError, Dataset, Defense, Model, Param, Plugin, Postprocessor, Preprocessor, Suite, TrainingDefense,
+    Attack,
+    DataError,
+    Dataset,
+    Defense,
+    Model,
+    Param,
+    Plugin,
+    Postprocessor,
+    Preprocessor,
+    Suite,
+    TrainingDefense,
 )
 from arena.threat import ThreatModel  # noqa: E402
 

@@ -26,8 +26,13 @@ class AuditReport:
 
 def audit(plugin: str, images: torch.Tensor, adversarial: torch.Tensor, threat: ThreatModel) -> AuditReport:
     """Check that ``adversarial`` is finite, inside [0, 1] and within ε of ``images`` in the threat model's norm."""
-    if not isinstance(adversarial, torch.Tensor) or adversarial.shape != images.shape or adversarial.dtype != images.dtype:
-        got = f"{tuple(adversarial.shape)} {adversarial.dtype}" if isinstance(adversarial, torch.Tensor) else type(adversarial).__name__
+    if (
+        not isinstance(adversarial, torch.Tensor)
+        or adversarial.shape != images.shape
+        or adversarial.dtype != images.dtype
+    ):
+        is_tensor = isinstance(adversarial, torch.Tensor)
+        got = f"{tuple(adversarial.shape)} {adversarial.dtype}" if is_tensor else type(adversarial).__name__
         raise PluginOutputError(
             f"attack {plugin!r} returned {got} for a batch of {tuple(images.shape)} {images.dtype}; "
             f"an attack must return a tensor of its input's shape and dtype"

@@ -55,7 +55,7 @@ class Counted(nn.Module):
         self._labels, self._trace = labels, []
 
     def trace(self) -> torch.Tensor:
-        """``[calls, batch]`` margins of the watched batch, one row per gradient-carrying forward pass over all of it."""
+        """``[calls, batch]`` margins of the watched batch: a row per gradient-carrying forward pass over all of it."""
         return torch.stack(self._trace) if self._trace else torch.empty(0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Gradients go through differentiable stages directly. A non-differentiable stage is crossed with BPDA (its
 ``estimate_gradient``; identity for postprocessors, whose output is log-probabilities), or, when an attack turns
-BPDA off, with a zero gradient, which is what a naive attack gets. When a stage is randomized and gradients are on, the output is the log of the class
-probabilities averaged over several draws (EOT), so every gradient-based attack attacks the expected model.
+BPDA off, with a zero gradient, which is what a naive attack gets. When a stage is randomized and gradients are on,
+the output is the log of the class probabilities averaged over several draws (EOT), so every gradient-based attack
+attacks the expected model.
 """
 
 from __future__ import annotations

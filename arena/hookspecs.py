@@ -36,7 +36,7 @@ def arena_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
 
 @hookspec
 def arena_register_models(register: Callable[[type[Model]], None]) -> None:
-    """Register model classes: ``build(num_classes)`` returns an untrained ``nn.Module`` from [0, 1] images to logits."""
+    """Register model classes: ``build(num_classes)`` returns an untrained ``nn.Module``, [0, 1] images to logits."""
 
 
 @hookspec

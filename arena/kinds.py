@@ -104,7 +104,7 @@ class Model(Plugin):
 
 
 class Defense(Plugin):
-    """Base of the three defense stages; register subclasses of ``TrainingDefense``, ``Preprocessor`` or ``Postprocessor``.
+    """Base of the three defense stages: register a ``TrainingDefense``, ``Preprocessor`` or ``Postprocessor``.
 
     A scenario entry composes them: at most one training-time defense (it makes the weights), then any number of
     preprocessors (applied in the order listed) and postprocessors, around one ``nn.Module`` that every attack sees.

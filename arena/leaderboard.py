@@ -317,13 +317,16 @@ th{background:#f4f4f4}td.text{text-align:left}tr.flagged td{background:#fff6e0}.
 img{max-width:100%;margin:1em 0;display:block}"""
 
 
+def _css_class(column: str, table: Table) -> str:
+    return "flags" if column == "flags" else "num" if column in table.percent else "text"
+
+
 def _html(table: Table, shown: list[list[str]], images: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = []
     for record, line in zip(table.records, shown):
         cells = "".join(
-            f"<td class=\"{'flags' if c == 'flags' else 'text' if c not in table.percent else 'num'}\">{html.escape(v)}</td>"
-            for c, v in zip(table.columns, line)
+            f"<td class=\"{_css_class(c, table)}\">{html.escape(v)}</td>" for c, v in zip(table.columns, line)
         )
         flagged = " class=\"flagged\"" if record.get("flags") else ""
         body.append(f"<tr{flagged}>{cells}</tr>")

@@ -258,7 +258,9 @@ class Arena:
         self._networks[key] = net.to(self.device).eval()
         return self._networks[key]
 
-    def defended(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None) -> Defended:
+    def defended(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None
+    ) -> Defended:
         """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
         stages = [self.registry.get("defense", ref.name).cls(**ref.params) for ref in defense_ref.chain]
         adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
@@ -272,7 +274,8 @@ class Arena:
         """Whether the weights of ``model_ref`` under ``defense_ref`` are at hand without training."""
         key = self.weights_key(data, model_ref, defense_ref)[0]
         pretrained = self.registry.get("model", model_ref.name).cls(**model_ref.params).pretrained
-        return key in self._networks or self.cache.path(key).is_file() or (pretrained and not self._training(defense_ref))
+        at_hand = key in self._networks or self.cache.path(key).is_file()
+        return at_hand or (pretrained and not self._training(defense_ref))
 
     def attacker(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
@@ -415,7 +418,8 @@ def _record(
         status=status, detail=detail, samples=samples, wall_time_s=time.perf_counter() - started,
         clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
         robust_accuracy=float(robust.mean()) if robust is not None else None,
-        attack_success_rate=1 - float(robust[attacked_mask].sum()) / attacked if robust is not None and attacked else None,
+        attack_success_rate=(1 - float(robust[attacked_mask].sum()) / attacked
+                             if robust is not None and attacked else None),
         mean_norm=float(measured.double().mean()) if measured is not None and len(measured) else None,
         max_norm=float(measured.max()) if measured is not None and len(measured) else None,
         clean_correct=clean_correct, robust_correct=robust, attacked=attacked_mask,
@@ -429,5 +433,6 @@ def describe(m: Matchup) -> str:
         origin = f"reused from run {m.reused_from}" if m.reused_from else f"{m.wall_time_s:.1f} s"
         if m.passes_per_sample is not None and not m.reused_from:
             origin += f", {m.passes_per_sample:.1f} passes/sample"
-        return head + f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%} ({describe_gradient(m.gradient)}; {origin})"
+        numbers = f"clean {m.clean_accuracy:.1%}, robust {m.robust_accuracy:.1%}"
+        return head + f"{numbers} ({describe_gradient(m.gradient)}; {origin})"
     return head + f"{m.status.upper()}: {(m.detail or '').strip().splitlines()[-1]}"

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -175,18 +175,25 @@ def load_registry(modules: Iterable[str | ModuleType] = (), blocked: Iterable[st
     pm.check_pending()
 
     for kind, hook_name in _REGISTER_HOOKS.items():
-        base = KINDS[kind]
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            package, version = dists.get(impl.plugin_name, (None, None))
-
-            def register(cls: type[Plugin], _impl=impl, _package=package, _version=version) -> None:
-                if not (isinstance(cls, type) and issubclass(cls, base)) or not getattr(cls, "name", None):
-                    raise PluginError(
-                        f"plugin {_impl.plugin_name!r} registered {cls!r} as a {kind}: "
-                        f"register a subclass of arena.{base.__name__} with a class attribute `name`"
-                    )
-                registry.add(PluginInfo(kind, cls.name, cls, _impl.plugin_name, _package, _version))
-
-            kwargs = {"register": register}
+            origin = dists.get(impl.plugin_name, (None, None))
+            kwargs = {"register": _registrar(registry, kind, impl.plugin_name, *origin)}
             impl.function(*(kwargs[arg] for arg in impl.argnames))  # as pluggy calls an implementation
     return registry
+
+
+def _registrar(
+    registry: Registry, kind: str, provider: str, package: str | None, version: str | None
+) -> Callable[[type[Plugin]], None]:
+    """The ``register`` callable one plugin's register hook of ``kind`` receives."""
+    base = KINDS[kind]
+
+    def register(cls: type[Plugin]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)) or not getattr(cls, "name", None):
+            raise PluginError(
+                f"plugin {provider!r} registered {cls!r} as a {kind}: "
+                f"register a subclass of arena.{base.__name__} with a class attribute `name`"
+            )
+        registry.add(PluginInfo(kind, cls.name, cls, provider, package, version))
+
+    return register

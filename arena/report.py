@@ -40,7 +40,9 @@ def bar_chart(table: list[Row], path: Path) -> Path:
     return _save(fig, path)
 
 
-def curve_chart(points: dict[tuple[str, str], list[tuple[float, float]]], table: list[Row], norm: str, path: Path) -> Path:
+def curve_chart(
+    points: dict[tuple[str, str], list[tuple[float, float]]], table: list[Row], norm: str, path: Path
+) -> Path:
     """Worst-case accuracy against ε per model × defense, starting from the clean accuracy at ε = 0."""
     clean = {(r.model, r.defense): r.clean_accuracy for r in table}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -69,8 +71,8 @@ def examples_grid(
     for row in table:
         model_ref = next(r for r in scenario.models if r.key == row.model)
         defense_ref = next(r for r in scenario.defenses if r.key == row.defense)
-        white = [a for a in scenario.attacks if a.source is None
-                 and matchups.get((row.model, row.defense, a.key)) and matchups[row.model, row.defense, a.key].status == "ok"]
+        played = {a.key: matchups.get((row.model, row.defense, a.key)) for a in scenario.attacks}
+        white = [a for a in scenario.attacks if a.source is None and played[a.key] and played[a.key].status == "ok"]
         if not white or not arena.trained(data, model_ref, defense_ref):
             continue
         attack_ref = min(white, key=lambda a: matchups[row.model, row.defense, a.key].robust_accuracy)

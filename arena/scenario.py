@@ -145,7 +145,9 @@ class ThreatSection(_Strict):
     """The norm and budget; a list of budgets is an ε sweep: one run per ε, read together as robustness curves."""
 
     norm: Literal["linf", "l2"]
-    eps: Annotated[list[Eps], pydantic.BeforeValidator(lambda v: v if isinstance(v, list) else [v]), Field(min_length=1)]
+    eps: Annotated[
+        list[Eps], pydantic.BeforeValidator(lambda v: v if isinstance(v, list) else [v]), Field(min_length=1)
+    ]
 
 
 class Scenario(_Strict):
@@ -268,7 +270,9 @@ class _Problems:
             probe = probe[:-1]
         self.items.append(f"{self.path}:{self.lines.get(probe, 1)}: {_dotted(loc)}: {message}")
 
-    def add_validation(self, error: pydantic.ValidationError, prefix: tuple = (), known: list[str] | None = None) -> None:
+    def add_validation(
+        self, error: pydantic.ValidationError, prefix: tuple = (), known: list[str] | None = None
+    ) -> None:
         """Add pydantic's errors; ``known`` lists the allowed fields for "did you mean", else the schema's."""
         for item in error.errors():
             loc = prefix + tuple(p for p in item["loc"] if p != "params" and not str(p).startswith("function-"))
@@ -308,7 +312,8 @@ class _Resolver:
 
     def defense(self, ref: DefenseRef, loc: tuple) -> DefenseRef | None:
         """A defense entry with each plugin resolved; at most one training-time defense per entry."""
-        chain = [self.plugin("defense", item, loc if ref.single else loc + ("chain", j)) for j, item in enumerate(ref.chain)]
+        chain = [self.plugin("defense", item, loc if ref.single else loc + ("chain", j))
+                 for j, item in enumerate(ref.chain)]
         if None in chain:
             return None
         training = [item.name for item in chain if self.registry.get("defense", item.name).cls.stage == "training"]
@@ -338,7 +343,8 @@ class _Resolver:
         if ref.source is None:
             return resolved
         if ref.source.model is not None and ref.source.model not in models:
-            self.problems.add(loc + ("source", "model"), unknown_name_message("model of this scenario", ref.source.model, models))
+            message = unknown_name_message("model of this scenario", ref.source.model, models)
+            self.problems.add(loc + ("source", "model"), message)
             return None
         defense = self.defense(ref.source.defense, loc + ("source", "defense"))
         if resolved is None or defense is None:
@@ -427,7 +433,8 @@ def parse_scenario(text: str, shown: str, registry: Registry) -> Scenario:
         raise ScenarioError(f"{where}: malformed YAML: {problem}; nothing was run") from None
     problems = _Problems(shown, lines)
     if not isinstance(data, dict):
-        problems.add((), f"a scenario is a YAML mapping with name, threat_model, models and attacks; got {type(data).__name__}")
+        problems.add((), "a scenario is a YAML mapping with name, threat_model, models and attacks; "
+                         f"got {type(data).__name__}")
         problems.raise_if_any()
     try:
         scenario = Scenario.model_validate(data)

@@ -6,7 +6,7 @@ import json
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,7 @@ _MIGRATIONS = {
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _pack(mask: np.ndarray | None) -> bytes | None:
@@ -146,7 +146,8 @@ class Matchup:
     def summary(self) -> dict[str, Any]:
         """Everything but the per-sample arrays, for JSON."""
         arrays = ("clean_correct", "robust_correct", "attacked")
-        return {**{k: v for k, v in self.__dict__.items() if k not in arrays}, "passes_per_sample": self.passes_per_sample}
+        fields = {k: v for k, v in self.__dict__.items() if k not in arrays}
+        return {**fields, "passes_per_sample": self.passes_per_sample}
 
 
 def _matchup(row: sqlite3.Row) -> Matchup:
@@ -196,7 +197,7 @@ class Store:
 
     def start_run(self, scenario: Any, threat: Any, samples: int, device: str) -> str:
         """Record a new run of ``scenario`` under ``threat`` (status ``running``) and return its id."""
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
@@ -210,10 +211,10 @@ class Store:
         """Write one matchup atomically: it is in the store whole, or not at all."""
         with self.db:
             self.db.execute(
-                "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status, detail,"
-                " samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm, wall_time_s,"
-                " clean_correct, robust_correct, finished_at, attacked, forward_passes, backward_passes, checks, suite,"
-                " cascade_after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status,"
+                " detail, samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm,"
+                " wall_time_s, clean_correct, robust_correct, finished_at, attacked, forward_passes, backward_passes,"
+                " checks, suite, cascade_after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True),
                  json.dumps(m.gradient, sort_keys=True), m.key, m.reused_from,
                  m.status, m.detail,

@@ -19,7 +19,6 @@ from arena.leaderboard import rows
 from arena.matchups import Arena, Data, predict
 from arena.registry import load_registry
 from arena.scenario import load_scenario
-
 from benchmarks.common import REPO, arguments, play, scenario, write
 
 DEFENSES = ("none", "pgd_at")

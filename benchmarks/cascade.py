@@ -8,7 +8,6 @@ alone. Timings are each pair's summed matchup wall time, interleaved and repeate
 from __future__ import annotations
 
 from arena.leaderboard import rows
-
 from benchmarks.common import arguments, median_min, play, scenario, write
 
 VARIANTS = {

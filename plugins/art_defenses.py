@@ -14,11 +14,18 @@ import torch
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 from art.defences.postprocessor import HighConfidence, ReverseSigmoid
 from art.defences.preprocessor import (
-    FeatureSqueezing, GaussianAugmentation, JpegCompression, SpatialSmoothingPyTorch, TotalVarMin,
+    FeatureSqueezing,
+    GaussianAugmentation,
+    JpegCompression,
+    SpatialSmoothingPyTorch,
+    TotalVarMin,
 )
 from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 from art.defences.trainer import (
-    AdversarialTrainer, AdversarialTrainerFBFPyTorch, AdversarialTrainerMadryPGD, AdversarialTrainerTRADESPyTorch,
+    AdversarialTrainer,
+    AdversarialTrainerFBFPyTorch,
+    AdversarialTrainerMadryPGD,
+    AdversarialTrainerTRADESPyTorch,
 )
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
@@ -43,7 +50,7 @@ def art_classifier(
 
 
 class _ArtTrainer(TrainingDefense):
-    """Builds the ART trainer of ``art_trainer`` and fits it with the recipe's epochs (unless overridden) and batch size."""
+    """Builds the ART trainer of ``art_trainer`` and fits it with the recipe's epochs (unless set) and batch size."""
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
         raise NotImplementedError
@@ -111,7 +118,7 @@ class FastFGSM(_ArtTrainer):
 
 
 class Trades(_ArtTrainer):
-    """TRADES (Zhang et al.): clean loss plus beta times the KL to PGD examples, ART's AdversarialTrainerTRADESPyTorch."""
+    """TRADES (Zhang et al.): clean loss plus beta × the KL to PGD examples, ART's AdversarialTrainerTRADESPyTorch."""
 
     name = "art.trades"
     params = {"eps": Param(float, 0.1, gt=0), "eps_step": _STEP, "max_iter": Param(int, 7, ge=1),

@@ -43,7 +43,8 @@ _APGD = {
     "n_iter": Param(int, 100, "iterations per restart", ge=1),
     "n_restarts": Param(int, 1, "restarts from random points; the best is kept", ge=1),
     "rho": Param(float, 0.75, "step-size halving threshold (checkpoint condition)", gt=0, le=1),
-    "eot_iter": Param(int, 1, "gradients averaged per step inside APGD; the arena's eot_samples is the usual way", ge=1),
+    "eot_iter": Param(int, 1, "gradients averaged per step inside APGD (the arena's eot_samples is the usual way)",
+                      ge=1),
 }
 
 

@@ -7,7 +7,7 @@ so another program can follow a run with ``tail -f``; a template for reporters t
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from arena.store import Matchup
 def _write(results_dir: Path, run_id: str, event: str, **fields: Any) -> None:
     path = Path(results_dir) / "runs" / f"{run_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = {"event": event, "run_id": run_id, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields}
+    line = {"event": event, "run_id": run_id, "time": datetime.now(UTC).isoformat(timespec="seconds"), **fields}
     with path.open("a", encoding="utf-8") as out:
         out.write(json.dumps(line, default=str) + "\n")
 

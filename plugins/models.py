@@ -25,7 +25,7 @@ class Normalize(nn.Module):
 
 
 def conv_trunk(normalize: bool) -> nn.Sequential:
-    """Six 3×3 convolutions (32, 32/s2, 64, 64/s2, 64, 128/s2), each followed by ReLU then BatchNorm: 32×32 → 128×4×4."""
+    """Six 3×3 convolutions (32, 32/s2, 64, 64/s2, 64, 128/s2), each then ReLU and BatchNorm: 32×32 → 128×4×4."""
     layers: list[nn.Module] = [Normalize(CIFAR10_MEAN, CIFAR10_STD)] if normalize else []
     channels = 3
     for width, stride in ((32, 1), (32, 2), (64, 1), (64, 2), (64, 1), (128, 2)):

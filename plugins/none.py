@@ -1,4 +1,4 @@
-"""The ``none`` defense: the scenario's standard training and nothing at inference; every defense is compared with it."""
+"""The ``none`` defense: the scenario's standard training, nothing at inference; every defense is compared with it."""
 
 from __future__ import annotations
 

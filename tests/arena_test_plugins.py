@@ -1,4 +1,4 @@
-"""Plugins that misbehave on purpose, loaded by tests with ``-p arena_test_plugins`` or ``load_registry(modules=...)``."""
+"""Plugins that misbehave on purpose, loaded by tests with ``-p arena_test_plugins`` or ``load_registry(modules=)``."""
 
 from __future__ import annotations
 

@@ -6,12 +6,12 @@ import re
 
 import pytest
 import torch
+from conftest import run_cli, tiny, write_scenario
 
 from arena.audit import PluginOutputError, audit
 from arena.leaderboard import rows
 from arena.store import Store
 from arena.threat import ThreatModel
-from conftest import run_cli, tiny, write_scenario
 
 LINF, L2 = ThreatModel("linf", 0.1), ThreatModel("l2", 8 / 255)
 
@@ -57,7 +57,8 @@ def test_wrong_shape_or_dtype_names_the_plugin():
 
 def test_a_cheating_attack_is_caught_and_marked_invalid(tmp_path, capsys):
     path = write_scenario(tmp_path, tiny(attacks=["fgsm", {"name": "cheat", "factor": 2.0}]))
-    code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-p", "arena_test_plugins", "-q")
+    code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-p", "arena_test_plugins",
+                             "-q")
     assert code == 1
     store = Store(tmp_path / "r")
     fgsm, cheat = store.matchups(store.run()["id"])

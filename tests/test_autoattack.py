@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchattacks
+from conftest import matchup, play, tiny, write_scenario
 from pyautoattack import AutoAttack
 from torch import nn
 
@@ -17,7 +18,6 @@ from arena.leaderboard import rows, sweep_flags
 from arena.scenario import ScenarioError, load_scenario
 from arena_plugins.autoattack import APGDCE, APGDDLR, APGDT, FABT, Square
 from arena_plugins.fgsm import FGSM
-from conftest import matchup, play, tiny, write_scenario
 
 LINF, L2 = ThreatModel("linf", 8 / 255), ThreatModel("l2", 0.5)
 ALL = (1, 1, 1, 1, 1, 1, 0, 0)
@@ -110,7 +110,8 @@ def test_suite_versions_and_bad_suite_entries(tmp_path, registry):
                                                                        "label": "aa"}])), registry)
     assert [(a.key, a.name, a.eot_samples, a.suite) for a in scenario.attacks] == [
         ("aa/apgd_ce", "apgd_ce", 20, "aa"), ("aa/apgd_dlr", "apgd_dlr", 20, "aa")]
-    with pytest.raises(ScenarioError, match=r"attacks\[0\]\.version: Input should be 'standard' or 'rand' \(got 'plus'\)"):
+    bad_version = r"attacks\[0\]\.version: Input should be 'standard' or 'rand' \(got 'plus'\)"
+    with pytest.raises(ScenarioError, match=bad_version):
         load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "autoattack", "version": "plus"}])), registry)
     with pytest.raises(ScenarioError, match="'autoattack/apgd_ce' appears twice"):
         load_scenario(write_scenario(tmp_path, tiny(attacks=["autoattack", "autoattack"])), registry)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from arena.hookspecs import HOOKSPEC_VERSION
 from conftest import run_cli
+
+from arena.hookspecs import HOOKSPEC_VERSION
 
 
 def test_plugins_lists_every_builtin_with_package_params_and_description(capsys):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny, write_scenario
 
 from arena import DataError
 from arena.scenario import DATA_ENV, load_scenario
 from arena_plugins.cifar10 import CIFAR10
-from conftest import tiny, write_scenario
 
 
 def test_the_real_cifar10_is_read_as_floats_in_0_1(scenario_data_dir):

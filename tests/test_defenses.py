@@ -1,4 +1,4 @@
-"""Defenses from ART on small slices of the real CIFAR-10: adapters, adaptive gradients (BPDA, EOT), transfer, caching."""
+"""ART defenses on small slices of the real CIFAR-10: adapters, adaptive gradients (BPDA, EOT), transfer, caching."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from conftest import play, tiny, write_scenario
 
 from arena.defended import Defended
 from arena.scenario import ScenarioError, TrainConfig, load_scenario
@@ -15,9 +16,9 @@ from arena.store import SCHEMA_VERSION, Store
 from arena.training import Trainer
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
-from conftest import play, tiny, write_scenario
 
-PREPROCESSORS = ["art.jpeg", "art.spatial_smoothing", "art.feature_squeezing", "art.total_var_min", "art.gaussian_noise"]
+PREPROCESSORS = ["art.jpeg", "art.spatial_smoothing", "art.feature_squeezing", "art.total_var_min",
+                 "art.gaussian_noise"]
 POSTPROCESSORS = ["art.reverse_sigmoid", "art.high_confidence"]
 TRAINERS = [
     {"name": "art.madry_pgd", "max_iter": 2},
@@ -111,15 +112,17 @@ def test_trainer_changes_the_weights(entry, registry, scenario_data_dir):
     model, baseline = CNN().build(10), CNN().build(10).eval()
     before = [p.detach().clone() for p in model.parameters()]
     trainer = Trainer(TrainConfig(epochs=1), 0, torch.device("cpu"), 10, progress=False, baseline=lambda: baseline)
-    stage(registry, entry["name"], **{k: v for k, v in entry.items() if k != "name"}).train(model, images, labels, trainer)
+    defense = stage(registry, entry["name"], **{k: v for k, v in entry.items() if k != "name"})
+    defense.train(model, images, labels, trainer)
     assert not model.training
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "training left the weights as they were"
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert changed, "training left the weights as they were"
 
 
 
 @pytest.fixture(scope="module")
 def defended_run(tmp_path_factory, registry):
-    """One tiny run with a training-time defense, a composition, a preprocessor, a randomized one and a transfer attack."""
+    """One tiny run: a training-time defense, a composition, a preprocessor, a randomized one and a transfer attack."""
     folder = tmp_path_factory.mktemp("defended")
     scenario = tiny(
         defenses=["none", {"name": "art.madry_pgd", "max_iter": 2, "label": "pgd_at"},

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from arena.store import Store
 from conftest import REPO, run_cli
+
+from arena.store import Store
 
 GUIDE = (REPO / "docs" / "writing-plugins.md").read_text(encoding="utf-8")
 

@@ -1,4 +1,4 @@
-"""Leaderboard: worst case on hand-made results, trust flags, formats, comparisons, sweeps, pictures, HTML in Chromium."""
+"""Leaderboard: worst case on hand-made results, trust flags, formats, comparisons, sweeps, pictures, HTML page."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from html.parser import HTMLParser
 
 import matplotlib.image
 import pytest
+from conftest import matchup, run_cli, tiny, write_scenario
 
 from arena.leaderboard import FORMATS, leaderboard_table, render, rows, sweep_flags, trust_flags, worst_case
 from arena.store import Store
-from conftest import matchup, run_cli, tiny, write_scenario
 
-RUN = {"id": "r1", "scenario": "hand", "norm": "linf", "eps": 0.1, "samples": 8, "arena_version": "0", "status": "complete"}
+RUN = {"id": "r1", "scenario": "hand", "norm": "linf", "eps": 0.1, "samples": 8, "arena_version": "0",
+       "status": "complete"}
 
 
 def test_worst_case_counts_a_sample_only_if_every_attack_failed():
@@ -141,7 +142,8 @@ def sweep(tmp_path_factory, registry):
     folder = tmp_path_factory.mktemp("sweep")
     path = write_scenario(folder, tiny(threat_model={"norm": "linf", "eps": [0.01, 0.1]},
                                        defenses=["none", "art.jpeg"],
-                                       attacks=["fgsm", {"name": "fgsm", "label": "fgsm_t", "source": {"defense": "none"}}]))
+                                       attacks=["fgsm", {"name": "fgsm", "label": "fgsm_t",
+                                                         "source": {"defense": "none"}}]))
     from arena.cli import main
 
     code = main(["run", str(path), "--results", str(folder / "r"), "--cache-dir", str(folder / "cache"), "-q"])

@@ -7,18 +7,18 @@ import textwrap
 
 import pytest
 import torch
+from conftest import REPO, run_cli, tiny, write_scenario
 
 from arena.registry import AUTOLOAD_ENV, load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import Store
-from conftest import REPO, run_cli, tiny, write_scenario
 
 EXAMPLE = REPO / "examples" / "arena-noise"
 
 
 @pytest.fixture
 def installed_example(tmp_path, monkeypatch):
-    """The example package as pip would leave it: its code importable and a dist-info folder declaring its entry point."""
+    """The example package as pip would leave it: its code importable, a dist-info folder declaring its entry point."""
     site = tmp_path / "site"
     dist_info = site / "arena_noise-0.1.0.dist-info"
     dist_info.mkdir(parents=True)

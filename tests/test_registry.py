@@ -6,10 +6,10 @@ import inspect
 import sys
 import types
 
+import arena_test_plugins
 import pluggy
 import pytest
 
-import arena_test_plugins
 from arena import Attack, hookimpl, hookspecs
 from arena.kinds import KINDS
 from arena.registry import AUTOLOAD_ENV, PluginError, load_registry
@@ -61,7 +61,8 @@ def test_a_name_claimed_twice_names_both_providers():
         register(Fgsm)
 
     clash = _module("clashing_plugin", arena_register_attacks=arena_register_attacks)
-    with pytest.raises(PluginError, match=r"attack 'fgsm' is registered twice: by fgsm \(arena .*\) and by clashing_plugin"):
+    twice = r"attack 'fgsm' is registered twice: by fgsm \(arena .*\) and by clashing_plugin"
+    with pytest.raises(PluginError, match=twice):
         load_registry(modules=[clash])
     assert load_registry(modules=[clash], blocked=["fgsm"]).get("attack", "fgsm").provider == "clashing_plugin"
 

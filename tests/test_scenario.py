@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import REPO, run_cli, tiny, write_scenario
 
 from arena.scenario import ScenarioError, load_scenario
-from conftest import REPO, run_cli, tiny, write_scenario
 
 GOOD = """\
 name: lines
@@ -39,7 +39,8 @@ def _bad(text_or_mapping, tmp_path, capsys) -> str:
     ("old", "new", "expected"),
     [
         ("  - fgsm", "  - fsgm", r":9: attacks\[0\].name: unknown attack 'fsgm'; did you mean 'fgsm'\?"),
-        ("  - name: cnn", "  - name: cnn_lstn", r":6: models\[0\].name: unknown model 'cnn_lstn'; did you mean 'cnn_lstm'\?"),
+        ("  - name: cnn", "  - name: cnn_lstn",
+         r":6: models\[0\].name: unknown model 'cnn_lstn'; did you mean 'cnn_lstm'\?"),
         ("eps: 0.1", "eps: -0.1", r":4: threat_model.eps: Input should be greater than 0 \(got -0.1\)"),
         ("norm: linf", "norm: l3", r":3: threat_model.norm: Input should be 'linf' or 'l2' \(got 'l3'\)"),
         ("steps: 3", "steps: three", r":11: attacks\[1\].steps: Input should be a valid integer \(got 'three'\)"),
@@ -84,7 +85,8 @@ def test_not_a_mapping(tmp_path, capsys):
 def test_the_same_entry_twice_needs_a_label(tmp_path, capsys, registry):
     err = _bad(tiny(attacks=["fgsm", "fgsm"]), tmp_path, capsys)
     assert "'fgsm' appears twice" in err and "label" in err
-    ok = write_scenario(tmp_path, tiny(attacks=["fgsm", {"name": "pgd"}, {"name": "pgd", "steps": 50, "label": "pgd-50"}]))
+    attacks = ["fgsm", {"name": "pgd"}, {"name": "pgd", "steps": 50, "label": "pgd-50"}]
+    ok = write_scenario(tmp_path, tiny(attacks=attacks))
     assert [a.key for a in load_scenario(ok, registry).attacks] == ["fgsm", "pgd", "pgd-50"]
 
 
