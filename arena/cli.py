@@ -10,33 +10,38 @@ from pathlib import Path
 
 import torch
 
-from arena import __version__
+from arena.api import open_scenario
+from arena.errors import ArenaError
 from arena.hookspecs import HOOKSPEC_VERSION
-from arena.kinds import DataError
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render, write_summary
 from arena.matchups import Arena
-from arena.registry import PluginError, Registry, load_registry, unknown_name_message
+from arena.records import Run
+from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
-from arena.scenario import ScenarioError, declared_plugins, load_scenario
+from arena.scenario import Scenario
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
+from arena.version import __version__
 
 log = logging.getLogger("arena")
 DEFAULT_RESULTS = Path("arena-results")
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    """Plugins from entry points, ``-p`` modules and, for commands given a scenario, the scenario's ``plugins:``."""
-    scenario = getattr(args, "scenario", None)
-    declared = declared_plugins(scenario) if scenario else []
-    try:
-        registry = load_registry(modules=[*args.plugin, *declared], blocked=args.block)
-    except PluginError as exc:
-        where = f"{scenario}: plugins: " if declared else ""
-        raise PluginError(f"{where}{exc}") from None
+def _warn(registry: Registry) -> Registry:
     for error in registry.load_errors:
         log.warning("plugin not loaded: %s", error)
     return registry
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    """Plugins from entry points and ``-p`` modules."""
+    return _warn(load_registry(modules=args.plugin, blocked=args.block))
+
+
+def _scenario(args: argparse.Namespace) -> tuple[Scenario, Registry]:
+    """The scenario argument, validated, with the registry of its declared plugins and ``-p`` modules."""
+    scenario, registry = open_scenario(args.scenario, plugins=args.plugin, block=args.block)
+    return scenario, _warn(registry)
 
 
 def _device(name: str) -> torch.device:
@@ -46,8 +51,7 @@ def _device(name: str) -> torch.device:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    registry = _registry(args)
-    scenario = load_scenario(args.scenario, registry)
+    scenario, registry = _scenario(args)
     cache = WeightsCache(args.cache_dir)
     failed = []
     for threat in scenario.threats:  # one run per ε of a sweep
@@ -72,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario, _registry(args))
+    scenario, _ = _scenario(args)
     count = len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
     runs = f"{len(scenario.threats)} runs ({', '.join(map(str, scenario.threats))})" if len(scenario.threats) > 1 \
         else str(scenario.threat)
@@ -80,7 +84,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pick_run(store: Store, run_id: str | None, scenario: str | None) -> dict:
+def _pick_run(store: Store, run_id: str | None, scenario: str | None) -> Run:
     """The run asked for: by id, else the latest of ``scenario``, else the latest of all."""
     if run_id or not scenario:
         return store.run(run_id)
@@ -200,6 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except (ScenarioError, PluginError, DataError, StoreError) as exc:
+    except ArenaError as exc:
         print(f"arena: error: {exc}", file=sys.stderr)
         return 2

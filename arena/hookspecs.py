@@ -16,17 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pluggy
 
 from arena.kinds import Attack, Dataset, Defense, Model, Suite
-from arena.store import Matchup
+from arena.records import Matchup, Run
 
 hookspec = pluggy.HookspecMarker("arena")
 
 #: Bumped when a hook's signature or contract changes incompatibly.
-HOOKSPEC_VERSION = 2
+HOOKSPEC_VERSION = 3
 
 
 @hookspec
@@ -69,8 +68,9 @@ def arena_register_suites(register: Callable[[type[Suite]], None]) -> None:
 
 
 @hookspec
-def arena_run_started(run_id: str, run: dict[str, Any], results_dir: Path) -> None:
-    """A run has started: ``run`` is its stored record (scenario name and text, threat model, seed, samples, device)."""
+def arena_run_started(run_id: str, run: Run, results_dir: Path) -> None:
+    """A run has started: ``run`` is its stored ``arena.Run`` (scenario name and text, threat model, seed, samples,
+    device)."""
 
 
 @hookspec

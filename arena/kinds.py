@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from arena.errors import ArenaError
 from arena.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 _REQUIRED: Any = object()
 
 
-class DataError(Exception):
+class DataError(ArenaError):
     """A data set could not be found or read; the message says where the arena looked and how to provide it."""
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from arena import checks
-from arena.store import Matchup, Store
+from arena.records import Matchup, Run
+from arena.store import Store
 
 FORMATS = ("table", "md", "csv", "json", "html")
 #: A transfer attack's robust accuracy this far above the white-box worst case means the robustness is only apparent.
@@ -136,10 +137,9 @@ def _passes(group: list[Matchup]) -> float | None:
     return None if any(p is None for p in counted) else sum(counted)
 
 
-def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row]:
+def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
     """Group matchups by model × defense; rank by worst-case robust accuracy the rows whose matchups are all valid
     (equal worst cases share a rank and are listed by clean accuracy)."""
-    run = run or {}
     groups: dict[tuple[str, str], list[Matchup]] = {}
     for m in matchups:
         groups.setdefault((m.model, m.defense), []).append(m)
@@ -154,8 +154,8 @@ def rows(matchups: list[Matchup], run: dict[str, Any] | None = None) -> list[Row
             worst_case=float(combined.mean()) if combined is not None else None,
             flags=trust_flags(group), evaluation=_evaluation(group), passes=_passes(group),
             attack_passes={m.attack: m.passes_per_sample for m in group},
-            threat=f"{run['norm']} ε={run['eps']:.4g}" if run else "", run=run.get("id", ""),
-            arena_version=run.get("arena_version", ""),
+            threat=str(run.threat) if run else "", run=run.id if run else "",
+            arena_version=run.arena_version if run else "",
         ))
     rankable = sorted((r for r in table if all(not isinstance(v, str) for v in r.attacks.values())),
                       key=lambda r: (-(r.worst_case or 0.0), -(r.clean_accuracy or 0.0)))
@@ -201,11 +201,11 @@ def sweep_flags(
     return flagged
 
 
-def curves(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+def curves(store: Store, run: Run) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """Worst-case robust accuracy against ε per model × defense, from the latest run at each ε of this scenario file."""
     latest: dict[float, str] = {}
-    for other in store.runs(scenario_digest=run["scenario_digest"]):
-        latest.setdefault(other["eps"], other["id"])
+    for other in store.runs(scenario_digest=run.scenario_digest):
+        latest.setdefault(other.threat.eps, other.id)
     points: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for eps, run_id in latest.items():
         for row in rows(store.matchups(run_id)):
@@ -214,11 +214,11 @@ def curves(store: Store, run: dict[str, Any]) -> dict[tuple[str, str], list[tupl
     return points
 
 
-def board(store: Store, run: dict[str, Any]) -> list[Row]:
+def board(store: Store, run: Run) -> list[Row]:
     """A run's rows with every trust flag, the ε-sweep one included."""
-    table = rows(store.matchups(run["id"]), run)
+    table = rows(store.matchups(run.id), run)
     clean = {(row.model, row.defense): row.clean_accuracy for row in table}
-    flagged = sweep_flags(curves(store, run), clean, run["norm"])
+    flagged = sweep_flags(curves(store, run), clean, run.threat.norm)
     for row in table:
         row.flags += flagged.get((row.model, row.defense), [])
     return table
@@ -234,7 +234,7 @@ class Table:
     percent: set[str] = field(default_factory=set)
 
 
-def leaderboard_table(run: dict[str, Any], table: list[Row]) -> Table:
+def leaderboard_table(run: Run, table: list[Row]) -> Table:
     attacks = list(dict.fromkeys(a for r in table for a in r.attacks))
     records = [{
         "rank": r.rank, "model": r.model, "defense": r.defense, "clean": r.clean_accuracy,
@@ -243,14 +243,14 @@ def leaderboard_table(run: dict[str, Any], table: list[Row]) -> Table:
         "samples": r.samples, "threat": r.threat, "run": r.run, "arena": r.arena_version, "flags": r.flags,
         "passes per attack": r.attack_passes,
     } for r in table]
-    title = (f"run {run['id']} · scenario {run['scenario']} · {run['norm']} ε={run['eps']:.4g} · "
-             f"{run['samples']} samples · arena {run['arena_version']} · {run['status']}")
+    title = (f"run {run.id} · scenario {run.scenario} · {run.threat} · {run.samples} samples · "
+             f"arena {run.arena_version} · {run.status}")
     columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "passes/sample", "evaluation", "samples",
                "threat", "run", "arena", "flags"]
     return Table(title, columns, records, {"clean", "worst case", *attacks})
 
 
-def compare_table(run_a: dict[str, Any], rows_a: list[Row], run_b: dict[str, Any], rows_b: list[Row]) -> Table:
+def compare_table(run_a: Run, rows_a: list[Row], run_b: Run, rows_b: list[Row]) -> Table:
     """The model × defense rows both runs have: each number in A, in B, and B − A."""
     by_key = {(r.model, r.defense): r for r in rows_b}
     records, percent = [], set()
@@ -268,8 +268,8 @@ def compare_table(run_a: dict[str, Any], rows_a: list[Row], run_b: dict[str, Any
             percent |= {f"{name} A", f"{name} B", f"{name} Δ"}
         records.append(record)
     columns = list(dict.fromkeys(k for r in records for k in r))
-    title = (f"A = run {run_a['id']} ({run_a['scenario']}, {run_a['norm']} ε={run_a['eps']:.4g}) · "
-             f"B = run {run_b['id']} ({run_b['scenario']}, {run_b['norm']} ε={run_b['eps']:.4g})")
+    sides = (("A", run_a), ("B", run_b))
+    title = " · ".join(f"{side} = run {run.id} ({run.scenario}, {run.threat})" for side, run in sides)
     return Table(title, columns, records, percent)
 
 
@@ -337,13 +337,13 @@ def _html(table: Table, shown: list[list[str]], images: list[str]) -> str:
             f"{pictures}</body></html>\n")
 
 
-def write_summary(store: Store, run: dict[str, Any], table: list[Row]) -> Path:
+def write_summary(store: Store, run: Run, table: list[Row]) -> Path:
     """Write ``runs/<run id>.json`` beside the store: the run, every matchup's numbers, and the leaderboard."""
-    run_id = run["id"]
+    run_id = run.id
     path = store.results_dir / "runs" / f"{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {
-        "run": {k: v for k, v in run.items() if k != "scenario_text"},
+        "run": run.summary(),
         "matchups": [m.summary() for m in store.matchups(run_id)],
         "leaderboard": [asdict(r) for r in table],
     }

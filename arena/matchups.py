@@ -25,7 +25,7 @@ from arena.audit import audit
 from arena.checks import convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended, describe_gradient
-from arena.kinds import Attack, DataError, Dataset
+from arena.kinds import Attack, DataError, Dataset, Model
 from arena.registry import Registry
 from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Matchup, Store
@@ -60,7 +60,7 @@ class Data:
     @classmethod
     def load(cls, scenario: Scenario, registry: Registry) -> Data:
         ref = scenario.dataset
-        dataset = registry.get("dataset", ref.name).cls(**ref.params)
+        dataset = registry.build("dataset", ref)
         images, labels = dataset.load(ref.split, scenario.data_dir())
         if ref.samples is not None:
             if ref.samples > len(images):
@@ -99,6 +99,7 @@ class Arena:
     store: Store = field(init=False)
     _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
     _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
 
     def play(self) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded."""
@@ -182,15 +183,21 @@ class Arena:
             "seed": self.scenario.seed,
             "device": self.device.type,
         }
-        model = self.registry.get("model", model_ref.name).cls(**model_ref.params)
+        model = self._model(model_ref)
         if model.pretrained:
             fields["pretrained"] = model.identity()
         return content_key(fields), fields
 
     def _training(self, defense_ref: DefenseRef) -> PluginRef | None:
         """The entry's training-time defense, if any (validation allows at most one)."""
-        found = [ref for ref in defense_ref.chain if self.registry.get("defense", ref.name).cls.stage == "training"]
+        found = self.registry.training_stages(defense_ref.chain)
         return found[0] if found else None
+
+    def _model(self, model_ref: ModelRef) -> Model:
+        """The model plugin of an entry, built once per run (a pretrained one may hash a checkpoint)."""
+        if model_ref.key not in self._models:
+            self._models[model_ref.key] = self.registry.build("model", model_ref)
+        return self._models[model_ref.key]
 
     def _matchup_key(
         self, data: Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef,
@@ -232,7 +239,7 @@ class Arena:
         if key in self._networks:
             return self._networks[key]
         training = self._training(defense_ref)
-        model_plugin = self.registry.get("model", model_ref.name).cls(**model_ref.params)
+        model_plugin = self._model(model_ref)
         seed_everything(self.scenario.seed)
         net = model_plugin.build(data.dataset.num_classes)
         label = f"{model_ref.key}+{training.key}" if training else model_ref.key
@@ -250,7 +257,7 @@ class Arena:
             if training is None:
                 trainer.fit(net, train_images, train_labels)
             else:
-                defense = self.registry.get("defense", training.name).cls(**training.params)
+                defense = self.registry.build("defense", training)
                 seed_everything(self.scenario.seed)
                 defense.train(net, train_images, train_labels, trainer)
             self._weights_source[key] = "trained"
@@ -262,7 +269,7 @@ class Arena:
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None
     ) -> Defended:
         """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
-        stages = [self.registry.get("defense", ref.name).cls(**ref.params) for ref in defense_ref.chain]
+        stages = [self.registry.build("defense", ref) for ref in defense_ref.chain]
         adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
         return Defended(
             self._network(data, model_ref, defense_ref),
@@ -273,7 +280,7 @@ class Arena:
     def trained(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> bool:
         """Whether the weights of ``model_ref`` under ``defense_ref`` are at hand without training."""
         key = self.weights_key(data, model_ref, defense_ref)[0]
-        pretrained = self.registry.get("model", model_ref.name).cls(**model_ref.params).pretrained
+        pretrained = self._model(model_ref).pretrained
         at_hand = key in self._networks or self.cache.path(key).is_file()
         return at_hand or (pretrained and not self._training(defense_ref))
 
@@ -289,12 +296,11 @@ class Arena:
             source_model, source_defense = self._source(model_ref, attack_ref)
             crafted_on = self.defended(data, source_model, source_defense, attack_ref)
             gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
-        attack_cls = self.registry.get("attack", attack_ref.name).cls
-        if attack_cls.gradient_free:
+        if self.registry.get("attack", attack_ref.name).cls.gradient_free:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
         counted = Counted(crafted_on).eval()
-        return attack_cls(counted, self.threat, **attack_ref.params), counted, gradient
+        return self.registry.build("attack", attack_ref, counted, self.threat), counted, gradient
 
     def _attack(
         self, target: Defended, data: Data, clean_correct: np.ndarray, todo: np.ndarray,

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
 from arena import hookspecs
+from arena.errors import ArenaError
 from arena.kinds import KINDS, Plugin
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ AUTOLOAD_ENV = "ARENA_DISABLE_PLUGIN_AUTOLOAD"
 _REGISTER_HOOKS = {kind: f"arena_register_{kind}s" for kind in KINDS}
 
 
-class PluginError(Exception):
+class PluginError(ArenaError):
     """A plugin could not be loaded or registered, or a name is unknown or claimed twice."""
 
 
@@ -61,6 +62,13 @@ class PluginInfo:
         """``provider (package version)``, the way listings and clash errors name a plugin's origin."""
         dist = f" ({self.package} {self.version})" if self.package else ""
         return f"{self.provider}{dist}"
+
+
+class Ref(Protocol):
+    """What names a plugin in a scenario: its ``name`` and validated ``params`` (``arena.scenario.PluginRef``)."""
+
+    name: str
+    params: dict[str, Any]
 
 
 @dataclass
@@ -95,6 +103,16 @@ class Registry:
             return self.plugins[kind][name]
         except KeyError:
             raise PluginError(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def build(self, kind: str, ref: Ref | str, *args: Any) -> Plugin:
+        """An instance of the plugin a scenario entry names, with its validated parameters; ``args`` go first
+        (an attack's ``model`` and ``threat``)."""
+        name, params = (ref, {}) if isinstance(ref, str) else (ref.name, ref.params)
+        return self.get(kind, name).cls(*args, **params)
+
+    def training_stages(self, chain: Iterable[Ref]) -> list[Ref]:
+        """The training-time defenses of a defense chain (validation allows at most one)."""
+        return [ref for ref in chain if self.get("defense", ref.name).cls.stage == "training"]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.plugins[kind])
@@ -152,8 +170,9 @@ def _import(module: str) -> ModuleType:
     return loaded
 
 
-def load_registry(modules: Iterable[str | ModuleType] = (), blocked: Iterable[str] = ()) -> Registry:
-    """Build the registry from the ``arena`` entry points plus ``modules`` (import paths, ``.py`` files or modules).
+def load_registry(modules: Iterable[str | ModuleType | object] = (), blocked: Iterable[str] = ()) -> Registry:
+    """Build the registry from the ``arena`` entry points plus ``modules`` (import paths, ``.py`` files, modules, or
+    any object with ``@hookimpl`` methods).
 
     ``blocked`` names entry points or modules not to load, as pytest's ``-p no:NAME``.
     """
@@ -162,8 +181,8 @@ def load_registry(modules: Iterable[str | ModuleType] = (), blocked: Iterable[st
     pm = registry.pm
     dists = _load_entry_points(pm, blocked, registry.load_errors)
     for module in modules:
-        if isinstance(module, ModuleType):
-            name = module.__name__
+        if not isinstance(module, str):
+            name = getattr(module, "__name__", type(module).__name__)
         else:
             name = Path(module).stem if module.endswith(".py") else module
         if name in blocked or pm.has_plugin(name):

@@ -17,10 +17,10 @@ import torch  # noqa: E402
 
 from arena.leaderboard import Row, curves, leaderboard_table, render  # noqa: E402
 from arena.matchups import Arena, Data  # noqa: E402
+from arena.records import Run  # noqa: E402
 from arena.registry import Registry  # noqa: E402
 from arena.scenario import parse_scenario  # noqa: E402
 from arena.store import Store  # noqa: E402
-from arena.threat import ThreatModel  # noqa: E402
 from arena.training import WeightsCache  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,17 @@ def curve_chart(
 
 
 def examples_grid(
-    store: Store, run: dict[str, Any], table: list[Row], registry: Registry, cache: WeightsCache, path: Path,
+    store: Store, run: Run, table: list[Row], registry: Registry, cache: WeightsCache, path: Path,
     count: int = 6,
 ) -> Path | None:
     """Clean image, adversarial image, amplified perturbation, with label and confidence before and after, for the
     first samples broken by the strongest white-box attack on the first row; None when its weights are not cached
     (a report never trains)."""
-    scenario = parse_scenario(run["scenario_text"], run["scenario_path"], registry)
+    scenario = parse_scenario(run.scenario_text, run.scenario_path, registry)
     arena = Arena(scenario, registry, store.results_dir, cache=cache, progress=False,
-                  threat=ThreatModel(run["norm"], run["eps"]))
+                  threat=run.threat)
     data = Data.load(scenario, registry)
-    matchups = {(m.model, m.defense, m.attack): m for m in store.matchups(run["id"])}
+    matchups = {(m.model, m.defense, m.attack): m for m in store.matchups(run.id)}
     for row in table:
         model_ref = next(r for r in scenario.models if r.key == row.model)
         defense_ref = next(r for r in scenario.defenses if r.key == row.defense)
@@ -90,7 +90,7 @@ def examples_grid(
             before, after = target(images).softmax(1), target(adversarial).softmax(1)
         names = getattr(data.dataset, "classes", None)
         return _grid(images, adversarial, before, after, names, f"{attack_ref.key} vs {row.model}+{row.defense}",
-                     run["eps"], path)
+                     run.threat.eps, path)
     return None
 
 
@@ -122,14 +122,14 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def write_report(
-    store: Store, run: dict[str, Any], table: list[Row], registry: Registry, cache: WeightsCache | None = None,
+    store: Store, run: Run, table: list[Row], registry: Registry, cache: WeightsCache | None = None,
     out: Path | None = None,
 ) -> Path:
     """Write the pictures and ``leaderboard.html`` of a run (its ``board`` rows in ``table``) into ``out``
     (default ``<results>/reports/<run id>``)."""
-    folder = Path(out or store.results_dir / "reports" / run["id"])
+    folder = Path(out or store.results_dir / "reports" / run.id)
     pictures = [bar_chart(table, folder / "leaderboard.png"),
-                curve_chart(curves(store, run), table, run["norm"], folder / "robustness.png")]
+                curve_chart(curves(store, run), table, run.threat.norm, folder / "robustness.png")]
     grid = examples_grid(store, run, table, registry, cache or WeightsCache(), folder / "examples.png")
     if grid is None:
         log.warning("no adversarial-example grid: no row has cached weights and a broken sample")

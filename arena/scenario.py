@@ -19,16 +19,18 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from arena.errors import ArenaError
 from arena.kinds import Param
 from arena.registry import PluginError, Registry, unknown_name_message
 from arena.threat import ThreatModel
+from arena.training import TrainConfig
 
 #: The data folder when a scenario names none; else the user cache folder is used.
 DATA_ENV = "ARENA_DATA_DIR"
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
 
-class ScenarioError(Exception):
+class ScenarioError(ArenaError):
     """A scenario that cannot run; the message lists every problem with its file, line and field."""
 
 
@@ -40,18 +42,6 @@ def _fraction(value: Any) -> Any:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class TrainConfig(_Strict):
-    """How a model is trained; the defaults are the seed study's recipe."""
-
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    augment: Literal["flip", "none"] = "flip"
 
 
 class PluginRef(_Strict):
@@ -316,7 +306,7 @@ class _Resolver:
                  for j, item in enumerate(ref.chain)]
         if None in chain:
             return None
-        training = [item.name for item in chain if self.registry.get("defense", item.name).cls.stage == "training"]
+        training = [item.name for item in self.registry.training_stages(chain)]
         if len(training) > 1:
             self.problems.add(loc, f"at most one training-time defense per entry, found {', '.join(training)}; "
                                    "make them separate entries")
@@ -331,7 +321,7 @@ class _Resolver:
         if suite is None:
             return [None]
         members = []
-        for entry in self.registry.get("suite", ref.name).cls(**suite.params).attacks():
+        for entry in self.registry.build("suite", suite).attacks():
             member = {"bpda": ref.bpda, "eot_samples": ref.eot_samples, **entry, "label": f"{ref.key}/{entry['name']}"}
             member_ref = AttackRef.model_validate(member).model_copy(update={"source": ref.source, "suite": ref.key})
             members.append(self.attack(member_ref, loc, models))

@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from arena import __version__
+from arena.errors import ArenaError
+from arena.records import Matchup, Run
+from arena.threat import ThreatModel
+from arena.version import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
 SCHEMA_VERSION = 3
 
 
-class StoreError(Exception):
+class StoreError(ArenaError):
     """A results store or run that does not exist; the message says what does."""
 
 _SCHEMA = """
@@ -94,60 +96,6 @@ def _pack(mask: np.ndarray | None) -> bytes | None:
 
 def _unpack(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(blob, dtype=np.uint8).astype(bool)
-
-
-@dataclass
-class Matchup:
-    """One model × defense × attack result. ``robust_correct[i]``: sample i was classified right clean and attacked."""
-
-    model: str
-    defense: str
-    attack: str
-    params: dict[str, Any]
-    status: str
-    samples: int
-    wall_time_s: float
-    #: How the attack got its gradients: ``source`` (transfer), ``bpda``, ``masked``, ``randomized``, ``eot_samples``.
-    gradient: dict[str, Any] = field(default_factory=dict)
-    key: str = ""
-    reused_from: str | None = None
-    detail: str | None = None
-    clean_accuracy: float | None = None
-    robust_accuracy: float | None = None
-    attack_success_rate: float | None = None
-    mean_norm: float | None = None
-    max_norm: float | None = None
-    clean_correct: np.ndarray | None = field(default=None, repr=False)
-    robust_correct: np.ndarray | None = field(default=None, repr=False)
-    #: The samples the attack ran on: the initially-correct ones, less those an earlier attack of a cascade broke.
-    attacked: np.ndarray | None = field(default=None, repr=False)
-    #: Network passes (EOT draws included) the attack made, summed over samples; None for results stored before.
-    forward_passes: int | None = None
-    backward_passes: int | None = None
-    #: What the evaluation measured about itself (``arena.checks``), read by the leaderboard's trust flags.
-    checks: dict[str, Any] = field(default_factory=dict)
-    #: The suite (e.g. ``autoattack``) this attack was expanded from, if any.
-    suite: str = ""
-    #: The attacks of its cascade that ran before it; empty when it ran on every initially-correct sample.
-    cascade_after: list[str] = field(default_factory=list)
-
-    @property
-    def attacked_mask(self) -> np.ndarray | None:
-        """The samples the attack ran on (the initially-correct ones for results stored before cascades)."""
-        return self.attacked if self.attacked is not None else self.clean_correct
-
-    @property
-    def passes_per_sample(self) -> float | None:
-        """Forward plus backward passes per evaluated sample: the attack's cost, independent of the machine."""
-        if self.forward_passes is None or not self.samples:
-            return None
-        return (self.forward_passes + (self.backward_passes or 0)) / self.samples
-
-    def summary(self) -> dict[str, Any]:
-        """Everything but the per-sample arrays, for JSON."""
-        arrays = ("clean_correct", "robust_correct", "attacked")
-        fields = {k: v for k, v in self.__dict__.items() if k not in arrays}
-        return {**fields, "passes_per_sample": self.passes_per_sample}
 
 
 def _matchup(row: sqlite3.Row) -> Matchup:
@@ -232,7 +180,7 @@ class Store:
                 (status, _now(), json.dumps(weights, sort_keys=True), run_id),
             )
 
-    def run(self, run_id: str | None = None) -> dict[str, Any]:
+    def run(self, run_id: str | None = None) -> Run:
         """One run's record; the latest run when ``run_id`` is None."""
         if run_id is None:
             row = self.db.execute("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
@@ -242,11 +190,10 @@ class Store:
             known = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 5")]
             wanted = f"run {run_id!r}" if run_id else "any run"
             raise StoreError(f"no {wanted} in {self.path} (latest: {', '.join(known) or 'none'})")
-        run = dict(row)
-        run["weights"] = json.loads(run["weights"])
-        return run
+        fields = {k: row[k] for k in row.keys() if k not in ("norm", "eps", "weights")}
+        return Run(**fields, threat=ThreatModel(row["norm"], row["eps"]), weights=json.loads(row["weights"]))
 
-    def runs(self, scenario: str | None = None, scenario_digest: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, scenario: str | None = None, scenario_digest: str | None = None) -> list[Run]:
         """Runs, latest first, optionally only those of one scenario name or one exact scenario file."""
         query, args = "SELECT id FROM runs WHERE 1", []
         for column, value in (("scenario", scenario), ("scenario_digest", scenario_digest)):

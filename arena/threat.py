@@ -25,4 +25,4 @@ class ThreatModel:
         return flat.norm(p=2, dim=1)
 
     def __str__(self) -> str:
-        return f"{self.norm} ε={self.eps:g}"
+        return f"{self.norm} ε={self.eps:.4g}"

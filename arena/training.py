@@ -10,17 +10,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import platformdirs
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from arena import __version__
-from arena.scenario import TrainConfig
+from arena.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ def fingerprint(*tensors: torch.Tensor) -> str:
         digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+class TrainConfig(BaseModel):
+    """How a model is trained (a scenario's ``train:``); the defaults are the seed study's recipe."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    augment: Literal["flip", "none"] = "flip"
 
 
 @dataclass

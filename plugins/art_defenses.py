@@ -30,8 +30,7 @@ from art.defences.trainer import (
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
-from arena import Param, Postprocessor, Preprocessor, TrainingDefense, hookimpl
-from arena.training import Trainer
+from arena import Param, Postprocessor, Preprocessor, Trainer, TrainingDefense, hookimpl
 
 _EPOCHS = Param(int, None, nullable=True, ge=1, help="training epochs; the model's recipe when unset")
 _STEP = Param(float, None, nullable=True, gt=0, help="attack step size; 2.5 * eps / max_iter when unset")

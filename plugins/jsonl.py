@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from arena import hookimpl
-from arena.store import Matchup
+from arena import Matchup, Run, hookimpl
 
 
 def _write(results_dir: Path, run_id: str, event: str, **fields: Any) -> None:
@@ -24,8 +23,8 @@ def _write(results_dir: Path, run_id: str, event: str, **fields: Any) -> None:
 
 
 @hookimpl
-def arena_run_started(run_id: str, run: dict[str, Any], results_dir: Path) -> None:
-    _write(results_dir, run_id, "run_started", run={k: v for k, v in run.items() if k != "scenario_text"})
+def arena_run_started(run_id: str, run: Run, results_dir: Path) -> None:
+    _write(results_dir, run_id, "run_started", run=run.summary())
 
 
 @hookimpl

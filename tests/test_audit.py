@@ -61,7 +61,7 @@ def test_a_cheating_attack_is_caught_and_marked_invalid(tmp_path, capsys):
                              "-q")
     assert code == 1
     store = Store(tmp_path / "r")
-    fgsm, cheat = store.matchups(store.run()["id"])
+    fgsm, cheat = store.matchups(store.run().id)
     assert cheat.status == "invalid" and cheat.robust_accuracy is None
     assert "linf norm up to 0.2 > ε = 0.1" in cheat.detail and cheat.max_norm == pytest.approx(0.2, abs=1e-6)
     assert "INVALID: cheat vs cnn+none" in err

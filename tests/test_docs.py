@@ -29,7 +29,7 @@ def test_the_guide_plugins_work_on_the_first_attempt(tmp_path, capsys, monkeypat
     assert code == 0, err
     assert out.count("[my_plugins] ") == 12, "the guide's reporter hook saw every matchup"
     store = Store(tmp_path / "arena-results")
-    found = {(m.defense, m.attack): m for m in store.matchups(store.run()["id"])}
+    found = {(m.defense, m.attack): m for m in store.matchups(store.run().id)}
     assert found["bit_depth", "bim_naive"].robust_accuracy > found["bit_depth", "bim"].robust_accuracy
     assert "bim_naive: non-differentiable bit_depth attacked without BPDA" in out
 

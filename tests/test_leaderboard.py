@@ -154,14 +154,14 @@ def sweep(tmp_path_factory, registry):
 def test_a_sweep_plays_one_run_per_eps_and_reports_a_curve(sweep, capsys):
     store = Store(sweep / "r")
     runs = store.runs(scenario="tiny")
-    assert sorted(r["eps"] for r in runs) == [0.01, 0.1]
-    small, large = sorted(runs, key=lambda r: r["eps"])
+    assert sorted(r.threat.eps for r in runs) == [0.01, 0.1]
+    small, large = sorted(runs, key=lambda r: r.threat.eps)
     row = {r["model"] + "+" + r["defense"]: r for r in
-           json.loads(run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--run", small["id"],
+           json.loads(run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--run", small.id,
                               "--format", "json")[1])["rows"]}
     assert row["cnn+none"]["worst case"] > 0
     for run in runs:
-        report = sweep / "r" / "reports" / run["id"]
+        report = sweep / "r" / "reports" / run.id
         for name in ("leaderboard.png", "robustness.png", "examples.png", "leaderboard.html"):
             assert (report / name).stat().st_size > 1000, name
         assert matplotlib.image.imread(report / "robustness.png").std() > 0
@@ -169,8 +169,8 @@ def test_a_sweep_plays_one_run_per_eps_and_reports_a_curve(sweep, capsys):
 
 def test_compare_and_scenario_selection(sweep, capsys):
     store = Store(sweep / "r")
-    small, large = sorted(store.runs(), key=lambda r: r["eps"])
-    code, out, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--compare", small["id"], large["id"],
+    small, large = sorted(store.runs(), key=lambda r: r.threat.eps)
+    code, out, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--compare", small.id, large.id,
                            "--format", "csv")
     parsed = {r["defense"]: r for r in csv.DictReader(io.StringIO(out))}
     assert code == 0 and set(parsed) == {"none", "art.jpeg"}
@@ -178,7 +178,7 @@ def test_compare_and_scenario_selection(sweep, capsys):
     assert float(none["worst case Δ"]) == pytest.approx(float(none["worst case B"]) - float(none["worst case A"]))
     assert float(none["fgsm Δ"]) < 0, "a larger ε breaks more samples"
     code, out, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--scenario", "tiny")
-    assert code == 0 and large["id"] in out, "the latest run of the scenario: the sweep plays the larger ε last"
+    assert code == 0 and large.id in out, "the latest run of the scenario: the sweep plays the larger ε last"
     code, _, err = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--scenario", "tinny")
     assert code == 2 and "did you mean 'tiny'" in err
     target = sweep / "board.md"
@@ -198,7 +198,7 @@ def _chromium() -> str:
 def test_html_page_renders_in_headless_chromium(sweep, tmp_path):
     browser = _chromium()
     store = Store(sweep / "r")
-    page = sweep / "r" / "reports" / store.run()["id"] / "leaderboard.html"
+    page = sweep / "r" / "reports" / store.run().id / "leaderboard.html"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/p"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
@@ -221,7 +221,7 @@ def test_equal_worst_cases_share_a_rank_and_list_by_clean_accuracy():
 
 
 def test_arena_report_writes_the_pictures_and_page_of_a_run(sweep, tmp_path, capsys):
-    run_id = Store(sweep / "r").run()["id"]
+    run_id = Store(sweep / "r").run().id
     code, out, _ = run_cli(capsys, "report", run_id, "--results", str(sweep / "r"), "--cache-dir", str(sweep / "cache"),
                            "--out", str(tmp_path / "report"))
     assert code == 0 and str(tmp_path / "report" / "leaderboard.html") in out

@@ -76,8 +76,8 @@ def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_exa
     assert code == 0, err
     store = Store(tmp_path / "r")
     run = store.run()
-    fgsm, noise = store.matchups(run["id"])
-    assert run["weights"]["checkpoint/none"]["source"] == "pretrained"
+    fgsm, noise = store.matchups(run.id)
+    assert run.weights["checkpoint/none"]["source"] == "pretrained"
     earlier = [r for r in store.db.execute("SELECT clean_accuracy FROM matchups WHERE model = 'cnn'")]
     assert fgsm.clean_accuracy == pytest.approx(earlier[0][0]), "the checkpoint's weights are the ones trained before"
     assert noise.status == "ok" and noise.robust_accuracy >= fgsm.robust_accuracy, "noise is a weaker attack than FGSM"
@@ -116,7 +116,7 @@ def test_a_scenario_loads_its_own_plugin_file(tmp_path, capsys):
     path = write_scenario(tmp_path, tiny(attacks=["nothing"], plugins=["my_attack.py"]))
     code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-q")
     assert code == 0, err
-    matchup = Store(tmp_path / "r").matchups(Store(tmp_path / "r").run()["id"])[0]
+    matchup = Store(tmp_path / "r").matchups(Store(tmp_path / "r").run().id)[0]
     assert matchup.attack == "nothing" and matchup.robust_accuracy == matchup.clean_accuracy
     missing = write_scenario(tmp_path, tiny(plugins=["not_here.py"]), "missing.yaml")
     code, _, err = run_cli(capsys, "validate", str(missing))
@@ -130,7 +130,7 @@ class Recorder:
         self.events: list[tuple[str, str]] = []
 
     def arena_run_started(self, run_id, run):
-        self.events.append(("run_started", run["scenario"]))
+        self.events.append(("run_started", run.scenario))
 
     def arena_matchup_finished(self, matchup):
         self.events.append(("matchup_finished", matchup.attack))

@@ -119,7 +119,7 @@ def test_a_crashing_or_misshapen_plugin_fails_only_its_matchup(tmp_path, capsys)
                              "-q")
     assert code == 1, "a failed matchup makes the run exit non-zero, after the others completed"
     store = Store(tmp_path / "r")
-    explode, fgsm, wrong = store.matchups(store.run()["id"])
+    explode, fgsm, wrong = store.matchups(store.run().id)
     assert explode.status == "error" and "RuntimeError: boom from a plugin" in explode.detail
     assert "Traceback" in explode.detail
     assert fgsm.status == "ok" and fgsm.robust_accuracy is not None

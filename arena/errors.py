@@ -1,0 +1,5 @@
+"""The one base of every error that a user's input causes: the CLI turns any ``ArenaError`` into exit code 2."""
+
+
+class ArenaError(Exception):
+    """Bad input (a scenario, a plugin, data, a results store): the message names the file or field and the fix."""

@@ -1,0 +1,98 @@
+"""The records a run produces, as plugins and notebooks receive them: a ``Run`` and its ``Matchup``s.
+
+Plain data with no behaviour beyond summaries, so the hook specifications, the store and reporters can share them
+without depending on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from arena.threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a scenario under one threat model, as the store records it."""
+
+    id: str
+    scenario: str
+    scenario_path: str
+    scenario_digest: str
+    #: The scenario file's text, so results can be traced to what produced them.
+    scenario_text: str
+    arena_version: str
+    seed: int
+    threat: ThreatModel
+    dataset: str
+    samples: int
+    device: str
+    status: str
+    started_at: str
+    finished_at: str | None = None
+    #: Where each model × defense's weights came from: ``{"cnn/none": {"key": ..., "source": "cache"}}``.
+    weights: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the scenario text, JSON-ready (the threat model as ``norm`` and ``eps``)."""
+        fields = {k: v for k, v in self.__dict__.items() if k not in ("scenario_text", "threat")}
+        return {**fields, "norm": self.threat.norm, "eps": self.threat.eps}
+
+
+@dataclass
+class Matchup:
+    """One model × defense × attack result. ``robust_correct[i]``: sample i was classified right clean and attacked."""
+
+    model: str
+    defense: str
+    attack: str
+    params: dict[str, Any]
+    status: str
+    samples: int
+    wall_time_s: float
+    #: How the attack got its gradients: ``source`` (transfer), ``bpda``, ``masked``, ``randomized``, ``eot_samples``.
+    gradient: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    reused_from: str | None = None
+    detail: str | None = None
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = None
+    attack_success_rate: float | None = None
+    mean_norm: float | None = None
+    max_norm: float | None = None
+    clean_correct: np.ndarray | None = field(default=None, repr=False)
+    robust_correct: np.ndarray | None = field(default=None, repr=False)
+    #: The samples the attack ran on: the initially-correct ones, less those an earlier attack of a cascade broke.
+    attacked: np.ndarray | None = field(default=None, repr=False)
+    #: Network passes (EOT draws included) the attack made, summed over samples; None for results stored before.
+    forward_passes: int | None = None
+    backward_passes: int | None = None
+    #: What the evaluation measured about itself (``arena.checks``), read by the leaderboard's trust flags.
+    checks: dict[str, Any] = field(default_factory=dict)
+    #: The suite (e.g. ``autoattack``) this attack was expanded from, if any.
+    suite: str = ""
+    #: The attacks of its cascade that ran before it; empty when it ran on every initially-correct sample.
+    cascade_after: list[str] = field(default_factory=list)
+
+    @property
+    def attacked_mask(self) -> np.ndarray | None:
+        """The samples the attack ran on (the initially-correct ones for results stored before cascades)."""
+        return self.attacked if self.attacked is not None else self.clean_correct
+
+    @property
+    def passes_per_sample(self) -> float | None:
+        """Forward plus backward passes per evaluated sample: the attack's cost, independent of the machine."""
+        if self.forward_passes is None or not self.samples:
+            return None
+        return (self.forward_passes + (self.backward_passes or 0)) / self.samples
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-sample arrays, for JSON."""
+        arrays = ("clean_correct", "robust_correct", "attacked")
+        fields = {k: v for k, v in self.__dict__.items() if k not in arrays}
+        return {**fields, "passes_per_sample": self.passes_per_sample}
+
+
