@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena.store import Matchup
+from arena.records import Matchup
 
 #: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
 PROBE_SAMPLES = 100

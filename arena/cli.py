@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             table = board(store, run)
             summary = write_summary(store, run, table)
             print(render(leaderboard_table(run, table)))
-            report = None if args.no_report else write_report(store, run, table, registry, cache)
+            report = None if args.no_report else write_report(store, run, table)
             failed += [m for m in store.matchups(run_id) if m.status != "ok"]
         finally:
             store.close()
@@ -116,11 +116,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+    """Reads only the store: no plugin is loaded, no data read, nothing trained or attacked."""
     store = Store.open_existing(args.results)
     try:
         run = store.run(args.run_id)
-        page = write_report(store, run, board(store, run), registry, WeightsCache(args.cache_dir), args.out)
+        page = write_report(store, run, board(store, run), args.out)
     finally:
         store.close()
     print(f"wrote {page} and its pictures")
@@ -153,12 +153,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="arena", description=__doc__)
     top.add_argument("--version", action="version", version=f"arena {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    common = argparse.ArgumentParser(add_help=False, parents=[quiet])
     common.add_argument("-p", "--plugin", action="append", default=[], metavar="MODULE",
                         help="also load plugins from this importable module (repeatable)")
     common.add_argument("--block", action="append", default=[], metavar="NAME",
                         help="do not load the entry point or module NAME (repeatable)")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     results = argparse.ArgumentParser(add_help=False)
     results.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     commands = top.add_subparsers(dest="command", required=True)
@@ -185,11 +186,10 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="the rows both runs share, and B − A")
     board.set_defaults(func=cmd_leaderboard)
 
-    report = commands.add_parser("report", parents=[common, results],
-                                 help="write a run's pictures and HTML leaderboard next to its results")
+    report = commands.add_parser("report", parents=[quiet, results],
+                                 help="write a run's pictures and HTML leaderboard from its results store alone")
     report.add_argument("run_id", nargs="?", default=None, help="run id (default: the latest run)")
     report.add_argument("--out", type=Path, default=None, help="folder (default: RESULTS/reports/RUN_ID)")
-    report.add_argument("--cache-dir", type=Path, default=None, help="trained-weights cache, for the example grid")
     report.set_defaults(func=cmd_report)
 
     listing = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their parameters")

@@ -26,13 +26,18 @@ from arena.checks import convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended, describe_gradient
 from arena.kinds import Attack, DataError, Dataset, Model
+from arena.records import Example, Matchup
 from arena.registry import Registry
 from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
-from arena.store import Matchup, Store
+from arena.store import Store
 from arena.threat import ThreatModel
 from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
+
+
+#: Successful adversarial examples kept per matchup, for reports.
+EXAMPLES = 6
 
 
 def derive_seed(seed: int, *names: str) -> int:
@@ -107,7 +112,8 @@ class Arena:
         seed_everything(self.scenario.seed)
         data = Data.load(self.scenario, self.registry)
         self.store = Store(self.results_dir)
-        run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type)
+        classes = getattr(data.dataset, "classes", ())
+        run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type, classes)
         log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.threat, len(data.images))
         status = "interrupted"
         self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir)
@@ -327,7 +333,8 @@ class Arena:
                     record.checks.update(probe(target, counted.module, images, labels))
                     counted.counting = True
                 counted.watch(labels)
-                violation = self._judge(attack, counted, target, images, labels, index, record.robust, record.norms)
+                violation = self._judge(attack, counted, target, images, labels, index, record.robust, record.norms,
+                                        record.examples)
                 traces.append(counted.trace())
                 counted.watch(None)
                 if violation:
@@ -357,19 +364,39 @@ class Arena:
 
     def _judge(
         self, attack: Attack, counted: Counted, target: Defended, images: torch.Tensor, labels: torch.Tensor,
-        index: torch.Tensor, correct: np.ndarray, norms: list[torch.Tensor],
+        index: torch.Tensor, correct: np.ndarray, norms: list[torch.Tensor], keep: list[Example] | None = None,
     ) -> str | None:
         """Attack one batch, audit it and mark in ``correct`` which adversarial images the target still classifies
-        right; returns the audit's violation, if any."""
+        right; the first successful examples go to ``keep`` (up to ``EXAMPLES``). Returns the audit's violation."""
         counted.eval()
         adversarial = attack(images, labels)
         report = audit(attack.name, images, adversarial, self.threat)
         norms.append(report.norms.cpu())
         if report.violation:
             return report.violation
-        correct[index.numpy()] = (predict(target, adversarial, self.scenario.batch_size, self.device)
-                                  == labels.cpu()).numpy()
+        right = predict(target, adversarial, self.scenario.batch_size, self.device) == labels.cpu()
+        correct[index.numpy()] = right.numpy()
+        if keep is not None and len(keep) < EXAMPLES:
+            keep += _examples(target, images, adversarial, labels, index, ~right, EXAMPLES - len(keep))
         return None
+
+
+def _examples(
+    target: Defended, images: torch.Tensor, adversarial: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+    broken: torch.Tensor, count: int,
+) -> list[Example]:
+    """The first ``count`` broken samples of a batch as stored examples, with the target's confidences."""
+    chosen = broken.nonzero().flatten()[:count]
+    if not len(chosen):
+        return []
+    with torch.no_grad():
+        before, after = target(images[chosen]).softmax(1).cpu(), target(adversarial[chosen]).softmax(1).cpu()
+    return [
+        Example(sample=int(index[i]), label=int(labels[i]), clean=images[i].cpu().numpy(),
+                adversarial=adversarial[i].detach().cpu().numpy(), predicted_before=int(b.argmax()),
+                predicted_after=int(a.argmax()), confidence_before=float(b.max()), confidence_after=float(a.max()))
+        for i, b, a in zip(chosen.tolist(), before, after)
+    ]
 
 
 @dataclass
@@ -387,6 +414,7 @@ class _Recorder:
     gradient: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     passes: Passes | None = None
+    examples: list[Example] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.robust = np.zeros(self.samples, dtype=bool)
@@ -397,6 +425,7 @@ class _Recorder:
                        self.robust if status == "ok" else None, self.norms, self.gradient, self.attacked)
         return replace(
             base, checks={k: v for k, v in self.checks.items() if v is not None}, cascade_after=self.after,
+            examples=self.examples if status == "ok" else [],
             forward_passes=passes.forward if passes else None, backward_passes=passes.backward if passes else None,
         )
 

@@ -35,11 +35,28 @@ class Run:
     finished_at: str | None = None
     #: Where each model × defense's weights came from: ``{"cnn/none": {"key": ..., "source": "cache"}}``.
     weights: dict[str, Any] = field(default_factory=dict)
+    #: The data set's class names, when its plugin declares them (for pictures).
+    classes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the scenario text, JSON-ready (the threat model as ``norm`` and ``eps``)."""
         fields = {k: v for k, v in self.__dict__.items() if k not in ("scenario_text", "threat")}
         return {**fields, "norm": self.threat.norm, "eps": self.threat.eps}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One adversarial example a matchup counted: the sample's index, its true label, the clean and adversarial
+    images (exact float values) and the defended model's prediction and confidence on each."""
+
+    sample: int
+    label: int
+    clean: np.ndarray = field(repr=False)
+    adversarial: np.ndarray = field(repr=False)
+    predicted_before: int
+    predicted_after: int
+    confidence_before: float
+    confidence_after: float
 
 
 @dataclass
@@ -76,6 +93,8 @@ class Matchup:
     suite: str = ""
     #: The attacks of its cascade that ran before it; empty when it ran on every initially-correct sample.
     cascade_after: list[str] = field(default_factory=list)
+    #: A few of the adversarial examples it counted as successful, kept in the store for reports.
+    examples: list[Example] = field(default_factory=list, repr=False)
 
     @property
     def attacked_mask(self) -> np.ndarray | None:
@@ -91,7 +110,7 @@ class Matchup:
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-sample arrays, for JSON."""
-        arrays = ("clean_correct", "robust_correct", "attacked")
+        arrays = ("clean_correct", "robust_correct", "attacked", "examples")
         fields = {k: v for k, v in self.__dict__.items() if k not in arrays}
         return {**fields, "passes_per_sample": self.passes_per_sample}
 

@@ -13,15 +13,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from arena.leaderboard import Row, curves, leaderboard_table, render  # noqa: E402
-from arena.matchups import Arena, Data  # noqa: E402
-from arena.records import Run  # noqa: E402
-from arena.registry import Registry  # noqa: E402
-from arena.scenario import parse_scenario  # noqa: E402
+from arena.records import Example, Run  # noqa: E402
 from arena.store import Store  # noqa: E402
-from arena.training import WeightsCache  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -56,57 +51,33 @@ def curve_chart(
     return _save(fig, path)
 
 
-def examples_grid(
-    store: Store, run: Run, table: list[Row], registry: Registry, cache: WeightsCache, path: Path,
-    count: int = 6,
-) -> Path | None:
-    """Clean image, adversarial image, amplified perturbation, with label and confidence before and after, for the
-    first samples broken by the strongest white-box attack on the first row; None when its weights are not cached
-    (a report never trains)."""
-    scenario = parse_scenario(run.scenario_text, run.scenario_path, registry)
-    arena = Arena(scenario, registry, store.results_dir, cache=cache, progress=False,
-                  threat=run.threat)
-    data = Data.load(scenario, registry)
-    matchups = {(m.model, m.defense, m.attack): m for m in store.matchups(run.id)}
+def examples_grid(store: Store, run: Run, table: list[Row], path: Path) -> Path | None:
+    """Clean image, adversarial image, amplified perturbation, with label and confidence before and after, as the
+    run counted them: the examples the store kept for the strongest white-box attack of the first row that has
+    any. None when no row has one. Nothing is rebuilt: no plugin, data, weights or attack is needed."""
+    matchups = store.matchups(run.id)
     for row in table:
-        model_ref = next(r for r in scenario.models if r.key == row.model)
-        defense_ref = next(r for r in scenario.defenses if r.key == row.defense)
-        played = {a.key: matchups.get((row.model, row.defense, a.key)) for a in scenario.attacks}
-        white = [a for a in scenario.attacks if a.source is None and played[a.key] and played[a.key].status == "ok"]
-        if not white or not arena.trained(data, model_ref, defense_ref):
-            continue
-        attack_ref = min(white, key=lambda a: matchups[row.model, row.defense, a.key].robust_accuracy)
-        m = matchups[row.model, row.defense, attack_ref.key]
-        broken = np.flatnonzero(m.attacked_mask & ~m.robust_correct)[:count]
-        if not len(broken):
-            continue
-        target = arena.defended(data, model_ref, defense_ref)
-        attack, crafted_on, _ = arena.attacker(data, model_ref, defense_ref, attack_ref)
-        index = torch.from_numpy(broken)
-        images, labels = data.images[index], data.labels[index]
-        crafted_on.eval()
-        adversarial = attack(images, labels).detach()
-        with torch.no_grad():
-            before, after = target(images).softmax(1), target(adversarial).softmax(1)
-        names = getattr(data.dataset, "classes", None)
-        return _grid(images, adversarial, before, after, names, f"{attack_ref.key} vs {row.model}+{row.defense}",
-                     run.threat.eps, path)
+        white = [m for m in matchups if m.model == row.model and m.defense == row.defense and m.status == "ok"
+                 and not m.gradient.get("source")]
+        for m in sorted(white, key=lambda m: m.robust_accuracy):
+            examples = store.examples(m)
+            if examples:
+                return _grid(examples, run.classes, f"{m.attack} vs {row.model}+{row.defense}", run.threat.eps, path)
     return None
 
 
-def _grid(images: torch.Tensor, adversarial: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
-          names: tuple[str, ...] | None, title: str, eps: float, path: Path) -> Path:
-    def label(p: torch.Tensor) -> str:
-        top = int(p.argmax())
-        return f"{names[top] if names else top} {float(p[top]):.0%}"
+def _grid(examples: list[Example], classes: list[str], title: str, eps: float, path: Path) -> Path:
+    def label(index: int, confidence: float | None = None) -> str:
+        name = classes[index] if index < len(classes) else str(index)
+        return name if confidence is None else f"{name} {confidence:.0%}"
 
-    fig, axes = plt.subplots(len(images), 3, figsize=(6, 2 * len(images)), squeeze=False)
-    for i in range(len(images)):
-        delta = (adversarial[i] - images[i]) / (2 * eps) + 0.5  # amplified so ±ε spans the full range
-        for ax, picture, caption in zip(axes[i], (images[i], adversarial[i], delta.clamp(0, 1)),
-                                        (f"clean: {label(before[i])}", f"adversarial: {label(after[i])}",
-                                         "perturbation (amplified)")):
-            ax.imshow(picture.permute(1, 2, 0).numpy())
+    fig, axes = plt.subplots(len(examples), 3, figsize=(6, 2 * len(examples)), squeeze=False)
+    for ax_row, e in zip(axes, examples):
+        delta = (e.adversarial - e.clean) / (2 * eps) + 0.5  # amplified so ±ε spans the full range
+        captions = (f"clean: {label(e.predicted_before, e.confidence_before)} (true {label(e.label)})",
+                    f"adversarial: {label(e.predicted_after, e.confidence_after)}", "perturbation (amplified)")
+        for ax, picture, caption in zip(ax_row, (e.clean, e.adversarial, np.clip(delta, 0, 1)), captions):
+            ax.imshow(np.transpose(picture, (1, 2, 0)))
             ax.set_title(caption, fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
@@ -121,18 +92,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_report(
-    store: Store, run: Run, table: list[Row], registry: Registry, cache: WeightsCache | None = None,
-    out: Path | None = None,
-) -> Path:
+def write_report(store: Store, run: Run, table: list[Row], out: Path | None = None) -> Path:
     """Write the pictures and ``leaderboard.html`` of a run (its ``board`` rows in ``table``) into ``out``
     (default ``<results>/reports/<run id>``)."""
     folder = Path(out or store.results_dir / "reports" / run.id)
     pictures = [bar_chart(table, folder / "leaderboard.png"),
                 curve_chart(curves(store, run), table, run.threat.norm, folder / "robustness.png")]
-    grid = examples_grid(store, run, table, registry, cache or WeightsCache(), folder / "examples.png")
+    grid = examples_grid(store, run, table, folder / "examples.png")
     if grid is None:
-        log.warning("no adversarial-example grid: no row has cached weights and a broken sample")
+        log.warning("no adversarial-example grid: the store keeps no successful example of this run")
     page = render(leaderboard_table(run, table), "html", [p.name for p in pictures + [grid] if p is not None])
     (folder / "leaderboard.html").write_text(page, encoding="utf-8")
     return folder / "leaderboard.html"

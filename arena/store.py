@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from arena.errors import ArenaError
-from arena.records import Matchup, Run
+from arena.records import Example, Matchup, Run
 from arena.threat import ThreatModel
 from arena.version import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreError(ArenaError):
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS runs (
     samples INTEGER NOT NULL,
     device TEXT NOT NULL,
     weights TEXT NOT NULL DEFAULT '{}',
+    classes TEXT NOT NULL DEFAULT '[]',
     status TEXT NOT NULL,
     started_at TEXT NOT NULL,
     finished_at TEXT
@@ -74,6 +76,18 @@ CREATE TABLE IF NOT EXISTS matchups (
     UNIQUE (run_id, model, defense, attack)
 );
 CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
+CREATE TABLE IF NOT EXISTS examples (
+    matchup_id INTEGER NOT NULL REFERENCES matchups(id),
+    sample INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    shape TEXT NOT NULL,
+    clean BLOB NOT NULL,
+    adversarial BLOB NOT NULL,
+    predicted_before INTEGER NOT NULL,
+    predicted_after INTEGER NOT NULL,
+    confidence_before REAL NOT NULL,
+    confidence_after REAL NOT NULL
+);
 """
 
 #: How a store of an older schema is brought up to date in place, so no recorded result is lost.
@@ -83,6 +97,7 @@ _MIGRATIONS = {
         "attacked BLOB", "forward_passes INTEGER", "backward_passes INTEGER", "checks TEXT NOT NULL DEFAULT '{}'",
         "suite TEXT NOT NULL DEFAULT ''", "cascade_after TEXT NOT NULL DEFAULT '[]'",
     )],
+    3: ["ALTER TABLE runs ADD COLUMN classes TEXT NOT NULL DEFAULT '[]'"],  # the schema script adds `examples`
 }
 
 
@@ -143,22 +158,26 @@ class Store:
             raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
         return cls(results_dir)
 
-    def start_run(self, scenario: Any, threat: Any, samples: int, device: str) -> str:
+    def start_run(
+        self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = ()
+    ) -> str:
         """Record a new run of ``scenario`` under ``threat`` (status ``running``) and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         with self.db:
             self.db.execute(
                 "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
-                " norm, eps, dataset, samples, device, status, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " norm, eps, dataset, samples, device, status, started_at, classes)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
-                 threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now()),
+                 threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now(),
+                 json.dumps(list(classes))),
             )
         return run_id
 
     def add_matchup(self, run_id: str, m: Matchup) -> None:
-        """Write one matchup atomically: it is in the store whole, or not at all."""
+        """Write one matchup and its examples atomically: it is in the store whole, or not at all."""
         with self.db:
-            self.db.execute(
+            cursor = self.db.execute(
                 "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status,"
                 " detail, samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm,"
                 " wall_time_s, clean_correct, robust_correct, finished_at, attacked, forward_passes, backward_passes,"
@@ -171,6 +190,31 @@ class Store:
                  m.forward_passes, m.backward_passes, json.dumps(m.checks, sort_keys=True), m.suite,
                  json.dumps(m.cascade_after)),
             )
+            self.db.executemany(
+                "INSERT INTO examples (matchup_id, sample, label, shape, clean, adversarial, predicted_before,"
+                " predicted_after, confidence_before, confidence_after) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(cursor.lastrowid, e.sample, e.label, json.dumps(list(e.clean.shape)),
+                  e.clean.astype(np.float32).tobytes(), e.adversarial.astype(np.float32).tobytes(),
+                  e.predicted_before, e.predicted_after, e.confidence_before, e.confidence_after)
+                 for e in m.examples],
+            )
+
+    def examples(self, m: Matchup) -> list[Example]:
+        """The examples kept for a matchup: its own, or for a reused one those of the run that computed it."""
+        rows = self.db.execute(
+            "SELECT examples.* FROM examples JOIN matchups ON matchups.id = examples.matchup_id"
+            " WHERE matchups.key = ? AND matchups.status = 'ok'"
+            " AND matchups.id = (SELECT max(m2.id) FROM matchups m2 JOIN examples e2 ON e2.matchup_id = m2.id"
+            " WHERE m2.key = ?) ORDER BY examples.rowid", (m.key, m.key),
+        ).fetchall()
+        found = []
+        for row in rows:
+            shape = json.loads(row["shape"])
+            images = {k: np.frombuffer(row[k], dtype=np.float32).reshape(shape) for k in ("clean", "adversarial")}
+            found.append(Example(sample=row["sample"], label=row["label"], **images,
+                                 predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
+                                 confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))
+        return found
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
         """Close a run with its final status and where each model's weights came from (trained or cache)."""
@@ -190,8 +234,9 @@ class Store:
             known = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 5")]
             wanted = f"run {run_id!r}" if run_id else "any run"
             raise StoreError(f"no {wanted} in {self.path} (latest: {', '.join(known) or 'none'})")
-        fields = {k: row[k] for k in row.keys() if k not in ("norm", "eps", "weights")}
-        return Run(**fields, threat=ThreatModel(row["norm"], row["eps"]), weights=json.loads(row["weights"]))
+        fields = {k: row[k] for k in row.keys() if k not in ("norm", "eps", "weights", "classes")}
+        return Run(**fields, threat=ThreatModel(row["norm"], row["eps"]), weights=json.loads(row["weights"]),
+                   classes=json.loads(row["classes"]))
 
     def runs(self, scenario: str | None = None, scenario_digest: str | None = None) -> list[Run]:
         """Runs, latest first, optionally only those of one scenario name or one exact scenario file."""

@@ -12,9 +12,10 @@ import yaml
 
 from arena.cli import main
 from arena.matchups import Arena
+from arena.records import Matchup
 from arena.registry import Registry, load_registry
 from arena.scenario import load_scenario
-from arena.store import Matchup, Store
+from arena.store import Store
 from arena.training import WeightsCache
 
 REPO = Path(__file__).resolve().parents[1]

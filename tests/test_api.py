@@ -5,15 +5,18 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, tiny, write_scenario
 
 import arena
 from arena.cli import main
 from arena.registry import Registry
+from arena.store import Store
 from arena_plugins.models import CNN
 
 CORE = REPO / "arena"
@@ -130,3 +133,57 @@ def test_open_scenario_names_the_file_when_a_declared_plugin_is_missing(tmp_path
         arena.open_scenario(path)
     assert main(["validate", str(path)]) == 2
     assert os.path.isfile(path)
+
+
+MY_ATTACK = """
+import torch
+import torch.nn.functional as F
+
+from arena import Attack, hookimpl
+
+
+class MyFGSM(Attack):
+    \"\"\"A scenario's own attack, loaded from a .py file beside it.\"\"\"
+
+    name = "my_fgsm"
+
+    def __call__(self, images, labels):
+        x = images.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(self.model(x), labels), x)
+        return (images + self.threat.eps * grad.sign()).clamp(0, 1).detach()
+
+
+@hookimpl
+def arena_register_attacks(register):
+    register(MyFGSM)
+"""
+
+
+def test_the_report_reads_only_the_store(tmp_path, capsys, monkeypatch, scenario_data_dir):
+    """A run whose scenario loads its own plugin file; then the data folder and the weights cache are deleted and
+    no plugin is loadable: the report still draws the examples the run counted."""
+    study, data, cache, results = (tmp_path / name for name in ("study", "data", "cache", "r"))
+    study.mkdir()
+    data.mkdir()
+    shutil.copy(scenario_data_dir / "cifar10.npz", data / "cifar10.npz")
+    (study / "my_attack.py").write_text(MY_ATTACK)
+    scenario = tiny(attacks=["my_fgsm"], plugins=["my_attack.py"])
+    scenario["dataset"]["data_dir"] = str(data)
+    path = write_scenario(study, scenario)
+    assert main(["run", str(path), "--results", str(results), "--cache-dir", str(cache), "-q", "--no-report"]) == 0
+    shutil.rmtree(data)
+    shutil.rmtree(cache)
+    shutil.rmtree(study)
+    monkeypatch.delenv("ARENA_DATA_DIR")
+    code, out, err = run_cli(capsys, "report", "--results", str(results), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    assert (tmp_path / "report" / "examples.png").stat().st_size > 1000
+    store = Store(results)
+    run = store.run()
+    [m] = store.matchups(run.id)
+    examples = store.examples(m)
+    assert len(examples) == 6 and run.classes[:2] == ["airplane", "automobile"]
+    for e in examples:
+        assert m.attacked_mask[e.sample] and not m.robust_correct[e.sample], "an example the run counted as broken"
+        assert e.predicted_before == e.label != e.predicted_after
+        assert np.abs(e.adversarial - e.clean).max() <= run.threat.eps + 1e-6 and e.clean.shape == (3, 32, 32)

@@ -197,17 +197,23 @@ def test_bad_defense_entries_are_refused(defenses, attacks, expected, tmp_path, 
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_store_is_migrated_in_place(tmp_path, version):
     Store(tmp_path).close()
     db = sqlite3.connect(tmp_path / "arena.db")
-    added = {1: ["gradient"], 2: ["attacked", "forward_passes", "backward_passes", "checks", "suite", "cascade_after"]}
+    added = {1: [("matchups", "gradient")],
+             2: [("matchups", c) for c in ("attacked", "forward_passes", "backward_passes", "checks", "suite",
+                                           "cascade_after")],
+             3: [("runs", "classes")]}
     dropped = [column for step in range(version, SCHEMA_VERSION) for column in added[step]]
-    for column in dropped:
-        db.execute(f"ALTER TABLE matchups DROP COLUMN {column}")
+    for table, column in dropped:
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("DROP TABLE examples")
     db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
     store = Store(tmp_path)
-    columns = [row[1] for row in store.db.execute("PRAGMA table_info(matchups)")]
-    assert set(dropped) <= set(columns) and store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    for table, column in dropped:
+        assert column in [row[1] for row in store.db.execute(f"PRAGMA table_info({table})")]
+    assert store.db.execute("SELECT count(*) FROM examples").fetchone()[0] == 0
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

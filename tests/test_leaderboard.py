@@ -222,8 +222,7 @@ def test_equal_worst_cases_share_a_rank_and_list_by_clean_accuracy():
 
 def test_arena_report_writes_the_pictures_and_page_of_a_run(sweep, tmp_path, capsys):
     run_id = Store(sweep / "r").run().id
-    code, out, _ = run_cli(capsys, "report", run_id, "--results", str(sweep / "r"), "--cache-dir", str(sweep / "cache"),
-                           "--out", str(tmp_path / "report"))
+    code, out, _ = run_cli(capsys, "report", run_id, "--results", str(sweep / "r"), "--out", str(tmp_path / "report"))
     assert code == 0 and str(tmp_path / "report" / "leaderboard.html") in out
     for name in ("leaderboard.png", "robustness.png", "examples.png"):
         assert (tmp_path / "report" / name).stat().st_size > 1000, name
