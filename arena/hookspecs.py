@@ -35,7 +35,9 @@ def arena_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
 
 @hookspec
 def arena_register_models(register: Callable[[type[Model]], None]) -> None:
-    """Register model classes: ``build(num_classes)`` returns an untrained ``nn.Module``, [0, 1] images to logits."""
+    """Register model classes: ``build(num_classes)`` returns a fresh ``nn.Module`` from [0, 1] images to
+    ``num_classes`` logits, untrained unless the class sets ``pretrained = True`` (then ``identity()`` names its
+    weights and the arena never trains it, except under a training-time defense)."""
 
 
 @hookspec

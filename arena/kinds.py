@@ -29,7 +29,11 @@ class DataError(ArenaError):
 
 @dataclass(frozen=True)
 class Param:
-    """One declared parameter: its type, default (omit it to make the parameter required) and allowed range."""
+    """One declared parameter: its type, default (omit it to make the parameter required) and allowed range.
+
+    ``choices`` may be any sequence. A ``pathlib.Path`` parameter is written as a string in a scenario and resolved
+    against the scenario file's folder (an absolute path stays as it is).
+    """
 
     type: type
     default: Any = _REQUIRED
@@ -39,6 +43,10 @@ class Param:
     le: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
 
     @property
     def required(self) -> bool:
@@ -68,7 +76,8 @@ class Plugin:
         if missing:
             raise TypeError(f"{self.name}: missing required parameter(s): {', '.join(missing)}")
         for key, value in {**{k: p.default for k, p in self.params.items() if not p.required}, **values}.items():
-            setattr(self, key, value)
+            spec = self.params.get(key)
+            setattr(self, key, Path(value) if spec and spec.type is Path and value is not None else value)
 
     @classmethod
     def description(cls) -> str:

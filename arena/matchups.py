@@ -27,7 +27,7 @@ from arena.cost import Counted, Passes
 from arena.defended import Defended, describe_gradient
 from arena.kinds import Attack, DataError, Dataset, Model
 from arena.records import Example, Matchup
-from arena.registry import Registry
+from arena.registry import PluginError, Registry
 from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
@@ -248,6 +248,7 @@ class Arena:
         model_plugin = self._model(model_ref)
         seed_everything(self.scenario.seed)
         net = model_plugin.build(data.dataset.num_classes)
+        _check_width(net, data, model_ref)
         label = f"{model_ref.key}+{training.key}" if training else model_ref.key
         if model_plugin.pretrained and training is None:
             self._weights_source[key] = "pretrained"
@@ -379,6 +380,16 @@ class Arena:
         if keep is not None and len(keep) < EXAMPLES:
             keep += _examples(target, images, adversarial, labels, index, ~right, EXAMPLES - len(keep))
         return None
+
+
+def _check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
+    """A model must output one logit per class of the data set (the seed's CNN emitted 64 for 10 classes)."""
+    with torch.no_grad():
+        width = net.eval()(data.images[:2]).shape[-1]
+    classes = data.dataset.num_classes
+    if width != classes:
+        raise PluginError(f"model {model_ref.name!r} outputs {width} logits per image but {data.dataset.name} has "
+                          f"{classes} classes; its last layer must have num_classes ({classes}) outputs")
 
 
 def _examples(

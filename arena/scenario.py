@@ -238,7 +238,7 @@ def _param_model(plugin: str, params: dict[str, Param]) -> type[BaseModel]:
     """A strict pydantic model of a plugin's declared parameters."""
     fields: dict[str, Any] = {}
     for key, spec in params.items():
-        kind: Any = Literal[spec.choices] if spec.choices else spec.type
+        kind: Any = Literal[spec.choices] if spec.choices else str if spec.type is Path else spec.type
         if spec.nullable:
             kind = kind | None
         default = ... if spec.required else spec.default
@@ -284,14 +284,17 @@ class _Problems:
 class _Resolver:
     """Resolves plugin names and validates their parameters entry by entry, collecting every problem."""
 
-    def __init__(self, registry: Registry, problems: _Problems) -> None:
-        self.registry, self.problems = registry, problems
+    def __init__(self, registry: Registry, problems: _Problems, folder: Path) -> None:
+        self.registry, self.problems, self.folder = registry, problems, folder
 
     def plugin(self, kind: str, ref: PluginRef, loc: tuple) -> PluginRef | None:
         """``ref`` with its parameters validated and defaults filled in; None (and a problem) when it is wrong."""
         try:
             info = self.registry.get(kind, ref.name)
             values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
+            for key, spec in info.cls.params.items():  # file paths: relative to the scenario's folder
+                if spec.type is Path and values.get(key) is not None:
+                    values[key] = str((self.folder / values[key]).expanduser().resolve())
         except PluginError as exc:
             self.problems.add(loc + ("name",), str(exc))
         except pydantic.ValidationError as exc:
@@ -352,12 +355,12 @@ def _entries(data: dict[str, Any], section: str, ref_type: type[BaseModel]) -> I
             continue
 
 
-def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems) -> dict[str, Any]:
+def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems, folder: Path) -> dict[str, Any]:
     """Resolve every plugin name and validate its parameters, entry by entry, even when other fields are wrong.
 
     Returns each section's entries with their parameters validated and defaults filled in.
     """
-    resolver = _Resolver(registry, problems)
+    resolver = _Resolver(registry, problems, folder)
     resolved: dict[str, Any] = {}
     try:
         dataset = DatasetRef.model_validate(data.get("dataset", {}))
@@ -430,7 +433,7 @@ def parse_scenario(text: str, shown: str, registry: Registry) -> Scenario:
         scenario = Scenario.model_validate(data)
     except pydantic.ValidationError as exc:
         problems.add_validation(exc)
-    resolved = _check_plugins(data, registry, problems)
+    resolved = _check_plugins(data, registry, problems, Path(shown).parent)
     problems.raise_if_any()
     scenario = scenario.model_copy(update=resolved)
     scenario._path, scenario._text = shown, text

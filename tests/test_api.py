@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny, write_scenario
+from conftest import REPO, play, run_cli, tiny, write_scenario
 
 import arena
 from arena.cli import main
-from arena.registry import Registry
+from arena.registry import Registry, load_registry
+from arena.scenario import load_scenario
 from arena.store import Store
 from arena_plugins.models import CNN
 
@@ -187,3 +188,41 @@ def test_the_report_reads_only_the_store(tmp_path, capsys, monkeypatch, scenario
         assert m.attacked_mask[e.sample] and not m.robust_correct[e.sample], "an example the run counted as broken"
         assert e.predicted_before == e.label != e.predicted_after
         assert np.abs(e.adversarial - e.clean).max() <= run.threat.eps + 1e-6 and e.clean.shape == (3, 32, 32)
+
+
+class _Loaded(arena.Model):
+    """A model whose weights file is a Path parameter and whose output width is a parameter."""
+
+    name = "loaded"
+    params = {"weights": arena.Param(Path, None, nullable=True), "width": arena.Param(int, 10),
+              "kind": arena.Param(str, "a", choices=["a", "b"])}
+
+    def build(self, num_classes: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, self.width))
+
+
+class _Provides:
+    @arena.hookimpl
+    def arena_register_models(self, register):
+        register(_Loaded)
+
+
+def test_params_take_any_sequence_of_choices_and_resolve_paths_against_the_scenario(tmp_path):
+    registry = load_registry(modules=[_Provides()])
+    path = write_scenario(tmp_path, tiny(models=[{"name": "loaded", "weights": "w.pt", "kind": "b"}]))
+    [ref] = load_scenario(path, registry).models
+    assert ref.params == {"weights": str((tmp_path / "w.pt").resolve()), "width": 10, "kind": "b"}
+    model = registry.build("model", ref)
+    assert model.weights == (tmp_path / "w.pt").resolve() and model.kind == "b"
+    with pytest.raises(arena.ScenarioError, match=r"models\[0\]\.kind: Input should be 'a' or 'b' \(got 'c'\)"):
+        load_scenario(write_scenario(tmp_path, tiny(models=[{"name": "loaded", "kind": "c"}])), registry)
+
+
+def test_a_model_with_the_wrong_number_of_logits_fails_with_a_clear_message(tmp_path):
+    registry = load_registry(modules=[_Provides()])
+    store, run_id = play(tmp_path, registry, tiny(models=[{"name": "loaded", "width": 64, "train": {"epochs": 0}}]))
+    for m in store.matchups(run_id):
+        assert m.status == "error"
+        assert m.detail.strip().splitlines()[-1].endswith(
+            "model 'loaded' outputs 64 logits per image but cifar10 has 10 classes; its last layer must have "
+            "num_classes (10) outputs")

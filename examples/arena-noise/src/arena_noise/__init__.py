@@ -46,17 +46,17 @@ class Checkpoint(Model):
     name = "checkpoint"
     pretrained = True
     params = {
-        "path": Param(str, help="state_dict file (torch.save), relative to the working folder"),
+        "path": Param(Path, help="state_dict file (torch.save); a relative path is read from the scenario's folder"),
         "arch": Param(str, "cnn", choices=tuple(ARCHITECTURES)),
     }
 
     def build(self, num_classes: int) -> nn.Module:
         net = ARCHITECTURES[self.arch]().build(num_classes)
-        net.load_state_dict(torch.load(Path(self.path), map_location="cpu", weights_only=True))
+        net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
         return net
 
     def identity(self) -> str:
-        return hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
 
 @hookimpl
