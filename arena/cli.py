@@ -90,7 +90,7 @@ def _pick_run(store: Store, run_id: str | None, scenario: str | None) -> Run:
         return store.run(run_id)
     runs = store.runs(scenario=scenario)
     if not runs:
-        known = sorted({r["scenario"] for r in store.runs()})
+        known = sorted({r.scenario for r in store.runs()})
         raise StoreError(unknown_name_message(f"scenario in {store.path}", scenario, known))
     return runs[0]
 

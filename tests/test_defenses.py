@@ -162,7 +162,7 @@ def test_transfer_uses_the_source_gradients(defended_run):
 
 def test_training_defense_weights_are_cached_and_reused(defended_run, registry):
     folder, scenario, store, run_id = defended_run
-    weights = store.run(run_id)["weights"]
+    weights = store.run(run_id).weights
     assert weights["cnn/pgd_at"]["source"] == "trained"
     assert weights["cnn/pgd_at+jpeg"]["key"] == weights["cnn/pgd_at"]["key"], "JPEG adds no training"
     assert weights["cnn/art.jpeg"]["key"] == weights["cnn/none"]["key"] != weights["cnn/pgd_at"]["key"]
@@ -170,7 +170,7 @@ def test_training_defense_weights_are_cached_and_reused(defended_run, registry):
     assert sidecar["defense"][0] == "art.madry_pgd"
     (folder / "again").mkdir()
     again, second = play(folder / "again", registry, scenario, cache=folder / "cache")
-    assert again.run(second)["weights"]["cnn/pgd_at"]["source"] == "cache", "a new results store, cached weights"
+    assert again.run(second).weights["cnn/pgd_at"]["source"] == "cache", "a new results store, cached weights"
 
 
 def test_static_fgsm_augmentation_crafts_on_the_cached_baseline(tmp_path, registry):

@@ -15,11 +15,13 @@ import matplotlib.image
 import pytest
 from conftest import matchup, run_cli, tiny, write_scenario
 
+from arena import Run, ThreatModel
 from arena.leaderboard import FORMATS, leaderboard_table, render, rows, sweep_flags, trust_flags, worst_case
 from arena.store import Store
 
-RUN = {"id": "r1", "scenario": "hand", "norm": "linf", "eps": 0.1, "samples": 8, "arena_version": "0",
-       "status": "complete"}
+RUN = Run(id="r1", scenario="hand", scenario_path="hand.yaml", scenario_digest="0", scenario_text="",
+          arena_version="0", seed=0, threat=ThreatModel("linf", 0.1), dataset="cifar10", samples=8, device="cpu",
+          status="complete", started_at="")
 
 
 def test_worst_case_counts_a_sample_only_if_every_attack_failed():

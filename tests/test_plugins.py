@@ -64,7 +64,7 @@ def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_exa
 
     first = write_scenario(tmp_path, tiny(attacks=["fgsm"]), "train.yaml")
     assert run_cli(capsys, "run", str(first), "--results", str(tmp_path / "r"), "-q")[0] == 0
-    trained = Store(tmp_path / "r").run()["weights"]["cnn/none"]["key"]
+    trained = Store(tmp_path / "r").run().weights["cnn/none"]["key"]
     checkpoint = tmp_path / "elsewhere.pt"
     net = CNN().build(10)
     net.load_state_dict(torch.load(tmp_path / "cache" / f"{trained}.pt", weights_only=True))

@@ -29,7 +29,7 @@ def first(tmp_path_factory, registry):
 def test_every_matchup_is_recorded_with_its_numbers(first):
     _, store, run_id = first
     matchups = store.matchups(run_id)
-    assert store.run(run_id)["status"] == "complete"
+    assert store.run(run_id).status == "complete"
     assert [(m.model, m.attack) for m in matchups] == [
         ("cnn", "fgsm"), ("cnn", "pgd"), ("cnn_lstm", "fgsm"), ("cnn_lstm", "pgd")
     ]
@@ -62,14 +62,14 @@ def test_summary_json_and_leaderboard(first, capsys):
 
 def test_second_run_retrains_nothing_and_changed_settings_retrain(first, registry, tmp_path):
     folder, store, run_id = first
-    assert {w["source"] for w in store.run(run_id)["weights"].values()} == {"trained"}
+    assert {w["source"] for w in store.run(run_id).weights.values()} == {"trained"}
     store2, run2 = play(tmp_path, registry, tiny(models=BOTH), folder / "cache")
-    assert {w["source"] for w in store2.run(run2)["weights"].values()} == {"cache"}
+    assert {w["source"] for w in store2.run(run2).weights.values()} == {"cache"}
     for a, b in zip(store.matchups(run_id), store2.matchups(run2)):
         assert np.array_equal(a.robust_correct, b.robust_correct)
     changed = [{"name": "cnn", "train": {"epochs": 1, "lr": 0.002}}]
     store3, run3 = play(tmp_path, registry, tiny(models=changed, attacks=["fgsm"]), folder / "cache")
-    assert store3.run(run3)["weights"]["cnn/none"]["source"] == "trained"
+    assert store3.run(run3).weights["cnn/none"]["source"] == "trained"
     assert len(list((folder / "cache").glob("*.pt"))) == 3
 
 
@@ -77,7 +77,7 @@ def test_same_scenario_and_seed_give_the_same_numbers(first, registry, tmp_path)
     folder, store, run_id = first
     fresh = tmp_path / "fresh-cache"  # retrain from scratch: weights and every number must match
     store2, run2 = play(tmp_path, registry, tiny(models=BOTH), fresh)
-    key = store.run(run_id)["weights"]["cnn_lstm/none"]["key"]
+    key = store.run(run_id).weights["cnn_lstm/none"]["key"]
     a = torch.load(folder / "cache" / f"{key}.pt", weights_only=True)
     b = torch.load(fresh / f"{key}.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -89,7 +89,7 @@ def test_same_scenario_and_seed_give_the_same_numbers(first, registry, tmp_path)
 def test_another_seed_gives_other_weights(first, registry, tmp_path):
     _, store, run_id = first
     store2, run2 = play(tmp_path, registry, tiny(models=BOTH[:1], attacks=["fgsm"], seed=1), tmp_path / "cache")
-    assert store2.run(run2)["weights"]["cnn/none"]["key"] != store.run(run_id)["weights"]["cnn/none"]["key"]
+    assert store2.run(run2).weights["cnn/none"]["key"] != store.run(run_id).weights["cnn/none"]["key"]
     assert not np.array_equal(store2.matchups(run2)[0].clean_correct, store.matchups(run_id)[0].clean_correct)
 
 
@@ -124,7 +124,7 @@ def test_a_crashing_or_misshapen_plugin_fails_only_its_matchup(tmp_path, capsys)
     assert "Traceback" in explode.detail
     assert fgsm.status == "ok" and fgsm.robust_accuracy is not None
     assert wrong.status == "error" and "attack 'wrong_shape' returned (" in wrong.detail
-    assert "ERROR: explode vs cnn+none" in err and store.run()["status"] == "complete"
+    assert "ERROR: explode vs cnn+none" in err and store.run().status == "complete"
 
 
 def test_python_dash_m_arena(tmp_path):
@@ -140,7 +140,7 @@ def test_a_rerun_into_the_same_store_reuses_finished_matchups_and_fresh_replays_
     scenario = tiny(attacks=["fgsm", {"name": "pgd", "steps": 2}])
     store, first_run = play(tmp_path, registry, scenario, tmp_path / "cache")
     store, second_run = play(tmp_path, registry, scenario, tmp_path / "cache")
-    assert store.run(second_run)["weights"]["cnn/none"]["source"] == "unused", "nothing to attack, no model loaded"
+    assert store.run(second_run).weights["cnn/none"]["source"] == "unused", "nothing to attack, no model loaded"
     for a, b in zip(store.matchups(first_run), store.matchups(second_run)):
         assert a.reused_from is None and b.reused_from == first_run and a.key == b.key
         assert np.array_equal(a.robust_correct, b.robust_correct) and a.robust_accuracy == b.robust_accuracy
@@ -148,7 +148,7 @@ def test_a_rerun_into_the_same_store_reuses_finished_matchups_and_fresh_replays_
                   cache=WeightsCache(tmp_path / "cache"), progress=False, fresh=True)
     third = arena.play()
     assert all(m.reused_from is None for m in arena.store.matchups(third))
-    assert arena.store.run(third)["weights"]["cnn/none"]["source"] == "cache"
+    assert arena.store.run(third).weights["cnn/none"]["source"] == "cache"
 
 
 def test_crashed_matchups_are_retried_and_changed_plugin_code_is_not_reused(tmp_path, registry, monkeypatch):
