@@ -27,7 +27,7 @@ from arena.leaderboard import rows
 from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import PluginError, Registry, load_registry
-from arena.scenario import Scenario, declared_plugins, load_scenario, parse_scenario
+from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario
 from arena.threat import ThreatModel
 from arena.training import WeightsCache
 
@@ -35,11 +35,13 @@ _hookimpl = pluggy.HookimplMarker("arena")
 
 
 def open_scenario(
-    path: str | Path, plugins: Iterable[str] = (), block: Iterable[str] = ()
+    path: str | Path, plugins: Iterable[str] = (), block: Iterable[str] = (), allow_plugins_outside: bool = False
 ) -> tuple[Scenario, Registry]:
-    """Read and validate the scenario at ``path``: the plugins it declares and ``plugins`` (import paths or ``.py``
-    files) are loaded first, ``block`` names entry points not to load. Raises an ``ArenaError`` naming the problem."""
+    """Read and validate the scenario at ``path``: the plugins it declares (``.py`` files inside its folder unless
+    ``allow_plugins_outside``, or installed modules) and ``plugins`` (import paths or ``.py`` files) are loaded first,
+    ``block`` names entry points not to load. Raises an ``ArenaError`` naming the problem."""
     declared = declared_plugins(path)
+    check_declared(path, declared, allow_plugins_outside)
     try:
         registry = load_registry(modules=[*plugins, *declared], blocked=block)
     except PluginError as exc:

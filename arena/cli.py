@@ -40,22 +40,38 @@ def _registry(args: argparse.Namespace) -> Registry:
 
 def _scenario(args: argparse.Namespace) -> tuple[Scenario, Registry]:
     """The scenario argument, validated, with the registry of its declared plugins and ``-p`` modules."""
-    scenario, registry = open_scenario(args.scenario, plugins=args.plugin, block=args.block)
+    scenario, registry = open_scenario(args.scenario, plugins=args.plugin, block=args.block,
+                                       allow_plugins_outside=args.allow_plugins_outside)
     return scenario, _warn(registry)
 
 
 def _device(name: str) -> torch.device:
+    """The ``--device`` option, refused before any work when it names no device this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ArenaError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ArenaError(f"--device {name}: no CUDA GPU is visible to torch on this machine; use --device cpu "
+                         "(or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ArenaError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0 "
+                         f"to cuda:{torch.cuda.device_count() - 1}")
+    if device.type not in ("cpu", "cuda"):
+        raise ArenaError(f"--device {name}: the arena runs on cpu or cuda; use one of those, or auto")
+    return device
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    scenario, registry = _scenario(args)
+    device = _device(args.device)
     cache = WeightsCache(args.cache_dir)
+    cache.check()
+    scenario, registry = _scenario(args)
     failed = []
     for threat in scenario.threats:  # one run per ε of a sweep
-        arena = Arena(scenario, registry, args.results, _device(args.device), cache, progress=not args.quiet,
+        arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
                       fresh=args.fresh, threat=threat)
         run_id = arena.play()
         store = arena.store
@@ -81,6 +97,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     runs = f"{len(scenario.threats)} runs ({', '.join(map(str, scenario.threats))})" if len(scenario.threats) > 1 \
         else str(scenario.threat)
     print(f"{args.scenario}: valid; {count} matchups under {runs}")
+    if scenario.plugins:  # validating needs them registered, so their code ran; say so
+        print(f"imported its plugins to check it: {', '.join(scenario.plugins)} (no training, data or attack)")
     return 0
 
 
@@ -108,7 +126,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         store.close()
     text = render(table, args.format)
     if args.out:
-        args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        try:
+            args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror})") from None
         print(f"wrote {args.out}")
     else:
         print(text)
@@ -120,7 +141,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = Store.open_existing(args.results)
     try:
         run = store.run(args.run_id)
-        page = write_report(store, run, board(store, run), args.out)
+        try:
+            page = write_report(store, run, board(store, run), args.out)
+        except OSError as exc:
+            raise ArenaError(f"cannot write the report to {exc.filename or args.out} ({exc.strerror}); pass "
+                             "--out FOLDER in a place you can write") from None
     finally:
         store.close()
     print(f"wrote {page} and its pictures")
@@ -160,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
                         help="also load plugins from this importable module (repeatable)")
     common.add_argument("--block", action="append", default=[], metavar="NAME",
                         help="do not load the entry point or module NAME (repeatable)")
+    common.add_argument("--allow-plugins-outside", action="store_true",
+                        help="let a scenario's plugins: load .py files outside the scenario's folder")
     results = argparse.ArgumentParser(add_help=False)
     results.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: %(default)s)")
     commands = top.add_subparsers(dest="command", required=True)
@@ -207,3 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     except ArenaError as exc:
         print(f"arena: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        results = getattr(args, "results", DEFAULT_RESULTS)
+        print(f"arena: interrupted; every finished matchup is kept in {results / 'arena.db'} (the run is marked "
+              "interrupted); run the same command again to resume", file=sys.stderr)
+        return 130

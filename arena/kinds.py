@@ -90,6 +90,10 @@ class Dataset(Plugin):
 
     kind = "dataset"
     num_classes: ClassVar[int]
+    #: Images per split, when known without reading the data: lets validation refuse ``samples`` beyond a split.
+    sizes: ClassVar[dict[str, int]] = {}
+    #: One image's shape ``(C, H, W)``, when fixed: lets validation refuse an L2 ε beyond the input space.
+    shape: ClassVar[tuple[int, ...] | None] = None
 
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(images, labels)`` of ``split``; ``data_dir`` is where the data is looked for or stored."""

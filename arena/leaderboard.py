@@ -139,20 +139,30 @@ def _passes(group: list[Matchup]) -> float | None:
 
 def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
     """Group matchups by model × defense; rank by worst-case robust accuracy the rows whose matchups are all valid
-    (equal worst cases share a rank and are listed by clean accuracy)."""
+    and present (equal worst cases share a rank and are listed by clean accuracy). A matchup the run set out to play
+    but does not hold (an interrupted run) shows as ``missing``, and its row is not ranked."""
     groups: dict[tuple[str, str], list[Matchup]] = {}
+    missing: dict[tuple[str, str], list[str]] = {}
+    played = {(m.model, m.defense, m.attack) for m in matchups}
+    for model, defense, attack in run.expected if run else ():
+        groups.setdefault((model, defense), [])
+        if (model, defense, attack) not in played:
+            missing.setdefault((model, defense), []).append(attack)
     for m in matchups:
         groups.setdefault((m.model, m.defense), []).append(m)
     table = []
     for (model, defense), group in groups.items():
         clean = next((m.clean_accuracy for m in group if m.clean_accuracy is not None), None)
         combined = worst_case(group)
+        absent = missing.get((model, defense), [])
+        flags = trust_flags(group) + ([f"{len(absent)} matchup(s) missing ({', '.join(absent)}): the run was "
+                                       "interrupted; run the same command again to resume"] if absent else [])
         table.append(Row(
-            model, defense, group[0].samples, clean,
+            model, defense, group[0].samples if group else (run.samples if run else 0), clean,
             attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
-                     **_suites(group)},
+                     **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
-            flags=trust_flags(group), evaluation=_evaluation(group), passes=_passes(group),
+            flags=flags, evaluation=_evaluation(group), passes=_passes(group) if group else None,
             attack_passes={m.attack: m.passes_per_sample for m in group},
             threat=str(run.threat) if run else "", run=run.id if run else "",
             arena_version=run.arena_version if run else "",

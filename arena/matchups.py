@@ -81,6 +81,9 @@ class Data:
         if self._train is None:
             images, labels = self.dataset.load("train", self.scenario.data_dir())
             n = self.scenario.dataset.train_samples
+            if n is not None and n > len(images):
+                raise DataError(f"{self.scenario.path}: dataset.train_samples = {n}, but the train split of "
+                                f"{self.scenario.dataset.name} has {len(images)} images; lower it or leave it unset")
             images, labels = images[:n], labels[:n]
             self._train = (images, labels, fingerprint(images, labels))
         return self._train
@@ -111,6 +114,7 @@ class Arena:
         self.threat = self.threat or self.scenario.threat
         seed_everything(self.scenario.seed)
         data = Data.load(self.scenario, self.registry)
+        data.train()  # every weights key hashes the training data: read (and check) it before any work
         self.store = Store(self.results_dir)
         classes = getattr(data.dataset, "classes", ())
         run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type, classes)

@@ -37,6 +37,8 @@ class Run:
     weights: dict[str, Any] = field(default_factory=dict)
     #: The data set's class names, when its plugin declares them (for pictures).
     classes: list[str] = field(default_factory=list)
+    #: Every (model, defense, attack) the run set out to play; a finished run holds a matchup for each.
+    expected: list[tuple[str, str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the scenario text, JSON-ready (the threat model as ``norm`` and ``eps``)."""

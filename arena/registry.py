@@ -188,9 +188,16 @@ def load_registry(modules: Iterable[str | ModuleType | object] = (), blocked: It
         if name in blocked or pm.has_plugin(name):
             continue
         try:
-            pm.register(_import(module) if isinstance(module, str) else module, name=name)
+            loaded = _import(module) if isinstance(module, str) else module
         except Exception as exc:
             raise PluginError(f"cannot load plugin module {module!r}: {type(exc).__name__}: {exc}") from exc
+        if pm.is_registered(loaded):
+            raise PluginError(f"plugin module {name!r} is already loaded as the entry point "
+                              f"{pm.get_name(loaded)!r}; remove it from the plugins to load")
+        try:
+            pm.register(loaded, name=name)
+        except Exception as exc:
+            raise PluginError(f"cannot register plugin module {module!r}: {type(exc).__name__}: {exc}") from exc
     pm.check_pending()
 
     for kind, hook_name in _REGISTER_HOOKS.items():

@@ -7,6 +7,8 @@ not one failed run per typo.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import math
 import os
 import re
 import typing
@@ -20,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from arena.errors import ArenaError
-from arena.kinds import Param
+from arena.kinds import Dataset, Param
 from arena.registry import PluginError, Registry, unknown_name_message
 from arena.threat import ThreatModel
 from arena.training import TrainConfig
@@ -128,7 +130,7 @@ class DatasetRef(PluginRef):
     data_dir: str | None = None
 
 
-Eps = Annotated[float, pydantic.BeforeValidator(_fraction), Field(gt=0)]
+Eps = Annotated[float, pydantic.BeforeValidator(_fraction), Field(gt=0, allow_inf_nan=False)]
 
 
 class ThreatSection(_Strict):
@@ -145,7 +147,7 @@ class Scenario(_Strict):
 
     name: str
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**64, description="seeds training, shuffling and every attack (64 bits)")
     dataset: DatasetRef = DatasetRef()
     threat_model: ThreatSection
     models: list[ModelRef] = Field(min_length=1)
@@ -225,13 +227,16 @@ def _dotted(path: tuple) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names allowed at ``loc`` inside ``model`` (list indices step into the item type)."""
+    """The field names allowed at ``loc`` inside ``model`` (list indices and optional fields step into the model
+    they hold); a plugin entry also allows its plugin's parameters, which the resolver reports separately."""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or part not in getattr(model, "model_fields", {}):
             continue
         annotation = model.model_fields[part].annotation
-        model = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else annotation
-    return sorted(model.model_fields)
+        inner = [a for a in (annotation, *typing.get_args(annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = inner[0] if inner else model
+    return sorted(set(model.model_fields) - {"params"})
 
 
 def _param_model(plugin: str, params: dict[str, Param]) -> type[BaseModel]:
@@ -295,10 +300,14 @@ class _Resolver:
             for key, spec in info.cls.params.items():  # file paths: relative to the scenario's folder
                 if spec.type is Path and values.get(key) is not None:
                     values[key] = str((self.folder / values[key]).expanduser().resolve())
+                    if not Path(values[key]).exists():
+                        self.problems.add(loc + (key,), f"no such file {values[key]}; give a path relative to the "
+                                                        "scenario's folder, or an absolute one")
+                        return None
         except PluginError as exc:
             self.problems.add(loc + ("name",), str(exc))
         except pydantic.ValidationError as exc:
-            self.problems.add_validation(exc, loc, known=sorted(info.cls.params))
+            self.problems.add_validation(exc, loc, known=sorted({*info.cls.params, *_fields_at(type(ref), ())}))
         else:
             return ref.model_copy(update={"params": values})
         return None
@@ -368,6 +377,8 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
         pass
     else:
         resolved["dataset"] = resolver.plugin("dataset", dataset, ("dataset",))
+        if dataset.name in registry.names("dataset"):
+            _check_sizes(data, dataset, registry.get("dataset", dataset.name).cls, problems)
     model_keys = [ref.key for _, ref in _entries(data, "models", ModelRef)]
     checks = {
         "models": (ModelRef, lambda ref, loc: resolver.plugin("model", ref, loc)),
@@ -389,13 +400,105 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
     return resolved
 
 
+#: The most YAML nodes a scenario may expand to through aliases: far above any real scenario, far below a bomb.
+MAX_NODES = 20_000
+_FLOAT_12 = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` and ``1.0e9`` as numbers (as YAML 1.2 and every researcher do) and
+    refusing duplicate keys instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+.0123456789"))
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many nodes ``node`` stands for once aliases are expanded; raises on a node that contains itself."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise yaml.YAMLError("a recursive alias (a node that contains itself)")
+    open_.add(key)
+    children = node.value if isinstance(node, yaml.SequenceNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    size = 1 + sum(_expanded_size(child, sizes, open_) for child in children)
+    open_.discard(key)
+    sizes[key] = min(size, MAX_NODES + 1)
+    return sizes[key]
+
+
+def read_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """Parse a scenario's text safely: bounded alias expansion, YAML 1.2 floats, no duplicate keys. Returns the data
+    and its node tree (for line numbers); raises ``yaml.YAMLError``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        if _expanded_size(node, {}, set()) > MAX_NODES:
+            raise yaml.YAMLError(f"it expands to more than {MAX_NODES:,} values through aliases (an alias bomb?)")
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def read_text(path: Path) -> str:
+    """A scenario file's text; raises ``ScenarioError`` for a file that is missing, unreadable or not UTF-8."""
+    if not path.is_file():
+        hint = "; shipped scenarios live in scenarios/" if not path.exists() else " (it is not a file)"
+        raise ScenarioError(f"{path}: scenario file not found{hint}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                            "save the scenario as UTF-8") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+
+
+def _check_sizes(data: dict[str, Any], dataset: DatasetRef, cls: type[Dataset], problems: _Problems) -> None:
+    """What the data set's declared sizes rule out before any data is read: more samples than a split holds, and
+    a budget that is no constraint at all (L∞ ε ≥ 1 on [0, 1] images; L2 ε above the input space's diameter)."""
+    for field, split in (("samples", dataset.split), ("train_samples", "train")):
+        wanted, size = getattr(dataset, field), cls.sizes.get(split)
+        if wanted is not None and size is not None and wanted > size:
+            problems.add(("dataset", field), f"{wanted} is more than the {size} images of the {split} split of "
+                                             f"{dataset.name}; lower it, or leave it unset to use all")
+    threat = data.get("threat_model") if isinstance(data.get("threat_model"), dict) else {}
+    raw = threat.get("eps")
+    for eps in raw if isinstance(raw, list) else [raw]:
+        eps = _fraction(eps)
+        if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
+            continue
+        if threat.get("norm") == "linf" and eps >= 1:
+            problems.add(("threat_model", "eps"), f"L∞ ε = {eps:g} lets an attack reach any image in [0, 1]; "
+                                                  "use ε < 1 (the field's standard is 8/255)")
+        elif threat.get("norm") == "l2" and cls.shape and eps > math.sqrt(math.prod(cls.shape)):
+            diameter = math.sqrt(math.prod(cls.shape))
+            problems.add(("threat_model", "eps"), f"L2 ε = {eps:g} is more than the diameter of the [0, 1] input "
+                                                  f"space ({diameter:.4g} for {dataset.name}); use a smaller ε "
+                                                  "(the field's usual CIFAR-10 L2 budget is 0.5)")
+
+
 def declared_plugins(path: str | Path) -> list[str]:
     """The scenario's ``plugins:`` list, ``.py`` files made relative to the scenario's folder; read before the
     registry is built, since the scenario's plugins must be registered to validate it. Malformed files give []
     here and a full report from ``load_scenario``."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data, _ = read_yaml(read_text(Path(path)))
+    except (ScenarioError, yaml.YAMLError, RecursionError):
         return []
     entries = data.get("plugins") if isinstance(data, dict) else None
     if not isinstance(entries, list):
@@ -404,21 +507,39 @@ def declared_plugins(path: str | Path) -> list[str]:
     return [str(folder / e) if e.endswith(".py") else e for e in entries if isinstance(e, str)]
 
 
+def check_declared(path: str | Path, declared: list[str], allow_outside: bool = False) -> None:
+    """The policy for a scenario's ``plugins:`` (they are code, and a scenario may come from someone else): a
+    ``.py`` file must lie inside the scenario's folder (no ``..``, no absolute path) unless ``allow_outside``; an
+    import path must name an installed module. Raises ``ScenarioError`` before anything is imported."""
+    folder = Path(path).parent.resolve()
+    problems = []
+    for index, entry in enumerate(declared):
+        if entry.endswith(".py"):
+            file = Path(entry).resolve()
+            if not allow_outside and not file.is_relative_to(folder):
+                problems.append(f"plugins[{index}]: {file} is outside the scenario's folder {folder}; move the file "
+                                "beside the scenario, or pass --allow-plugins-outside if you trust it")
+            elif not file.is_file():
+                problems.append(f"plugins[{index}]: no such file {file}")
+        elif importlib.util.find_spec(entry.split(".")[0]) is None:
+            problems.append(f"plugins[{index}]: {entry!r} is not an installed module; install its package, or name "
+                            "a .py file beside the scenario")
+    if problems:
+        raise ScenarioError(f"{path}: {len(problems)} problem(s) with plugins:; nothing was loaded or run:\n  "
+                            + "\n  ".join(problems))
+
+
 def load_scenario(path: str | Path, registry: Registry) -> Scenario:
     """Read and fully validate the scenario at ``path``; raises ``ScenarioError`` listing every problem."""
     path = Path(path)
-    shown = str(path)
-    if not path.is_file():
-        hint = "; shipped scenarios live in scenarios/" if not path.exists() else " (it is not a file)"
-        raise ScenarioError(f"{shown}: scenario file not found{hint}")
-    return parse_scenario(path.read_text(encoding="utf-8"), shown, registry)
+    return parse_scenario(read_text(path), str(path), registry)
 
 
 def parse_scenario(text: str, shown: str, registry: Registry) -> Scenario:
     """Validate scenario ``text`` (as read from ``shown``, or as a run stored it); raises ``ScenarioError``."""
     try:
-        data = yaml.safe_load(text)
-        lines = _line_map(yaml.compose(text, Loader=yaml.SafeLoader)) if data is not None else {}
+        data, node = read_yaml(text)
+        lines = _line_map(node) if node is not None else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,9 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT NOT NULL,
     weights TEXT NOT NULL DEFAULT '{}',
     classes TEXT NOT NULL DEFAULT '[]',
+    expected TEXT NOT NULL DEFAULT '[]',
+    pid INTEGER,
+    host TEXT,
     status TEXT NOT NULL,
     started_at TEXT NOT NULL,
     finished_at TEXT
@@ -97,7 +103,9 @@ _MIGRATIONS = {
         "attacked BLOB", "forward_passes INTEGER", "backward_passes INTEGER", "checks TEXT NOT NULL DEFAULT '{}'",
         "suite TEXT NOT NULL DEFAULT ''", "cascade_after TEXT NOT NULL DEFAULT '[]'",
     )],
-    3: ["ALTER TABLE runs ADD COLUMN classes TEXT NOT NULL DEFAULT '[]'"],  # the schema script adds `examples`
+    3: [f"ALTER TABLE runs ADD COLUMN {column}" for column in (  # the schema script adds the examples table
+        "classes TEXT NOT NULL DEFAULT '[]'", "expected TEXT NOT NULL DEFAULT '[]'", "pid INTEGER", "host TEXT",
+    )],
 }
 
 
@@ -113,70 +121,179 @@ def _unpack(blob: bytes | None) -> np.ndarray | None:
     return None if blob is None else np.frombuffer(blob, dtype=np.uint8).astype(bool)
 
 
+def _get(row: sqlite3.Row, key: str, default: Any) -> Any:
+    """A column of ``row``, or ``default`` when a store of an older schema (read without migrating) lacks it."""
+    return row[key] if key in row.keys() else default
+
+
 def _matchup(row: sqlite3.Row) -> Matchup:
     fields = set(Matchup.__dataclass_fields__)
     return Matchup(**{
         **{k: row[k] for k in row.keys() if k in fields},
         "params": json.loads(row["params"]),
-        "gradient": json.loads(row["gradient"]),
-        "checks": json.loads(row["checks"]),
-        "cascade_after": json.loads(row["cascade_after"]),
+        "gradient": json.loads(_get(row, "gradient", "{}")),
+        "checks": json.loads(_get(row, "checks", "{}")),
+        "cascade_after": json.loads(_get(row, "cascade_after", "[]")),
         "clean_correct": _unpack(row["clean_correct"]),
         "robust_correct": _unpack(row["robust_correct"]),
-        "attacked": _unpack(row["attacked"]),
+        "attacked": _unpack(_get(row, "attacked", None)),
     })
 
 
-class Store:
-    """Runs and their matchups in ``<results>/arena.db``."""
+def _alive(pid: int | None, host: str | None) -> bool:
+    """Whether the process that started a run may still be running it (a run from another machine is assumed to)."""
+    if pid is None or host != socket.gethostname():
+        return host is not None and host != socket.gethostname()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    def __init__(self, results_dir: Path) -> None:
+
+class Store:
+    """Runs and their matchups in ``<results>/arena.db``.
+
+    Opened for writing (``arena run``) the store is created in one transaction, migrated in place, and runs whose
+    process is gone are marked ``interrupted``. Opened ``readonly`` (``leaderboard``, ``report``) it is never
+    written, its journal mode is left alone and an older schema is read as it is, so a read-only copy works.
+    """
+
+    def __init__(self, results_dir: Path, readonly: bool = False) -> None:
         self.results_dir = Path(results_dir)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.results_dir / DB_NAME
-        self.db = sqlite3.connect(self.path)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.readonly = readonly
+        self._check_files()
+        try:
+            if readonly:
+                self.db = self._connect_readonly()
+                self._refuse_newer(self.db.execute("PRAGMA user_version").fetchone()[0])
+                return
+            self.db = sqlite3.connect(self.path)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self._create_or_migrate()
+            self._mark_interrupted()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} ({exc}); "
+                             "check the folder's permissions and free space, or pass another --results folder"
+                             ) from None
+
+    def _check_files(self) -> None:
+        """A clear refusal for a results folder that is a file or cannot be made, and for an ``arena.db`` that is
+        a folder or not SQLite (a link is followed to what it names)."""
+        if self.results_dir.exists() and not self.results_dir.is_dir():
+            raise StoreError(f"results folder {self.results_dir} is a file; pass --results FOLDER")
+        if not self.readonly:
+            try:
+                self.results_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"results folder {self.results_dir} cannot be created ({exc.strerror}); pass "
+                                 "--results FOLDER in a place you can write") from None
+        if not self.path.exists():
+            if self.path.is_symlink():
+                raise StoreError(f"{self.path} is a link to nothing; remove it or pass another --results folder")
+            return
+        if not self.path.is_file():
+            raise StoreError(f"{self.path} is not a file (a folder?); move it away or pass another --results folder")
+        with self.path.open("rb") as db:
+            header = db.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise StoreError(f"{self.path} is not an arena results store (not an SQLite database); move it away or "
+                             "pass another --results folder")
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Open without writing anything: ``mode=ro``, or ``immutable`` where even the WAL index cannot be made."""
+        uri = self.path.resolve().as_uri()
+        try:
+            db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            db = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer arena (store schema {version}, this arena reads up "
+                             f"to {SCHEMA_VERSION}); upgrade arena or pass another --results folder")
+
+    def _create_or_migrate(self) -> None:
+        """Create the tables, or bring an older schema up to date, in one transaction: a crash leaves the store as
+        it was. A store left half-made by an older arena (tables but no version) is rebuilt when it holds no run."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
-        if has_tables and version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} was written by a newer arena (store schema {version}, this arena reads up to "
-                f"{SCHEMA_VERSION}); upgrade arena or pass another --results folder"
-            )
-        with self.db:
-            for step in range(version, SCHEMA_VERSION) if has_tables else ():
+        tables = [r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                                 " AND name NOT LIKE 'sqlite_%'")]
+        self._refuse_newer(version)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if tables and version == 0:
+                if "runs" in tables and self.db.execute("SELECT count(*) FROM runs").fetchone()[0]:
+                    raise StoreError(f"{self.path} was not created completely but holds runs; move it away (or "
+                                     "pass another --results folder) and keep it for its data")
+                for table in tables:
+                    self.db.execute(f'DROP TABLE "{table}"')
+                tables = []
+            for step in range(version, SCHEMA_VERSION) if tables else ():
                 for statement in _MIGRATIONS[step]:
                     self.db.execute(statement)
-            self.db.executescript(_SCHEMA)
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self.db.execute(statement)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
+
+    def _mark_interrupted(self) -> None:
+        """Runs left ``running`` by a process that is gone (killed, crashed) become ``interrupted``."""
+        rows = self.db.execute("SELECT id, pid, host FROM runs WHERE status = 'running'").fetchall()
+        dead = [r["id"] for r in rows if not _alive(r["pid"], r["host"])]
+        with self.db:
+            self.db.executemany("UPDATE runs SET status = 'interrupted' WHERE id = ?", [(d,) for d in dead])
 
     @classmethod
     def open_existing(cls, results_dir: Path) -> Store:
-        """Open a results folder that must already hold a store (for reading)."""
-        if not (Path(results_dir) / DB_NAME).is_file():
+        """Open, read-only, a results folder that must already hold a store."""
+        if not (Path(results_dir) / DB_NAME).exists():
             raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
-        return cls(results_dir)
+        return cls(results_dir, readonly=True)
 
     def start_run(
         self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = ()
     ) -> str:
-        """Record a new run of ``scenario`` under ``threat`` (status ``running``) and return its id."""
+        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play and
+        the process playing it) and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        with self.db:
+        expected = [[m.key, d.key, a.key] for m in scenario.models for d in scenario.defenses for a in scenario.attacks]
+        with self._writing():
             self.db.execute(
                 "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
-                " norm, eps, dataset, samples, device, status, started_at, classes)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " norm, eps, dataset, samples, device, status, started_at, classes, expected, pid, host)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
                  threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now(),
-                 json.dumps(list(classes))),
+                 json.dumps(list(classes)), json.dumps(expected), os.getpid(), socket.gethostname()),
             )
         return run_id
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction; a failed write (disk full, read-only) becomes one clear error, and what was committed
+        before stays."""
+        try:
+            with self.db:
+                yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: could not be written ({exc}); every matchup finished before is kept: "
+                             "free some space (or fix the folder's permissions) and run the same command again to "
+                             "resume") from None
+
     def add_matchup(self, run_id: str, m: Matchup) -> None:
         """Write one matchup and its examples atomically: it is in the store whole, or not at all."""
-        with self.db:
+        with self._writing():
             cursor = self.db.execute(
                 "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status,"
                 " detail, samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm,"
@@ -200,7 +317,10 @@ class Store:
             )
 
     def examples(self, m: Matchup) -> list[Example]:
-        """The examples kept for a matchup: its own, or for a reused one those of the run that computed it."""
+        """The examples kept for a matchup: its own, or for a reused one those of the run that computed it (none in
+        a store older than examples)."""
+        if not self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'examples'").fetchone()[0]:
+            return []
         rows = self.db.execute(
             "SELECT examples.* FROM examples JOIN matchups ON matchups.id = examples.matchup_id"
             " WHERE matchups.key = ? AND matchups.status = 'ok'"
@@ -218,7 +338,7 @@ class Store:
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
         """Close a run with its final status and where each model's weights came from (trained or cache)."""
-        with self.db:
+        with self._writing():
             self.db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, weights = ? WHERE id = ?",
                 (status, _now(), json.dumps(weights, sort_keys=True), run_id),
@@ -232,11 +352,16 @@ class Store:
             row = self.db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             known = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 5")]
-            wanted = f"run {run_id!r}" if run_id else "any run"
-            raise StoreError(f"no {wanted} in {self.path} (latest: {', '.join(known) or 'none'})")
-        fields = {k: row[k] for k in row.keys() if k not in ("norm", "eps", "weights", "classes")}
-        return Run(**fields, threat=ThreatModel(row["norm"], row["eps"]), weights=json.loads(row["weights"]),
-                   classes=json.loads(row["classes"]))
+            if run_id is None:
+                raise StoreError(f"no run in {self.path} yet; run `arena run SCENARIO --results {self.results_dir}`")
+            raise StoreError(f"no run {run_id!r} in {self.path} (latest: {', '.join(known) or 'none'})")
+        fields = {k: row[k] for k in row.keys() if k in Run.__dataclass_fields__}
+        status = row["status"]
+        if status == "running" and not _alive(_get(row, "pid", None), _get(row, "host", None)):
+            status = "interrupted"  # as a writable open would record it
+        return Run(**{**fields, "status": status}, threat=ThreatModel(row["norm"], row["eps"]),
+                   weights=json.loads(row["weights"]), classes=json.loads(_get(row, "classes", "[]")),
+                   expected=[tuple(e) for e in json.loads(_get(row, "expected", "[]"))])
 
     def runs(self, scenario: str | None = None, scenario_digest: str | None = None) -> list[Run]:
         """Runs, latest first, optionally only those of one scenario name or one exact scenario file."""

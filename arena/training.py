@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import random
+import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
+from arena.errors import ArenaError
 from arena.version import __version__
 
 log = logging.getLogger(__name__)
@@ -124,20 +127,58 @@ class WeightsCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
+    def check(self) -> None:
+        """Refuse, before any work, a cache folder that is a file or cannot be written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ArenaError(f"weights cache {self.root} is a file, not a folder; pass --cache-dir FOLDER (or set "
+                             f"{CACHE_ENV}) to a folder")
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ArenaError(f"weights cache {self.root} cannot be written ({existing} is not writable); pass "
+                             f"--cache-dir FOLDER (or set {CACHE_ENV}) to a folder you can write")
+
     def load(self, key: str, model: nn.Module) -> bool:
-        """Load the weights stored under ``key`` into ``model``; False when there are none."""
+        """Load the weights stored under ``key`` into ``model``; False when there are none. Only a regular file is
+        read (never through a link), with ``weights_only=True``; one that cannot be loaded is moved aside, with one
+        warning naming it, and the weights are trained again."""
         path = self.path(key)
-        if not path.is_file():
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
             return False
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            if not stat.S_ISREG(mode):
+                raise ValueError("not a regular file")
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # corrupt, refused by weights_only, or of another architecture
+            aside = path.with_name(f"{path.name}.unusable-{os.getpid()}")
+            os.replace(path, aside)
+            reason = str(exc).strip().splitlines()[0][:200]
+            log.warning("cached weights %s could not be loaded (%s: %s); moved aside to %s, training again",
+                        path, type(exc).__name__, reason, aside)
+            return False
         return True
 
     def save(self, key: str, model: nn.Module, fields: dict[str, Any]) -> Path:
-        """Write atomically (temporary file, then rename), with the key's fields beside it for people to read."""
+        """Write atomically: a unique temporary file in the same folder (never through a link), then renamed over
+        the key's file, so concurrent writers of one key never clash and readers never see half a file. The key's
+        fields are written beside it, the same way, for people to read."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-        path.with_suffix(".json").write_text(json.dumps({"arena": __version__, **fields}, indent=2, default=str))
+        _atomic_write(path, lambda out: torch.save(model.state_dict(), out))
+        text = json.dumps({"arena": __version__, **fields}, indent=2, default=str).encode()
+        _atomic_write(path.with_suffix(".json"), lambda out: out.write(text))
         return path
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write`` into a fresh ``mkstemp`` file beside ``path`` (created exclusively: a planted link is never
+    followed), then ``os.replace`` it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -19,14 +20,15 @@ class CIFAR10(Dataset):
 
     name = "cifar10"
     num_classes = 10
+    sizes = {"train": 50_000, "test": 10_000}
+    shape = (3, 32, 32)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     params = {"download": Param(bool, True, "download with torchvision when the data is not in the data folder")}
 
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         npz = data_dir / NPZ_NAME
         if npz.is_file():
-            with np.load(npz) as arrays:
-                images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            images, labels = _read_npz(npz, split, self.num_classes)
         else:
             try:
                 data = torchvision.datasets.CIFAR10(str(data_dir), train=split == "train", download=self.download)
@@ -41,6 +43,37 @@ class CIFAR10(Dataset):
             images, labels = data.data, np.asarray(data.targets)
         images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
         return images.contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+
+def _read_npz(npz: Path, split: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x_<split>`` and ``y_<split>`` of the archive, each checked: one message names the file, the array and what
+    is expected, instead of a traceback or, for images already scaled to [0, 1], a silent second division by 255."""
+    names = (f"x_{split}", f"y_{split}")
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            missing = [name for name in names if name not in arrays.files]
+            if missing:
+                raise DataError(f"{npz}: no array {', '.join(missing)} (it has: {', '.join(arrays.files) or 'none'}); "
+                                "expected x_train, y_train, x_test, y_test")
+            images, labels = (arrays[name] for name in names)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{npz}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); it may be "
+                        "truncated or damaged: copy it again") from None
+    x, y = names
+    if images.dtype != np.uint8:
+        raise DataError(f"{npz}: {x} is {images.dtype}; expected uint8 pixel values 0-255 (images already scaled to "
+                        "[0, 1] would be divided by 255 again)")
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise DataError(f"{npz}: {x} has shape {images.shape}; expected (N, 32, 32, 3), uint8 NHWC")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{npz}: {y} has shape {labels.shape} and dtype {labels.dtype}; expected ({len(images)},) "
+                        f"integer class indices, one per image of {x}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{npz}: {y} holds labels from {labels.min()} to {labels.max()}; expected class indices "
+                        f"0 to {classes - 1}")
+    return images, labels
 
 
 @hookimpl

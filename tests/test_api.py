@@ -209,6 +209,10 @@ class _Provides:
 
 def test_params_take_any_sequence_of_choices_and_resolve_paths_against_the_scenario(tmp_path):
     registry = load_registry(modules=[_Provides()])
+    missing = write_scenario(tmp_path, tiny(models=[{"name": "loaded", "weights": "w.pt"}]))
+    with pytest.raises(arena.ScenarioError, match=r"models\[0\]\.weights: no such file .*w\.pt; give a path relative"):
+        load_scenario(missing, registry)
+    (tmp_path / "w.pt").write_bytes(b"")
     path = write_scenario(tmp_path, tiny(models=[{"name": "loaded", "weights": "w.pt", "kind": "b"}]))
     [ref] = load_scenario(path, registry).models
     assert ref.params == {"weights": str((tmp_path / "w.pt").resolve()), "width": 10, "kind": "b"}
