@@ -355,11 +355,12 @@ class Store:
             if run_id is None:
                 raise StoreError(f"no run in {self.path} yet; run `arena run SCENARIO --results {self.results_dir}`")
             raise StoreError(f"no run {run_id!r} in {self.path} (latest: {', '.join(known) or 'none'})")
-        fields = {k: row[k] for k in row.keys() if k in Run.__dataclass_fields__}
+        decoded = ("status", "weights", "classes", "expected")
+        fields = {k: row[k] for k in row.keys() if k in Run.__dataclass_fields__ and k not in decoded}
         status = row["status"]
         if status == "running" and not _alive(_get(row, "pid", None), _get(row, "host", None)):
             status = "interrupted"  # as a writable open would record it
-        return Run(**{**fields, "status": status}, threat=ThreatModel(row["norm"], row["eps"]),
+        return Run(**fields, status=status, threat=ThreatModel(row["norm"], row["eps"]),
                    weights=json.loads(row["weights"]), classes=json.loads(_get(row, "classes", "[]")),
                    expected=[tuple(e) for e in json.loads(_get(row, "expected", "[]"))])
 
