@@ -525,8 +525,8 @@ def check_declared(path: str | Path, declared: list[str], allow_outside: bool = 
             problems.append(f"plugins[{index}]: {entry!r} is not an installed module; install its package, or name "
                             "a .py file beside the scenario")
     if problems:
-        raise ScenarioError(f"{path}: {len(problems)} problem(s) with plugins:; nothing was loaded or run:\n  "
-                            + "\n  ".join(problems))
+        count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
+        raise ScenarioError(f"{path}: plugins: {count}; nothing was loaded or run:\n  " + "\n  ".join(problems))
 
 
 def load_scenario(path: str | Path, registry: Registry) -> Scenario:

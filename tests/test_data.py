@@ -54,5 +54,5 @@ def test_more_samples_than_the_split_holds_is_refused_before_any_work(tmp_path, 
 
     path = write_scenario(tmp_path, tiny(dataset={"name": "cifar10", "samples": 20000}))
     code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "-q")
-    assert code == 2 and "dataset.samples = 20000, but the test split of cifar10 has 10000 images" in err
+    assert code == 2 and "dataset.samples: 20000 is more than the 10000 images of the test split of cifar10" in err
     assert not (tmp_path / "r").exists() and not (tmp_path / "cache").exists()

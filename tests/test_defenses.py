@@ -204,7 +204,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path, version):
     added = {1: [("matchups", "gradient")],
              2: [("matchups", c) for c in ("attacked", "forward_passes", "backward_passes", "checks", "suite",
                                            "cascade_after")],
-             3: [("runs", "classes")]}
+             3: [("runs", c) for c in ("classes", "expected", "pid", "host")]}
     dropped = [column for step in range(version, SCHEMA_VERSION) for column in added[step]]
     for table, column in dropped:
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
