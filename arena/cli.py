@@ -12,13 +12,14 @@ import torch
 
 from arena.api import open_scenario
 from arena.errors import ArenaError
+from arena.executor import RayExecutor, require_ray
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render, write_summary
 from arena.matchups import Arena
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
-from arena.scenario import Scenario
+from arena.scenario import Scenario, declared_plugins
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
 from arena.version import __version__
@@ -68,12 +69,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     device = _device(args.device)
     cache = WeightsCache(args.cache_dir)
     cache.check()
+    if args.executor == "ray":
+        require_ray()
     scenario, registry = _scenario(args)
+    executor = _executor(args, scenario)
     failed = []
     for threat in scenario.threats:  # one run per ε of a sweep
         arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
                       fresh=args.fresh, threat=threat)
-        run_id = arena.play()
+        run_id = arena.play(executor)
         store = arena.store
         try:
             run = store.run(run_id)
@@ -89,6 +93,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _executor(args: argparse.Namespace, scenario: Scenario) -> RayExecutor | None:
+    """The ``--executor`` option, else the scenario's ``executor:``; None plays in this process."""
+    kind = args.executor or scenario.executor
+    if kind == "local":
+        return None
+    require_ray()
+    if args.workers is not None and args.workers < 1:
+        raise ArenaError(f"--workers {args.workers}: give at least 1")
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else 0.0
+    return RayExecutor(plugins=tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in
+                                     [*args.plugin, *declared_plugins(args.scenario)]),
+                       blocked=tuple(args.block), workers=args.workers or scenario.workers or 2,
+                       address=args.address or scenario.address, gpus_per_worker=gpus)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -199,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="replay every matchup, even those the results store already holds with the same key")
     run.add_argument("--no-report", action="store_true", help="skip the pictures and HTML page at the end")
+    run.add_argument("--executor", choices=("local", "ray"), default=None,
+                     help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")
+    run.add_argument("--workers", type=int, default=None, help="Ray workers, one torch thread each (default 2)")
+    run.add_argument("--address", default=None, help="join this running Ray cluster (default: start a local one)")
+    run.add_argument("--gpus-per-worker", type=float, default=None,
+                     help="each Ray worker's share of a GPU, e.g. 0.25 to put four on one (default 0)")
     run.set_defaults(func=cmd_run)
 
     validate = commands.add_parser("validate", parents=[common], help="check a scenario without running it")

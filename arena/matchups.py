@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -89,6 +89,24 @@ class Data:
         return self._train
 
 
+class LocalExecutor:
+    """Plays the pairs one after the other in this process: the default."""
+
+    def play(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]]) -> Iterator[Matchup]:
+        for model_ref, defense_ref in pairs:
+            try:
+                keys = arena.matchup_keys(data, model_ref, defense_ref)
+            except Exception:  # preparing the pair fails: play_pair records why, matchup by matchup
+                keys = {}
+            yield from arena.play_pair(data, model_ref, defense_ref, keys, arena.reusable(keys))
+
+
+class Executor(Protocol):
+    """Plays a run's model × defense pairs and yields their matchups as they finish, in any order."""
+
+    def play(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]]) -> Iterator[Matchup]: ...
+
+
 @dataclass
 class Arena:
     """Plays one scenario into the store of a results folder; built by ``arena run`` or by Python code and tests."""
@@ -109,8 +127,10 @@ class Arena:
     _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
 
-    def play(self) -> str:
-        """Run every matchup and return the run id; the store is opened only once the data has loaded."""
+    def play(self, executor: Executor | None = None) -> str:
+        """Run every matchup and return the run id; the store is opened only once the data has loaded. The
+        ``executor`` plays the model × defense pairs (in this process by default; ``arena.executor.RayExecutor``
+        spreads them over a Ray cluster); this process alone writes the store, one matchup per transaction."""
         self.threat = self.threat or self.scenario.threat
         seed_everything(self.scenario.seed)
         data = Data.load(self.scenario, self.registry)
@@ -121,36 +141,47 @@ class Arena:
         log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.threat, len(data.images))
         status = "interrupted"
         self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir)
+        pairs = [(m, d) for m in self.scenario.models for d in self.scenario.defenses]
         try:
-            for model_ref in self.scenario.models:
-                for defense_ref in self.scenario.defenses:
-                    for matchup in self._play_pair(data, model_ref, defense_ref):
-                        self.store.add_matchup(run_id, matchup)
-                        log.info("%s", describe(matchup))
-                        self.registry.notify("matchup_finished", run_id=run_id, matchup=matchup,
-                                             results_dir=self.results_dir)
+            for matchup in (executor or LocalExecutor()).play(self, data, pairs):
+                self.store.add_matchup(run_id, matchup)
+                log.info("%s", describe(matchup))
+                self.registry.notify("matchup_finished", run_id=run_id, matchup=matchup,
+                                     results_dir=self.results_dir)
             status = "complete"
         finally:
             self.store.finish_run(run_id, status, self.weights)
             self.registry.notify("run_finished", run_id=run_id, status=status, results_dir=self.results_dir)
         return run_id
 
-    def _play_pair(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> Iterator[Matchup]:
-        """Reuse the matchups this store already holds; prepare the defended model only for the others.
+    def matchup_keys(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> dict[str, str]:
+        """Each attack's matchup key for this pair (a cascaded attack's includes the keys of those before it)."""
+        weights_key = self.weights_key(data, model_ref, defense_ref)[0]
+        keys: dict[str, str] = {}
+        for index, attack_ref in enumerate(self.scenario.attacks):
+            after = [keys[ref.key] for ref in self.scenario.cascade_before(index)]
+            keys[attack_ref.key] = self._matchup_key(data, weights_key, model_ref, defense_ref, attack_ref, after)
+        return keys
 
-        A cascaded attack runs only on the samples every attack before it in its cascade failed on, so its key
-        includes theirs.
+    def reusable(self, keys: dict[str, str]) -> dict[str, Matchup]:
+        """The matchups the store already holds for these keys (none with ``fresh``)."""
+        found = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
+        return {name: m for name, m in found.items() if m is not None}
+
+    def play_pair(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, keys: dict[str, str],
+        earlier: dict[str, Matchup],
+    ) -> Iterator[Matchup]:
+        """The pair's matchups: those in ``earlier`` as they are, the others played; the defended model is prepared
+        only when something is left to play. Needs no store, so any process with the data can run it.
+
+        A cascaded attack runs only on the samples every attack before it in its cascade failed on.
         """
         started = time.perf_counter()
         attacks = self.scenario.attacks
         try:
             weights_key = self.weights_key(data, model_ref, defense_ref)[0]
-            keys: dict[str, str] = {}
-            for index, attack_ref in enumerate(attacks):
-                after = [keys[ref.key] for ref in self.scenario.cascade_before(index)]
-                keys[attack_ref.key] = self._matchup_key(data, weights_key, model_ref, defense_ref, attack_ref, after)
-            earlier = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
-            if not all(earlier.get(a.key) for a in attacks):
+            if not all(a.key in earlier for a in attacks):
                 target = self.defended(data, model_ref, defense_ref)
                 seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
                 clean = (predict(target, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
@@ -173,7 +204,7 @@ class Arena:
                     if m.robust_correct is not None:
                         todo &= m.robust_correct
                 found = self._attack(target, data, clean, todo, (model_ref, defense_ref, attack_ref), before)
-                found = replace(found, key=keys[attack_ref.key])
+                found = replace(found, key=keys.get(attack_ref.key, ""))
             played[attack_ref.key] = found
             yield found
 

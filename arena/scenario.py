@@ -154,6 +154,9 @@ class Scenario(_Strict):
     defenses: list[DefenseRef] = Field(default_factory=lambda: [NO_DEFENSE], min_length=1)
     attacks: list[AttackRef] = Field(min_length=1)
     batch_size: int = Field(500, ge=1, description="images per attack batch")
+    executor: Literal["local", "ray"] = Field("local", description="local: this process; ray: a Ray cluster")
+    workers: int | None = Field(None, ge=1, description="Ray workers (default 2; the --workers option wins)")
+    address: str | None = Field(None, description="a running Ray cluster to join (default: start a local one)")
     evaluation: Literal["full", "cascade"] = Field(
         "full", description="full: every attack on every initially-correct sample; cascade: each attack only on the "
                             "samples every earlier attack failed on (a suite always cascades within itself)")
