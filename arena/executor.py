@@ -61,6 +61,8 @@ class WorkerSpec:
     device: str
     cache: str
     data_dir: str
+    #: The training data's content hash: a worker reads the training images only if it must train.
+    fingerprint: str
     threads: int = 1
 
 
@@ -77,7 +79,7 @@ class Worker:
         self.arena = Arena(scenario, registry, Path("."), device, WeightsCache(Path(spec.cache)), progress=False,
                            threat=spec.threat)
         self.data = Data.load(scenario, registry)
-        self.data.train()
+        self.data.known_fingerprint = spec.fingerprint
 
     def _refs(self, model: str, defense: str) -> tuple[ModelRef, DefenseRef]:
         scenario = self.arena.scenario
@@ -131,7 +133,7 @@ class RayExecutor:
         try:
             spec = WorkerSpec(arena.scenario.text, str(Path(arena.scenario.path).resolve()), self.plugins,
                               self.blocked, arena.threat, str(arena.device), str(arena.cache.root.resolve()),
-                              str(arena.scenario.data_dir()), self.threads)
+                              str(arena.scenario.data_dir()), data.fingerprint(), self.threads)
             actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker, max_restarts=2,
                                max_task_retries=2)(Worker)
             pool = ActorPool([actor.remote(spec) for _ in range(self.workers)])

@@ -61,6 +61,8 @@ class Data:
     images: torch.Tensor
     labels: torch.Tensor
     _train: tuple[torch.Tensor, torch.Tensor, str] | None = None
+    #: The training data's content hash when known without reading it (a Ray worker gets the driver's).
+    known_fingerprint: str | None = None
 
     @classmethod
     def load(cls, scenario: Scenario, registry: Registry) -> Data:
@@ -75,6 +77,10 @@ class Data:
                 )
             images, labels = images[: ref.samples], labels[: ref.samples]
         return cls(dataset, scenario, images, labels)
+
+    def fingerprint(self) -> str:
+        """The training data's content hash, which every weights key includes."""
+        return self.known_fingerprint or self.train()[2]
 
     def train(self) -> tuple[torch.Tensor, torch.Tensor, str]:
         """Training images, labels and their content fingerprint (loaded once per run)."""
@@ -220,7 +226,7 @@ class Arena:
             "train": model_ref.train.model_dump(),
             "defense": [training.name, training.params] if training else None,
             "dataset": [self.scenario.dataset.name, self.scenario.dataset.params],
-            "train_data": data.train()[2],
+            "train_data": data.fingerprint(),
             "seed": self.scenario.seed,
             "device": self.device.type,
         }

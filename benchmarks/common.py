@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from arena.matchups import Arena
+from arena.matchups import Arena, Executor
 from arena.registry import load_registry
 from arena.scenario import load_scenario
 from arena.store import Store
@@ -43,15 +43,16 @@ def scenario(base: str, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-def play(data: dict[str, Any], results: Path | None = None, fresh: bool = True) -> tuple[Store, str]:
-    """Play a scenario through the arena (``fresh``: every matchup is computed, none reused); returns the store
-    and the run id."""
+def play(data: dict[str, Any], results: Path | None = None, fresh: bool = True,
+         executor: Executor | None = None) -> tuple[Store, str]:
+    """Play a scenario through the arena (``fresh``: every matchup is computed, none reused; ``executor``: where
+    the pairs run, this process by default); returns the store and the run id."""
     folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
     path = folder / "scenario.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     registry = load_registry()
     arena = Arena(load_scenario(path, registry), registry, results or folder / "results", progress=False, fresh=fresh)
-    run_id = arena.play()
+    run_id = arena.play(executor)
     return arena.store, run_id
 
 
