@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +90,20 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def wait_for_matchups(db: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the store at ``db`` holds ``count`` matchups (read-only, as another process writes it) or
+    ``process`` has ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        try:
+            with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
+                if con.execute("SELECT count(*) FROM matchups").fetchone()[0] >= count:
+                    return
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
 
 
 def matchup(attack: str, robust: tuple, clean: tuple = (1, 1, 1, 1, 1, 1, 0, 0), defense: str = "none",

@@ -9,12 +9,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny
+from conftest import tiny, wait_for_matchups
 
 from arena.cli import main
 from arena.store import Store
@@ -124,15 +123,7 @@ def test_the_driver_killed_and_run_again_resumes(local, tmp_path):
                str(folder / "cache"), "-q", "--no-report", "--executor", "ray", "--workers", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, db = time.time() + 300, tmp_path / "r" / "arena.db"
-    while time.time() < deadline and driver.poll() is None:
-        try:
-            with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
-                if con.execute("SELECT count(*) FROM matchups").fetchone()[0] >= 2:
-                    break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.1)
+    wait_for_matchups(tmp_path / "r" / "arena.db", 2, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait(60)
     ray_cli = Path(sys.executable).with_name("ray")  # the killed driver's local cluster is left behind: stop it

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, tiny
+from conftest import REPO, tiny, wait_for_matchups
 
 from arena.cli import main
 from arena.store import Store
@@ -444,51 +443,26 @@ SLOW = tiny(
 )
 
 
+def _run_slow(folder: Path, cache: Path) -> subprocess.Popen:
+    """``arena run`` of ``SLOW`` in a process of its own, into ``folder/r``."""
+    path = _scenario(folder, SLOW)
+    return _cli(folder, "run", str(path), "--results", str(folder / "r"), "--cache-dir", str(cache), "-q",
+                "--no-report")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run of ``SLOW`` (its cache is shared by the fault tests, so they only attack)."""
     folder = tmp_path_factory.mktemp("reference")
-    path = _scenario(folder, SLOW)
-    done = _cli(
-        folder,
-        "run",
-        str(path),
-        "--results",
-        str(folder / "r"),
-        "--cache-dir",
-        str(folder / "cache"),
-        "-q",
-        "--no-report",
-    )
+    done = _run_slow(folder, folder / "cache")
     assert done.wait(600) == 0, done.stderr.read()
     return folder, _per_sample(folder / "r")
 
 
 def _interrupt(folder: Path, reference_folder: Path, sig: int) -> subprocess.Popen:
     """Start a run of ``SLOW`` and send ``sig`` once its first matchup is stored."""
-    path = _scenario(folder, SLOW)
-    proc = _cli(
-        folder,
-        "run",
-        str(path),
-        "--results",
-        str(folder / "r"),
-        "--cache-dir",
-        str(reference_folder / "cache"),
-        "-q",
-        "--no-report",
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        db = folder / "r" / "arena.db"
-        if db.exists():
-            try:
-                with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
-                    if con.execute("SELECT count(*) FROM matchups").fetchone()[0] >= 1:
-                        break
-            except sqlite3.Error:
-                pass
-        time.sleep(0.05)
+    proc = _run_slow(folder, reference_folder / "cache")
+    wait_for_matchups(folder / "r" / "arena.db", 1, proc)
     proc.send_signal(sig)
     proc.wait(120)
     return proc
@@ -548,37 +522,14 @@ def test_a_full_disk_is_one_message_and_the_finished_matchups_stay(tmp_path, ref
 
     monkeypatch.setattr(Store, "add_matchup", fill_up_after_one)
     path = _scenario(tmp_path, SLOW)
-    code = main(
-        [
-            "run",
-            str(path),
-            "--results",
-            str(tmp_path / "r"),
-            "--cache-dir",
-            str(ref_folder / "cache"),
-            "-q",
-            "--no-report",
-        ]
-    )
+    argv = ["run", str(path), "--results", str(tmp_path / "r"), "--cache-dir", str(ref_folder / "cache"), "-q",
+            "--no-report"]
+    code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "could not be written (database or disk is full); every matchup finished before is kept" in err
     monkeypatch.setattr(Store, "add_matchup", original)
-    assert (
-        main(
-            [
-                "run",
-                str(path),
-                "--results",
-                str(tmp_path / "r"),
-                "--cache-dir",
-                str(ref_folder / "cache"),
-                "-q",
-                "--no-report",
-            ]
-        )
-        == 0
-    )
+    assert main(argv) == 0
     assert _per_sample_latest(tmp_path / "r") == expected
 
 
