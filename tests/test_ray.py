@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny, wait_for_matchups
 
@@ -83,10 +84,17 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
+    """The run in this process with one torch thread, as each Ray worker has: float sums split across threads
+    differently give different last bits, so equal numbers need equal thread counts."""
     folder = tmp_path_factory.mktemp("local")
     path = scenario(folder)
-    assert main(["run", str(path), "--results", str(folder / "r"), "--cache-dir", str(folder / "cache"), "-q",
-                 "--no-report"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(path), "--results", str(folder / "r"), "--cache-dir", str(folder / "cache"), "-q",
+                     "--no-report"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return folder, per_sample(folder / "r")
 
 
