@@ -194,7 +194,8 @@ def sweep_flags(
     for key, points in curves.items():
         points = sorted(points)
         found = []
-        if len(points) >= 2 and points[-1][1] >= points[0][1] - TOLERANCE:
+        # nothing left to fall (already ~0 at the smallest ε) is not a finding
+        if len(points) >= 2 and points[0][1] > TOLERANCE and points[-1][1] >= points[0][1] - TOLERANCE:
             found.append(f"robust accuracy does not fall as ε grows ({points[0][1]:.1%} at ε={points[0][0]:.4g}, "
                          f"{points[-1][1]:.1%} at ε={points[-1][0]:.4g})")
         large = [(e, a) for e, a in points if norm == "linf" and e >= SATURATING_LINF and a > 0.1]

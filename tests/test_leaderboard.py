@@ -80,7 +80,7 @@ def test_trust_flags_stay_quiet_on_a_sound_evaluation():
 
 def test_sweep_flag_fires_when_accuracy_does_not_fall_as_eps_grows():
     flagged = sweep_flags({("cnn", "masked"): [(0.03, 0.40), (0.3, 0.41)], ("cnn", "none"): [(0.03, 0.4), (0.3, 0.0)],
-                           ("cnn", "single"): [(0.1, 0.5)]})
+                           ("cnn", "single"): [(0.1, 0.5)], ("cnn", "broken"): [(0.03, 0.0), (0.1, 0.0)]})
     assert list(flagged) == [("cnn", "masked")] and "does not fall as ε grows" in flagged["cnn", "masked"][0]
 
 
