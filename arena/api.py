@@ -8,7 +8,6 @@ results can be written to a results store where the leaderboard shows them.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ from torch import nn
 
 from arena.errors import ArenaError
 from arena.kinds import Dataset, Model
-from arena.leaderboard import rows
+from arena.leaderboard import rows, worst_case
 from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import PluginError, Registry, load_registry
 from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario
 from arena.threat import ThreatModel
-from arena.training import WeightsCache
+from arena.training import WeightsCache, fingerprint
 
 _hookimpl = pluggy.HookimplMarker("arena")
 
@@ -113,8 +112,9 @@ def evaluate(
         finally:
             arena.store.close()
     [row] = rows(matchups, run)
-    valid = [m for m in matchups if m.status == "ok"]
-    worst = np.logical_and.reduce([m.robust_correct for m in valid]) if valid else matchups[0].clean_correct
+    worst = worst_case(matchups)
+    if worst is None:  # no attack finished: nothing below clean accuracy is known
+        worst = matchups[0].clean_correct
     return Evaluation(
         clean_accuracy=row.clean_accuracy, worst_case=float(worst.mean()),
         robust_accuracy={m.attack: m.robust_accuracy for m in matchups},
@@ -130,11 +130,7 @@ class _Given:
     dataset_name = "evaluate.data"
 
     def __init__(self, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
-        digest = hashlib.sha256()
-        for key, tensor in module.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        weights = digest.hexdigest()
+        weights = fingerprint(*module.state_dict().values())
 
         class GivenModel(Model):
             """The module handed to ``arena.evaluate``."""

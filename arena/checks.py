@@ -30,7 +30,7 @@ PROBABILITY_TOLERANCE = 1e-5
 #: An attack has not converged when its last 10 % of iterations brought more than this share of its whole progress.
 CONVERGENCE_SHARE = 0.05
 CONVERGENCE_MIN_CALLS = 10
-#: Differences below this share of the samples are noise, not a finding.
+#: Differences below this (half a sample in a hundred) are noise, not a finding; the leaderboard's flags use it too.
 TOLERANCE = 0.005
 #: AutoAttack's ``check_square_sr`` threshold: a black-box attack breaking more than this share past the white-box
 #: attacks is a finding.
@@ -88,10 +88,6 @@ def _single_step(m: Matchup) -> bool | None:
     return single_step(m.backward_passes, int(attacked.sum()) if attacked is not None else 0, m.gradient)
 
 
-def _white_box(m: Matchup) -> bool:
-    return not m.gradient.get("source") and not m.gradient.get("gradient_free")
-
-
 def flags(group: list[Matchup]) -> list[str]:
     """The trust flags of one model × defense from its matchups' checks and per-sample results."""
     ok = [m for m in group if m.status == "ok"]
@@ -124,7 +120,7 @@ def flags(group: list[Matchup]) -> list[str]:
 def _weaker_iterative(ok: list[Matchup]) -> list[str]:
     """An iterative white-box attack leaving more samples robust than a single-step one, on the samples both ran on."""
     found = []
-    white = [m for m in ok if _white_box(m)]
+    white = [m for m in ok if m.white_box]
     for it in (m for m in white if _single_step(m) is False):
         for one in (m for m in white if _single_step(m)):
             both = it.attacked_mask & one.attacked_mask

@@ -56,7 +56,7 @@ class Counted(nn.Module):
 
     def trace(self) -> torch.Tensor:
         """``[calls, batch]`` margins of the watched batch: a row per gradient-carrying forward pass over all of it."""
-        return torch.stack(self._trace) if self._trace else torch.empty(0)
+        return torch.stack(self._trace).cpu() if self._trace else torch.empty(0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         passes = images.shape[0] * self.draws()
@@ -68,7 +68,7 @@ class Counted(nn.Module):
             output.register_hook(lambda grad: self._backward(passes))
             labels = self._labels
             if labels is not None and images.shape[0] == labels.shape[0]:
-                self._trace.append(margins(output.detach().float(), labels).cpu())
+                self._trace.append(margins(output.detach().float(), labels))  # on its device: no sync per step
         return output
 
     def _backward(self, passes: int) -> None:

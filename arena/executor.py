@@ -86,12 +86,10 @@ class Worker:
         return (next(m for m in scenario.models if m.key == model),
                 next(d for d in (*scenario.defenses, *_sources(scenario)) if d.key == defense))
 
-    def train(self, model: str, defense: str) -> str:
-        """Make sure these weights are in the cache (trained here if not); returns where they came from."""
+    def train(self, model: str, defense: str) -> None:
+        """Make sure these weights are in the cache (trained here if not)."""
         model_ref, defense_ref = self._refs(model, defense)
         self.arena._network(self.data, model_ref, defense_ref)
-        key = self.arena.weights_key(self.data, model_ref, defense_ref)[0]
-        return self.arena._weights_source.get(key, "unused")
 
     def play_pair(self, model: str, defense: str, keys: dict[str, str],
                   earlier: dict[str, Matchup]) -> tuple[list[Matchup], dict[str, Any]]:
@@ -152,21 +150,17 @@ class RayExecutor:
     def _run(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]], pool: Any) -> Iterator[Matchup]:
         jobs, done = [], []
         for model_ref, defense_ref in pairs:
-            keys = arena.matchup_keys(data, model_ref, defense_ref)
-            earlier = arena.reusable(keys)
-            if len(earlier) == len(keys):
-                done.append((model_ref, defense_ref, keys, earlier))
-            else:
-                jobs.append((model_ref, defense_ref, keys, earlier))
-        for model_ref, defense_ref, keys, earlier in done:  # nothing left to play: no worker needed
+            keys, earlier = arena.prepare(data, model_ref, defense_ref)
+            # all reused, or not even keyable (play_pair records why): no worker needed
+            (done if len(earlier) == len(keys) else jobs).append((model_ref, defense_ref, keys, earlier))
+        for model_ref, defense_ref, keys, earlier in done:
             yield from arena.play_pair(data, model_ref, defense_ref, keys, earlier)
         self._train(arena, data, jobs, pool)
         total = sum(len(job[2]) for job in jobs)
         with tqdm(total=total, desc="matchups on the cluster", disable=not arena.progress, unit="matchup") as bar:
             work = [(m.key, d.key, keys, earlier) for m, d, keys, earlier in jobs]
             for matchups, weights in pool.map_unordered(lambda a, job: a.play_pair.remote(*job), work):
-                if matchups:
-                    arena.weights[f"{matchups[0].model}/{matchups[0].defense}"] = weights
+                arena.weights[f"{matchups[0].model}/{matchups[0].defense}"] = weights
                 bar.update(len(matchups))
                 yield from matchups
 

@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 
 from arena import checks
+from arena.checks import TOLERANCE
 from arena.records import Matchup, Run
 from arena.store import Store
 
 FORMATS = ("table", "md", "csv", "json", "html")
 #: A transfer attack's robust accuracy this far above the white-box worst case means the robustness is only apparent.
 TRANSFER_GAP = 0.20
-#: Differences below this (half a sample in a hundred) are noise, not a finding.
-TOLERANCE = 0.005
 
 
 @dataclass
@@ -63,10 +62,6 @@ def _robust(m: Matchup) -> float:
     return m.robust_accuracy
 
 
-def _white_box(m: Matchup) -> bool:
-    return not m.gradient.get("source") and not m.gradient.get("gradient_free")
-
-
 def _same_samples(a: Matchup, b: Matchup) -> bool:
     """Whether two matchups attacked all the same initially-correct samples, so their accuracies compare directly
     (a cascaded attack's accuracy is cumulative; ``arena.checks`` compares those sample by sample)."""
@@ -77,8 +72,8 @@ def trust_flags(group: list[Matchup]) -> list[str]:
     """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
     flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status != "ok"]
     ok = [m for m in group if m.status == "ok"]
-    white = [m for m in ok if _white_box(m)]
-    other = [m for m in ok if not _white_box(m)]
+    white = [m for m in ok if m.white_box]
+    other = [m for m in ok if not m.white_box]
     for m in other:
         kind = "transfer" if m.gradient.get("source") else "gradient-free"
         beyond = checks.beyond_white_box(m, white)
@@ -133,8 +128,9 @@ def _suites(group: list[Matchup]) -> dict[str, float | str]:
 
 
 def _passes(group: list[Matchup]) -> float | None:
+    """Passes per sample over all of the row's attacks; None when any was not counted (or none was played)."""
     counted = [m.passes_per_sample for m in group]
-    return None if any(p is None for p in counted) else sum(counted)
+    return None if not counted or None in counted else sum(counted)
 
 
 def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
@@ -162,7 +158,7 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
             attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
                      **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
-            flags=flags, evaluation=_evaluation(group), passes=_passes(group) if group else None,
+            flags=flags, evaluation=_evaluation(group), passes=_passes(group),
             attack_passes={m.attack: m.passes_per_sample for m in group},
             threat=str(run.threat) if run else "", run=run.id if run else "",
             arena_version=run.arena_version if run else "",

@@ -100,11 +100,7 @@ class LocalExecutor:
 
     def play(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]]) -> Iterator[Matchup]:
         for model_ref, defense_ref in pairs:
-            try:
-                keys = arena.matchup_keys(data, model_ref, defense_ref)
-            except Exception:  # preparing the pair fails: play_pair records why, matchup by matchup
-                keys = {}
-            yield from arena.play_pair(data, model_ref, defense_ref, keys, arena.reusable(keys))
+            yield from arena.play_pair(data, model_ref, defense_ref, *arena.prepare(data, model_ref, defense_ref))
 
 
 class Executor(Protocol):
@@ -169,10 +165,17 @@ class Arena:
             keys[attack_ref.key] = self._matchup_key(data, weights_key, model_ref, defense_ref, attack_ref, after)
         return keys
 
-    def reusable(self, keys: dict[str, str]) -> dict[str, Matchup]:
-        """The matchups the store already holds for these keys (none with ``fresh``)."""
+    def prepare(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef
+    ) -> tuple[dict[str, str], dict[str, Matchup]]:
+        """The pair's matchup keys and the matchups the store already holds for them (none with ``fresh``); both
+        empty when the pair cannot even be keyed, in which case ``play_pair`` records why, matchup by matchup."""
+        try:
+            keys = self.matchup_keys(data, model_ref, defense_ref)
+        except Exception:
+            return {}, {}
         found = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
-        return {name: m for name, m in found.items() if m is not None}
+        return keys, {name: m for name, m in found.items() if m is not None}
 
     def play_pair(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, keys: dict[str, str],
@@ -187,6 +190,7 @@ class Arena:
         attacks = self.scenario.attacks
         try:
             weights_key = self.weights_key(data, model_ref, defense_ref)[0]
+            keys = keys or self.matchup_keys(data, model_ref, defense_ref)
             if not all(a.key in earlier for a in attacks):
                 target = self.defended(data, model_ref, defense_ref)
                 seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
@@ -210,7 +214,7 @@ class Arena:
                     if m.robust_correct is not None:
                         todo &= m.robust_correct
                 found = self._attack(target, data, clean, todo, (model_ref, defense_ref, attack_ref), before)
-                found = replace(found, key=keys.get(attack_ref.key, ""))
+                found = replace(found, key=keys[attack_ref.key])
             played[attack_ref.key] = found
             yield found
 
@@ -324,13 +328,6 @@ class Arena:
             pre=[s for s in stages if s.stage == "preprocess"], post=[s for s in stages if s.stage == "postprocess"],
             **adaptive,
         ).to(self.device).eval()
-
-    def trained(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> bool:
-        """Whether the weights of ``model_ref`` under ``defense_ref`` are at hand without training."""
-        key = self.weights_key(data, model_ref, defense_ref)[0]
-        pretrained = self._model(model_ref).pretrained
-        at_hand = key in self._networks or self.cache.path(key).is_file()
-        return at_hand or (pretrained and not self._training(defense_ref))
 
     def attacker(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef

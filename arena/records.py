@@ -104,6 +104,11 @@ class Matchup:
         return self.attacked if self.attacked is not None else self.clean_correct
 
     @property
+    def white_box(self) -> bool:
+        """Crafted with the target's own gradients: neither a transfer nor a gradient-free attack."""
+        return not self.gradient.get("source") and not self.gradient.get("gradient_free")
+
+    @property
     def passes_per_sample(self) -> float | None:
         """Forward plus backward passes per evaluated sample: the attack's cost, independent of the machine."""
         if self.forward_passes is None or not self.samples:
