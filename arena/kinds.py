@@ -107,6 +107,9 @@ class Model(Plugin):
     #: True when ``build`` returns trained weights (say, from a checkpoint): the arena then neither trains it with the
     #: recipe nor caches it, unless a training-time defense trains it further.
     pretrained: ClassVar[bool] = False
+    #: The training recipe this architecture is trained with by default (``arena.TrainConfig`` fields); a
+    #: scenario's ``train:`` overrides it field by field, and fields neither sets take the seed study's recipe.
+    recipe: ClassVar[dict[str, Any]] = {}
 
     def build(self, num_classes: int) -> nn.Module:
         """A fresh module; any input normalisation must live inside it, so attacks see the [0, 1] domain."""

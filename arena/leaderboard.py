@@ -209,10 +209,12 @@ def sweep_flags(
 
 
 def curves(store: Store, run: Run) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """Worst-case robust accuracy against ε per model × defense, from the latest run at each ε of this scenario file."""
+    """Worst-case robust accuracy against ε per model × defense, from the latest run at each ε of this scenario file
+    in the run's norm."""
     latest: dict[float, str] = {}
     for other in store.runs(scenario_digest=run.scenario_digest):
-        latest.setdefault(other.threat.eps, other.id)
+        if other.threat.norm == run.threat.norm:
+            latest.setdefault(other.threat.eps, other.id)
     points: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for eps, run_id in latest.items():
         for row in rows(store.matchups(run_id)):

@@ -227,7 +227,7 @@ class Arena:
         fields = {
             "model": model_ref.name,
             "model_params": model_ref.params,
-            "train": model_ref.train.model_dump(),
+            "train": model_ref.train.identity(),
             "defense": [training.name, training.params] if training else None,
             "dataset": [self.scenario.dataset.name, self.scenario.dataset.params],
             "train_data": data.fingerprint(),

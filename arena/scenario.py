@@ -142,6 +142,10 @@ class ThreatSection(_Strict):
     ]
 
 
+#: Tags of ``threat_model``'s two forms (one section, a list of sections); left out of error locations.
+_ONE_THREAT, _THREATS = "one-threat-model", "threat-model-list"
+
+
 class Scenario(_Strict):
     """A validated scenario: every model × defense × attack is one matchup."""
 
@@ -149,7 +153,10 @@ class Scenario(_Strict):
     description: str = ""
     seed: int = Field(0, ge=0, lt=2**64, description="seeds training, shuffling and every attack (64 bits)")
     dataset: DatasetRef = DatasetRef()
-    threat_model: ThreatSection
+    threat_model: Annotated[
+        Annotated[ThreatSection, pydantic.Tag(_ONE_THREAT)] | Annotated[list[ThreatSection], pydantic.Tag(_THREATS)],
+        pydantic.Discriminator(lambda v: _THREATS if isinstance(v, list) else _ONE_THREAT),
+    ] = Field(description="a norm and its budget(s), or a list of them: one run per (norm, ε)")
     models: list[ModelRef] = Field(min_length=1)
     defenses: list[DefenseRef] = Field(default_factory=lambda: [NO_DEFENSE], min_length=1)
     attacks: list[AttackRef] = Field(min_length=1)
@@ -186,8 +193,9 @@ class Scenario(_Strict):
 
     @property
     def threats(self) -> list[ThreatModel]:
-        """One threat model per ε (several for an ε sweep), smallest first."""
-        return [ThreatModel(self.threat_model.norm, eps) for eps in sorted(self.threat_model.eps)]
+        """One threat model per ε (several for an ε sweep), smallest first, norm by norm in the scenario's order."""
+        sections = self.threat_model if isinstance(self.threat_model, list) else [self.threat_model]
+        return [ThreatModel(section.norm, eps) for section in sections for eps in sorted(section.eps)]
 
     @property
     def threat(self) -> ThreatModel:
@@ -229,15 +237,20 @@ def _dotted(path: tuple) -> str:
     return text or "(top level)"
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds, through ``Optional``, unions, ``list`` and ``Annotated``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in typing.get_args(annotation) for found in _models_in(arg)]
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """The field names allowed at ``loc`` inside ``model`` (list indices and optional fields step into the model
     they hold); a plugin entry also allows its plugin's parameters, which the resolver reports separately."""
     for part in loc:
         if isinstance(part, int) or part not in getattr(model, "model_fields", {}):
             continue
-        annotation = model.model_fields[part].annotation
-        inner = [a for a in (annotation, *typing.get_args(annotation))
-                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        inner = _models_in(model.model_fields[part].annotation)
         model = inner[0] if inner else model
     return sorted(set(model.model_fields) - {"params"})
 
@@ -273,7 +286,8 @@ class _Problems:
     ) -> None:
         """Add pydantic's errors; ``known`` lists the allowed fields for "did you mean", else the schema's."""
         for item in error.errors():
-            loc = prefix + tuple(p for p in item["loc"] if p != "params" and not str(p).startswith("function-"))
+            loc = prefix + tuple(p for p in item["loc"] if p not in ("params", _ONE_THREAT, _THREATS)
+                                 and not str(p).startswith("function-"))
             if item["type"] == "extra_forbidden":
                 allowed = known if known is not None else _fields_at(Scenario, item["loc"][:-1])
                 message = unknown_name_message("field", str(loc[-1]), allowed)
@@ -314,6 +328,20 @@ class _Resolver:
         else:
             return ref.model_copy(update={"params": values})
         return None
+
+    def model(self, ref: ModelRef, loc: tuple) -> ModelRef | None:
+        """A model entry resolved, its ``train:`` filled in from the architecture's ``recipe`` where the scenario
+        leaves a field unset."""
+        resolved = self.plugin("model", ref, loc)
+        if resolved is None:
+            return None
+        recipe = self.registry.get("model", ref.name).cls.recipe
+        given = ref.train.model_dump(include=ref.train.model_fields_set)
+        try:
+            return resolved.model_copy(update={"train": TrainConfig.model_validate({**recipe, **given})})
+        except pydantic.ValidationError as exc:
+            self.problems.add(loc + ("train",), f"model {ref.name!r} declares an invalid recipe: {exc}")
+            return None
 
     def defense(self, ref: DefenseRef, loc: tuple) -> DefenseRef | None:
         """A defense entry with each plugin resolved; at most one training-time defense per entry."""
@@ -384,7 +412,7 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
             _check_sizes(data, dataset, registry.get("dataset", dataset.name).cls, problems)
     model_keys = [ref.key for _, ref in _entries(data, "models", ModelRef)]
     checks = {
-        "models": (ModelRef, lambda ref, loc: resolver.plugin("model", ref, loc)),
+        "models": (ModelRef, resolver.model),
         "defenses": (DefenseRef, resolver.defense),
         "attacks": (AttackRef, lambda ref, loc: resolver.attacks(ref, loc, model_keys)),
     }
@@ -479,20 +507,25 @@ def _check_sizes(data: dict[str, Any], dataset: DatasetRef, cls: type[Dataset], 
         if wanted is not None and size is not None and wanted > size:
             problems.add(("dataset", field), f"{wanted} is more than the {size} images of the {split} split of "
                                              f"{dataset.name}; lower it, or leave it unset to use all")
-    threat = data.get("threat_model") if isinstance(data.get("threat_model"), dict) else {}
-    raw = threat.get("eps")
-    for eps in raw if isinstance(raw, list) else [raw]:
-        eps = _fraction(eps)
-        if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
+    section = data.get("threat_model")
+    listed = isinstance(section, list)
+    for index, threat in enumerate(section if listed else [section]):
+        if not isinstance(threat, dict):
             continue
-        if threat.get("norm") == "linf" and eps >= 1:
-            problems.add(("threat_model", "eps"), f"L∞ ε = {eps:g} lets an attack reach any image in [0, 1]; "
-                                                  "use ε < 1 (the field's standard is 8/255)")
-        elif threat.get("norm") == "l2" and cls.shape and eps > math.sqrt(math.prod(cls.shape)):
-            diameter = math.sqrt(math.prod(cls.shape))
-            problems.add(("threat_model", "eps"), f"L2 ε = {eps:g} is more than the diameter of the [0, 1] input "
-                                                  f"space ({diameter:.4g} for {dataset.name}); use a smaller ε "
-                                                  "(the field's usual CIFAR-10 L2 budget is 0.5)")
+        loc = ("threat_model", index, "eps") if listed else ("threat_model", "eps")
+        raw = threat.get("eps")
+        for eps in raw if isinstance(raw, list) else [raw]:
+            eps = _fraction(eps)
+            if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
+                continue
+            if threat.get("norm") == "linf" and eps >= 1:
+                problems.add(loc, f"L∞ ε = {eps:g} lets an attack reach any image in [0, 1]; use ε < 1 (the "
+                                  "field's standard is 8/255)")
+            elif threat.get("norm") == "l2" and cls.shape and eps > math.sqrt(math.prod(cls.shape)):
+                diameter = math.sqrt(math.prod(cls.shape))
+                problems.add(loc, f"L2 ε = {eps:g} is more than the diameter of the [0, 1] input space "
+                                  f"({diameter:.4g} for {dataset.name}); use a smaller ε (the field's usual "
+                                  "CIFAR-10 L2 budget is 0.5)")
 
 
 def declared_plugins(path: str | Path) -> list[str]:

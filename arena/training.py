@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import platformdirs
@@ -61,7 +61,18 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    augment: Literal["flip", "none"] = "flip"
+    augment: Literal["flip", "crop_flip", "none"] = "flip"
+    #: ``constant``; ``cosine`` decay to 0; ``onecycle``: linear warm-up to ``lr`` over 30 % of the steps, then cosine
+    #: decay (torch's ``OneCycleLR``), the short-schedule recipe for ResNets.
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+
+    #: Fields added after weights were first cached: left at their default, they stay out of the weights key, so
+    #: weights trained before they existed keep their key.
+    _LATER: ClassVar[dict[str, Any]] = {"schedule": "constant"}
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the weights, for the cache key."""
+        return {k: v for k, v in self.model_dump().items() if k not in self._LATER or self._LATER[k] != v}
 
 
 @dataclass
@@ -85,11 +96,37 @@ class Trainer:
             return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
+    def schedule(self, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The recipe's learning-rate schedule over ``steps`` optimizer steps, stepped once per batch; None for
+        ``constant``."""
+        if self.config.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        if self.config.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.config.lr, total_steps=max(steps, 1),
+                                                       pct_start=0.3, cycle_momentum=False)
+        return None
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The recipe's augmentation of one batch: random horizontal flips, after random 4-pixel-padded crops for
+        ``crop_flip`` (the standard CIFAR recipe); seeded by ``generator``."""
+        if self.config.augment == "none":
+            return x
+        if self.config.augment == "crop_flip":
+            pad, (n, c, h, w) = 4, x.shape
+            dy, dx = (torch.randint(0, 2 * pad + 1, (n, 1), generator=generator) for _ in range(2))
+            rows, cols = dy + torch.arange(h), dx + torch.arange(w)
+            x = F.pad(x, (pad,) * 4)[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+                                     rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
     def fit(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Train ``model`` in place on ``images`` in [0, 1]; shuffling and flips come from a seeded generator."""
+        """Train ``model`` in place on ``images`` in [0, 1]; shuffling and augmentation come from a seeded
+        generator."""
         cfg = self.config
         model.to(self.device).train()
         optimizer = self.optimizer(model)
+        scheduler = self.schedule(optimizer, cfg.epochs * -(-len(images) // cfg.batch_size))
         generator = torch.Generator().manual_seed(self.seed)
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(images), generator=generator)
@@ -98,14 +135,13 @@ class Trainer:
                 disable=not self.progress, leave=False, unit="batch",
             )
             for index in batches:
-                x, y = images[index], labels[index]
-                if cfg.augment == "flip":
-                    flip = torch.rand(len(index), generator=generator) < 0.5
-                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+                x, y = self.augment(images[index], generator), labels[index]
                 loss = F.cross_entropy(model(x.to(self.device)), y.to(self.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 batches.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             log.info("trained %s epoch %d/%d, last batch loss %.3f", self.label, epoch + 1, cfg.epochs, loss.item())
         model.eval()

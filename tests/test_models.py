@@ -76,3 +76,101 @@ def test_pgd_wraps_torchattacks(norm, cls):
     assert attack.attack.alpha == pytest.approx(2.5 * threat.eps / 4)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
     assert (threat.measure(attack(x, y) - x) <= threat.eps + 1e-6).all()
+
+
+def test_resnet18_is_torchvisions_with_the_cifar_stem():
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    from arena_plugins.resnet import ResNet18
+
+    model = _build(ResNet18)
+    normalize, net = model
+    assert isinstance(normalize, Normalize) and isinstance(net, ResNet), "normalisation lives inside the model"
+    assert (net.conv1.kernel_size, net.conv1.stride) == ((3, 3), (1, 1)) and isinstance(net.maxpool, nn.Identity)
+    assert [len(stage) for stage in (net.layer1, net.layer2, net.layer3, net.layer4)] == [2, 2, 2, 2]
+    assert all(isinstance(block, BasicBlock) for block in net.layer4) and net.fc.out_features == 10
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(11.17e6, rel=0.01)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    model(x).sum().backward()
+    assert model(x).shape == (2, 10) and x.grad.abs().sum() > 0 and not model.training
+
+
+def test_crop_flip_shifts_each_image_within_4_pixels_and_is_seeded():
+    from arena.training import TrainConfig, Trainer
+
+    trainer = Trainer(TrainConfig(augment="crop_flip"), 0, torch.device("cpu"), 10, progress=False)
+    x = torch.rand(16, 3, 32, 32)
+    first = trainer.augment(x, torch.Generator().manual_seed(1))
+    assert torch.equal(first, trainer.augment(x, torch.Generator().manual_seed(1)))
+    padded = nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(16):  # each output is one of the 81 crops of the padded image, possibly flipped
+        crops = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(first[i], c) or torch.equal(first[i], c.flip(2)) for c in crops)
+    assert not torch.equal(first, x)
+
+
+def test_new_recipe_fields_at_their_defaults_leave_the_weights_key_unchanged():
+    from arena.training import TrainConfig
+
+    assert "schedule" not in TrainConfig().identity(), "weights cached before `schedule` existed keep their key"
+    assert TrainConfig(schedule="onecycle").identity()["schedule"] == "onecycle"
+
+
+def test_a_model_recipe_fills_the_fields_a_scenario_leaves_unset(tmp_path, registry):
+    from conftest import tiny, write_scenario
+
+    from arena.scenario import load_scenario
+
+    models = [{"name": "resnet18", "train": {"epochs": 1, "lr": 0.05}}, {"name": "cnn", "train": {"epochs": 1}}]
+    scenario = load_scenario(write_scenario(tmp_path, tiny(models=models)), registry)
+    resnet, cnn = (ref.train for ref in scenario.models)
+    assert (resnet.epochs, resnet.lr, resnet.optimizer, resnet.schedule, resnet.augment) == (
+        1, 0.05, "sgd", "onecycle", "crop_flip")
+    assert (resnet.batch_size, resnet.weight_decay) == (128, 5e-4)
+    assert (cnn.optimizer, cnn.schedule, cnn.augment, cnn.lr) == ("adam", "constant", "flip", 1e-3), "seed recipe"
+
+
+def test_resnet18_trained_briefly_on_real_cifar_beats_chance(tmp_path, registry):
+    from conftest import play, tiny
+
+    scenario = tiny(models=[{"name": "resnet18", "train": {"epochs": 1}}], attacks=["noise"],
+                    dataset={"name": "cifar10", "samples": 300, "train_samples": 2000})
+    store, run_id = play(tmp_path, registry, scenario)
+    (noise,) = store.matchups(run_id)
+    assert noise.clean_accuracy > 0.15, "ten classes: chance is 10 %"
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_noise_stays_inside_the_ball_per_sample_and_is_seeded(norm):
+    from arena_plugins.noise import RandomNoise
+
+    threat = ThreatModel(norm, 0.1 if norm == "linf" else 8 / 255)
+    x = torch.rand(64, 3, 32, 32) * 0.5 + 0.25  # far from the box edges, so nothing is clipped
+    x[0] *= 100  # one image far larger than the rest: a whole-batch norm would give the others too small a noise
+    x = x.clamp(0, 1)
+    attack = RandomNoise(_build(CNN), threat, tries=1)
+    delta = attack.draw(x)
+    sizes = threat.measure(delta)
+    assert (sizes <= threat.eps + 1e-6).all()
+    if norm == "l2":
+        assert torch.allclose(sizes, torch.full((64,), threat.eps)), "each image gets the full budget"
+    else:
+        assert delta.abs().max() <= threat.eps and delta.abs().mean() < 0.6 * threat.eps, "uniform, not ±ε"
+    torch.manual_seed(3)
+    first = attack.draw(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, attack.draw(x))
+
+
+def test_noise_keeps_a_draw_only_when_it_breaks_the_image():
+    from arena_plugins.noise import RandomNoise
+
+    net = _build(CNN)
+    x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    threat = ThreatModel("linf", 0.3)
+    torch.manual_seed(0)
+    adversarial = RandomNoise(net, threat, tries=5)(x, y)
+    changed = (adversarial != x).flatten(1).any(1)
+    with torch.no_grad():
+        assert (net(adversarial[changed]).argmax(1) != y[changed]).all()
+    assert torch.equal(adversarial[~changed], x[~changed]) and (threat.measure(adversarial - x) <= 0.3 + 1e-6).all()

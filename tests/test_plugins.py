@@ -13,17 +13,17 @@ from arena.registry import AUTOLOAD_ENV, load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import Store
 
-EXAMPLE = REPO / "examples" / "arena-noise"
+EXAMPLE = REPO / "examples" / "arena-extras"
 
 
 @pytest.fixture
 def installed_example(tmp_path, monkeypatch):
     """The example package as pip would leave it: its code importable, a dist-info folder declaring its entry point."""
     site = tmp_path / "site"
-    dist_info = site / "arena_noise-0.1.0.dist-info"
+    dist_info = site / "arena_extras-0.1.0.dist-info"
     dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-noise\nVersion: 0.1.0\n")
-    (dist_info / "entry_points.txt").write_text("[arena]\nnoise = arena_noise\n")
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-extras\nVersion: 0.1.0\n")
+    (dist_info / "entry_points.txt").write_text("[arena]\nextras = arena_extras\n")
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
     monkeypatch.syspath_prepend(str(site))
     return site
@@ -31,30 +31,31 @@ def installed_example(tmp_path, monkeypatch):
 
 def test_the_example_package_is_discovered_through_its_entry_point(installed_example, capsys):
     registry = load_registry()
-    noise, checkpoint = registry.get("attack", "noise"), registry.get("model", "checkpoint")
-    assert (noise.package, noise.version, noise.provider) == ("arena-noise", "0.1.0", "noise")
-    assert checkpoint.package == "arena-noise"
+    mifgsm, checkpoint = registry.get("attack", "mifgsm"), registry.get("model", "checkpoint")
+    assert (mifgsm.package, mifgsm.version, mifgsm.provider) == ("arena-extras", "0.1.0", "extras")
+    assert checkpoint.package == "arena-extras"
     code, out, _ = run_cli(capsys, "plugins", "--json")
     listed = {p["name"]: p for p in json.loads(out)["plugins"]}
-    assert code == 0 and listed["noise"]["package"] == "arena-noise"
-    assert listed["noise"]["params"] == {"tries": "int = 1, >= 1"}
-    assert listed["noise"]["description"].startswith("Random noise of the full budget")
+    assert code == 0 and listed["mifgsm"]["package"] == "arena-extras"
+    assert listed["mifgsm"]["params"] == {"steps": "int = 10, >= 1", "decay": "float = 1.0, >= 0"}
+    assert listed["mifgsm"]["description"].startswith("Momentum iterative FGSM")
+    assert listed["noise"]["package"] == "arena", "the built-in noise baseline"
 
 
 def test_autoload_off_keeps_only_the_builtins(installed_example, monkeypatch):
     monkeypatch.setenv(AUTOLOAD_ENV, "1")
     registry = load_registry()
-    assert "noise" not in registry.names("attack") and "fgsm" in registry.names("attack")
-    assert "noise" in load_registry(modules=["arena_noise"]).names("attack"), "explicit loading still works"
+    assert "mifgsm" not in registry.names("attack") and "noise" in registry.names("attack")
+    assert "mifgsm" in load_registry(modules=["arena_extras"]).names("attack"), "explicit loading still works"
 
 
 def test_its_parameters_are_validated(installed_example, tmp_path):
-    path = write_scenario(tmp_path, tiny(attacks=[{"name": "noise", "tries": 0}],
+    path = write_scenario(tmp_path, tiny(attacks=[{"name": "mifgsm", "steps": 0}],
                                          models=[{"name": "checkpoint", "arch": "resnet"}]))
     with pytest.raises(ScenarioError) as error:
         load_scenario(path, load_registry())
     message = str(error.value)
-    assert "attacks[0].tries: Input should be greater than or equal to 1" in message
+    assert "attacks[0].steps: Input should be greater than or equal to 1" in message
     assert "models[0].path: required field is missing" in message and "models[0].arch" in message
 
 
@@ -71,17 +72,17 @@ def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_exa
     torch.save(net.state_dict(), checkpoint)
 
     models = [{"name": "checkpoint", "path": str(checkpoint), "train": {"epochs": 0}}]
-    scenario = write_scenario(tmp_path, tiny(models=models, attacks=["fgsm", {"name": "noise", "tries": 2}]))
+    scenario = write_scenario(tmp_path, tiny(models=models, attacks=["fgsm", {"name": "mifgsm", "steps": 5}]))
     code, out, err = run_cli(capsys, "run", str(scenario), "--results", str(tmp_path / "r"), "-q")
     assert code == 0, err
     store = Store(tmp_path / "r")
     run = store.run()
-    fgsm, noise = store.matchups(run.id)
+    fgsm, mifgsm = store.matchups(run.id)
     assert run.weights["checkpoint/none"]["source"] == "pretrained"
     earlier = [r for r in store.db.execute("SELECT clean_accuracy FROM matchups WHERE model = 'cnn'")]
     assert fgsm.clean_accuracy == pytest.approx(earlier[0][0]), "the checkpoint's weights are the ones trained before"
-    assert noise.status == "ok" and noise.robust_accuracy >= fgsm.robust_accuracy, "noise is a weaker attack than FGSM"
-    assert noise.gradient["bpda"] == [] and "source" not in noise.gradient
+    assert mifgsm.status == "ok" and mifgsm.robust_accuracy <= fgsm.robust_accuracy, "iterative beats one step"
+    assert mifgsm.backward_passes == 5 * int(round(mifgsm.clean_accuracy * mifgsm.samples)), "5 steps per sample"
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_load(installed_example, capsys):
@@ -92,7 +93,7 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_load(installed_e
     registry = load_registry()
     assert any("broken = arena_broken_missing_module (arena-broken)" in e and "ModuleNotFoundError" in e
                for e in registry.load_errors)
-    assert "noise" in registry.names("attack") and "fgsm" in registry.names("attack")
+    assert "mifgsm" in registry.names("attack") and "fgsm" in registry.names("attack")
     code, out, _ = run_cli(capsys, "plugins", "--json")
     assert code == 0 and json.loads(out)["errors"] == registry.load_errors
 

@@ -116,3 +116,17 @@ def test_shipped_budgets_are_the_seed_studies(registry):
 def test_scenario_error_is_raised_by_the_api_too(tmp_path, registry):
     with pytest.raises(ScenarioError, match="unknown attack"):
         load_scenario(write_scenario(tmp_path, tiny(attacks=["nope"])), registry)
+
+
+def test_a_list_of_threat_models_gives_one_run_per_norm_and_eps(tmp_path, registry):
+
+    threats = [{"norm": "l2", "eps": "8/255"}, {"norm": "linf", "eps": [0.1, "8/255"]}]
+    scenario = load_scenario(write_scenario(tmp_path, tiny(threat_model=threats)), registry)
+    assert [(t.norm, round(t.eps, 4)) for t in scenario.threats] == [("l2", 0.0314), ("linf", 0.0314), ("linf", 0.1)]
+    bad = [{"norm": "l2", "eps": -1}, {"norm": "linf", "eps": 2, "x": 1}]
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(write_scenario(tmp_path, tiny(threat_model=bad), "bad.yaml"), registry)
+    message = str(error.value)
+    assert "threat_model[0].eps: Input should be greater than 0" in message
+    assert "threat_model[1].x: unknown field 'x' (known: eps, norm)" in message
+    assert "threat_model[1].eps: L∞ ε = 2 lets an attack reach any image" in message

@@ -1,6 +1,7 @@
 """Example third-party plugins for the arena, packaged on their own and found through the ``arena`` entry point.
 
-- ``noise``: the seed study's random-noise baseline, a perturbation of the full budget in a random direction;
+- ``mifgsm``: a thin adapter over a library attack (torchattacks' momentum iterative FGSM), the pattern the built-in
+  attacks follow;
 - ``checkpoint``: one of the arena's architectures with weights trained elsewhere, loaded from a file.
 """
 
@@ -10,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 import torch
+import torchattacks
 from torch import nn
 
 from arena import Attack, Model, Param, hookimpl
@@ -18,26 +20,25 @@ from arena_plugins.models import CNN, CNNLSTM
 ARCHITECTURES = {"cnn": CNN, "cnn_lstm": CNNLSTM}
 
 
-class RandomNoise(Attack):
-    """Random noise of the full budget: uniform ±ε per pixel (L∞) or a random direction of norm ε (L2)."""
+class MIFGSM(Attack):
+    """Momentum iterative FGSM (Dong et al., 2018), L∞ only, through torchattacks with the paper's defaults."""
 
-    name = "noise"
-    gradient_free = True
-    params = {"tries": Param(int, 1, "noise draws per image; an image counts as broken if any draw breaks it", ge=1)}
+    name = "mifgsm"
+    params = {
+        "steps": Param(int, 10, "iterations", ge=1),
+        "decay": Param(float, 1.0, "momentum decay factor μ", ge=0),
+    }
+
+    def __init__(self, model: nn.Module, threat, **values) -> None:
+        super().__init__(model, threat, **values)
+        if threat.norm != "linf":
+            raise ValueError(f"mifgsm is an L∞ attack; this threat model is {threat}; use pgd for L2")
+        # The paper's step: ε / steps, so the last iterate can reach the boundary.
+        self.attack = torchattacks.MIFGSM(model, eps=threat.eps, alpha=threat.eps / self.steps, steps=self.steps,
+                                          decay=self.decay)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        best = images
-        for _ in range(self.tries):
-            if self.threat.norm == "linf":
-                noise = torch.empty_like(images).uniform_(-1, 1).sign() * self.threat.eps
-            else:
-                noise = torch.randn_like(images)
-                noise = noise * self.threat.eps / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            candidate = (images + noise).clamp(0, 1)
-            with torch.no_grad():
-                fooled = self.model(candidate).argmax(1) != labels
-            best = torch.where(fooled.view(-1, 1, 1, 1), candidate, best)
-        return best
+        return self.attack(images, labels)
 
 
 class Checkpoint(Model):
@@ -61,7 +62,7 @@ class Checkpoint(Model):
 
 @hookimpl
 def arena_register_attacks(register) -> None:
-    register(RandomNoise)
+    register(MIFGSM)
 
 
 @hookimpl
