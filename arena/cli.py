@@ -1,4 +1,5 @@
-"""The ``arena`` command: ``run`` a scenario, print the ``leaderboard``, list ``plugins``, ``validate`` a scenario."""
+"""The ``arena`` command: ``run`` a scenario, print the ``leaderboard``, write a ``report``, export ``examples``, list
+``plugins``, ``validate`` a scenario."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 
 from arena.api import open_scenario
 from arena.errors import ArenaError
+from arena.examples import FORMATS as EXAMPLE_FORMATS
+from arena.examples import GALLERY_ROWS, export, select
 from arena.executor import RayExecutor, require_ray
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render, write_summary
@@ -171,6 +174,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_examples(args: argparse.Namespace) -> int:
+    """Reads only the store, like ``report``."""
+    store = Store.open_existing(args.results)
+    try:
+        run = store.run(args.run_id)
+        matchups = select(store, run, args.model, args.defense, args.attack)
+        written = export(store, run, matchups, args.out, args.format, args.limit)
+    finally:
+        store.close()
+    for path, count in written:
+        print(f"wrote {path} ({count} example{'s' * (count != 1)})")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = _registry(args)
     listing = [
@@ -192,6 +209,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for key, text in item["params"].items():
             print(f"{'':{sum(widths) + 6}}{key}: {text}")
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -243,6 +267,17 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("run_id", nargs="?", default=None, help="run id (default: the latest run)")
     report.add_argument("--out", type=Path, default=None, help="folder (default: RESULTS/reports/RUN_ID)")
     report.set_defaults(func=cmd_report)
+
+    examples = commands.add_parser("examples", parents=[quiet, results],
+                                   help="export the adversarial examples a run kept, as .npz or a PNG gallery")
+    examples.add_argument("run_id", nargs="?", default=None, help="run id (default: the latest run)")
+    for name in ("model", "defense", "attack"):
+        examples.add_argument(f"--{name}", default=None, help=f"only this {name} (default: all)")
+    examples.add_argument("--format", choices=EXAMPLE_FORMATS, default="npz", help="npz: exact values; png: a gallery")
+    examples.add_argument("--limit", type=_positive, default=None,
+                          help=f"at most N examples per matchup (default: all for npz, {GALLERY_ROWS} for png)")
+    examples.add_argument("--out", type=Path, required=True, help="folder to write into, one file per matchup")
+    examples.set_defaults(func=cmd_examples)
 
     listing = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their parameters")
     listing.add_argument("--json", action="store_true", help="machine-readable output")

@@ -28,16 +28,13 @@ from arena.defended import Defended, describe_gradient
 from arena.kinds import Attack, DataError, Dataset, Model
 from arena.records import Example, Matchup
 from arena.registry import PluginError, Registry
-from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
+from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
 from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
 
-
-#: Successful adversarial examples kept per matchup, for reports.
-EXAMPLES = 6
 
 
 def derive_seed(seed: int, *names: str) -> int:
@@ -276,6 +273,9 @@ class Arena:
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
             **({"after": after} if after else {}),
+            # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
+            **({"examples": self.scenario.save_examples}
+               if self.scenario.save_examples != DEFAULT_EXAMPLES else {}),
         })
 
     def _source(self, model_ref: ModelRef, attack_ref: AttackRef) -> tuple[ModelRef, DefenseRef]:
@@ -406,7 +406,8 @@ class Arena:
         index: torch.Tensor, correct: np.ndarray, norms: list[torch.Tensor], keep: list[Example] | None = None,
     ) -> str | None:
         """Attack one batch, audit it and mark in ``correct`` which adversarial images the target still classifies
-        right; the first successful examples go to ``keep`` (up to ``EXAMPLES``). Returns the audit's violation."""
+        right; the first successful examples go to ``keep`` (up to the scenario's ``save_examples``). Returns the
+        audit's violation."""
         counted.eval()
         adversarial = attack(images, labels)
         report = audit(attack.name, images, adversarial, self.threat)
@@ -415,8 +416,10 @@ class Arena:
             return report.violation
         right = predict(target, adversarial, self.scenario.batch_size, self.device) == labels.cpu()
         correct[index.numpy()] = right.numpy()
-        if keep is not None and len(keep) < EXAMPLES:
-            keep += _examples(target, images, adversarial, labels, index, ~right, EXAMPLES - len(keep))
+        limit = self.scenario.examples_kept
+        if keep is not None and (limit is None or len(keep) < limit):
+            keep += _examples(target, images, adversarial, labels, index, ~right,
+                              None if limit is None else limit - len(keep))
         return None
 
 
@@ -432,9 +435,10 @@ def _check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
 
 def _examples(
     target: Defended, images: torch.Tensor, adversarial: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-    broken: torch.Tensor, count: int,
+    broken: torch.Tensor, count: int | None,
 ) -> list[Example]:
-    """The first ``count`` broken samples of a batch as stored examples, with the target's confidences."""
+    """The first ``count`` (None: all) broken samples of a batch as stored examples, with the target's
+    confidences."""
     chosen = broken.nonzero().flatten()[:count]
     if not len(chosen):
         return []

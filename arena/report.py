@@ -19,6 +19,8 @@ from arena.records import Example, Run  # noqa: E402
 from arena.store import Store  # noqa: E402
 
 log = logging.getLogger(__name__)
+#: Examples the report's picture shows (a run may keep many more; ``arena examples`` exports them).
+REPORT_EXAMPLES = 6
 
 
 def bar_chart(table: list[Row], path: Path) -> Path:
@@ -62,18 +64,23 @@ def examples_grid(store: Store, run: Run, table: list[Row], path: Path) -> Path 
         for m in sorted(white, key=lambda m: m.robust_accuracy):
             examples = store.examples(m)
             if examples:
-                return _grid(examples, run.classes, f"{m.attack} vs {row.model}+{row.defense}", run.threat.eps, path)
+                return gallery(examples[:REPORT_EXAMPLES], run.classes, f"{m.attack} vs {row.model}+{row.defense}",
+                               path)
     return None
 
 
-def _grid(examples: list[Example], classes: list[str], title: str, eps: float, path: Path) -> Path:
+def gallery(examples: list[Example], classes: list[str], title: str, path: Path) -> Path:
+    """One row per example, as the seed study's figure: clean image with its prediction, confidence and true label;
+    adversarial image with its prediction and confidence; the perturbation amplified to the full range."""
     def label(index: int, confidence: float | None = None) -> str:
         name = classes[index] if index < len(classes) else str(index)
         return name if confidence is None else f"{name} {confidence:.0%}"
 
-    fig, axes = plt.subplots(len(examples), 3, figsize=(6, 2 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(len(examples), 3, figsize=(6, 2 * len(examples) + 0.3), squeeze=False,
+                             layout="constrained")  # room for the title above the first row, at any height
     for ax_row, e in zip(axes, examples):
-        delta = (e.adversarial - e.clean) / (2 * eps) + 0.5  # amplified so ±ε spans the full range
+        delta = e.adversarial - e.clean
+        delta = delta / (2 * max(float(np.abs(delta).max()), 1e-12)) + 0.5  # amplified: its largest change spans all
         captions = (f"clean: {label(e.predicted_before, e.confidence_before)} (true {label(e.label)})",
                     f"adversarial: {label(e.predicted_after, e.confidence_after)}", "perturbation (amplified)")
         for ax, picture, caption in zip(ax_row, (e.clean, e.adversarial, np.clip(delta, 0, 1)), captions):
@@ -86,7 +93,8 @@ def _grid(examples: list[Example], classes: list[str], title: str, eps: float, p
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -142,6 +142,8 @@ class ThreatSection(_Strict):
     ]
 
 
+#: Successful adversarial examples a matchup keeps unless the scenario says otherwise: enough for the report.
+DEFAULT_EXAMPLES = 6
 #: Tags of ``threat_model``'s two forms (one section, a list of sections); left out of error locations.
 _ONE_THREAT, _THREATS = "one-threat-model", "threat-model-list"
 
@@ -167,6 +169,9 @@ class Scenario(_Strict):
     evaluation: Literal["full", "cascade"] = Field(
         "full", description="full: every attack on every initially-correct sample; cascade: each attack only on the "
                             "samples every earlier attack failed on (a suite always cascades within itself)")
+    save_examples: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
+        DEFAULT_EXAMPLES, description="successful adversarial examples kept per matchup (exact values, labels, "
+                                      "predictions and confidences), for reports and `arena examples`; or all")
     plugins: list[str] = Field(default_factory=list, description="plugin modules to load: import paths or .py files "
                                                                  "relative to the scenario file")
     _path: str = PrivateAttr("")
@@ -185,6 +190,11 @@ class Scenario(_Strict):
         if self.evaluation == "cascade":
             return earlier
         return [ref for ref in earlier if attack.suite and ref.suite == attack.suite]
+
+    @property
+    def examples_kept(self) -> int | None:
+        """How many successful examples a matchup keeps; None keeps all."""
+        return None if self.save_examples == "all" else self.save_examples
 
     @property
     def text(self) -> str:

@@ -7,6 +7,7 @@ import os
 import socket
 import sqlite3
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from arena.version import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class StoreError(ArenaError):
@@ -92,21 +93,35 @@ CREATE TABLE IF NOT EXISTS examples (
     predicted_before INTEGER NOT NULL,
     predicted_after INTEGER NOT NULL,
     confidence_before REAL NOT NULL,
-    confidence_after REAL NOT NULL
+    confidence_after REAL NOT NULL,
+    codec TEXT NOT NULL DEFAULT 'raw'
 );
 """
 
-#: How a store of an older schema is brought up to date in place, so no recorded result is lost.
-_MIGRATIONS = {
-    1: ["ALTER TABLE matchups ADD COLUMN gradient TEXT NOT NULL DEFAULT '{}'"],
-    2: [f"ALTER TABLE matchups ADD COLUMN {column}" for column in (
+#: How a store of an older schema is brought up to date in place, so no recorded result is lost: the columns each
+#: schema version added (tables a version added come from the schema script, with all their columns).
+_MIGRATIONS: dict[int, list[tuple[str, str]]] = {
+    1: [("matchups", "gradient TEXT NOT NULL DEFAULT '{}'")],
+    2: [("matchups", column) for column in (
         "attacked BLOB", "forward_passes INTEGER", "backward_passes INTEGER", "checks TEXT NOT NULL DEFAULT '{}'",
         "suite TEXT NOT NULL DEFAULT ''", "cascade_after TEXT NOT NULL DEFAULT '[]'",
     )],
-    3: [f"ALTER TABLE runs ADD COLUMN {column}" for column in (  # the schema script adds the examples table
+    3: [("runs", column) for column in (
         "classes TEXT NOT NULL DEFAULT '[]'", "expected TEXT NOT NULL DEFAULT '[]'", "pid INTEGER", "host TEXT",
     )],
+    4: [("examples", "codec TEXT NOT NULL DEFAULT 'raw'")],
 }
+
+
+def _encode(image: np.ndarray) -> bytes:
+    """An image's exact float32 values, zlib-compressed (lossless: they decode bit for bit)."""
+    return zlib.compress(np.ascontiguousarray(image, dtype=np.float32).tobytes(), 6)
+
+
+def _decode(blob: bytes, codec: str, shape: list[int]) -> np.ndarray:
+    """The float32 image ``_encode`` stored (``zlib``), or that a store older than compression holds (``raw``)."""
+    raw = zlib.decompress(blob) if codec == "zlib" else blob
+    return np.frombuffer(raw, dtype=np.float32).reshape(shape)
 
 
 def _now() -> str:
@@ -236,11 +251,13 @@ class Store:
                 for table in tables:
                     self.db.execute(f'DROP TABLE "{table}"')
                 tables = []
-            for step in range(version, SCHEMA_VERSION) if tables else ():
-                for statement in _MIGRATIONS[step]:
-                    self.db.execute(statement)
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self.db.execute(statement)
+            for step in range(version, SCHEMA_VERSION) if tables else ():
+                for table, column in _MIGRATIONS[step]:
+                    present = {row[1] for row in self.db.execute(f'PRAGMA table_info("{table}")')}
+                    if column.split()[0] not in present:  # a table the schema script just made has it already
+                        self.db.execute(f'ALTER TABLE "{table}" ADD COLUMN {column}')
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.commit()
         except BaseException:
@@ -309,10 +326,10 @@ class Store:
             )
             self.db.executemany(
                 "INSERT INTO examples (matchup_id, sample, label, shape, clean, adversarial, predicted_before,"
-                " predicted_after, confidence_before, confidence_after) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " predicted_after, confidence_before, confidence_after, codec) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(cursor.lastrowid, e.sample, e.label, json.dumps(list(e.clean.shape)),
-                  e.clean.astype(np.float32).tobytes(), e.adversarial.astype(np.float32).tobytes(),
-                  e.predicted_before, e.predicted_after, e.confidence_before, e.confidence_after)
+                  _encode(e.clean), _encode(e.adversarial),
+                  e.predicted_before, e.predicted_after, e.confidence_before, e.confidence_after, "zlib")
                  for e in m.examples],
             )
 
@@ -330,7 +347,7 @@ class Store:
         found = []
         for row in rows:
             shape = json.loads(row["shape"])
-            images = {k: np.frombuffer(row[k], dtype=np.float32).reshape(shape) for k in ("clean", "adversarial")}
+            images = {k: _decode(row[k], row["codec"], shape) for k in ("clean", "adversarial")}
             found.append(Example(sample=row["sample"], label=row["label"], **images,
                                  predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
                                  confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))

@@ -197,18 +197,21 @@ def test_bad_defense_entries_are_refused(defenses, attacks, expected, tmp_path, 
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_an_older_store_is_migrated_in_place(tmp_path, version):
     Store(tmp_path).close()
     db = sqlite3.connect(tmp_path / "arena.db")
     added = {1: [("matchups", "gradient")],
              2: [("matchups", c) for c in ("attacked", "forward_passes", "backward_passes", "checks", "suite",
                                            "cascade_after")],
-             3: [("runs", c) for c in ("classes", "expected", "pid", "host")]}
+             3: [("runs", c) for c in ("classes", "expected", "pid", "host")],
+             4: [("examples", "codec")]}
     dropped = [column for step in range(version, SCHEMA_VERSION) for column in added[step]]
+    if version < 4:
+        db.execute("DROP TABLE examples")  # added in schema 4
+        dropped = [(table, column) for table, column in dropped if table != "examples"]
     for table, column in dropped:
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-    db.execute("DROP TABLE examples")
     db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()

@@ -166,3 +166,51 @@ def test_crashed_matchups_are_retried_and_changed_plugin_code_is_not_reused(tmp_
     assert fgsm.reused_from == first_run, "fgsm's code did not change"
     assert explode.status == "error" and explode.reused_from is None, "a crash is retried, never reused"
     assert probe.reused_from is None, "the plugin's file changed, so its result is recomputed"
+
+
+def test_kept_examples_export_bit_exact_pass_the_audit_and_fool_their_model(tmp_path, registry, capsys,
+                                                                           scenario_data_dir):
+    from arena.audit import audit
+    from arena.threat import ThreatModel
+    from arena_plugins.cifar10 import CIFAR10
+    from arena_plugins.models import CNN
+
+    scenario = tiny(attacks=[{"name": "pgd", "steps": 3}], save_examples="all")
+    store, run_id = play(tmp_path, registry, scenario)
+    (pgd,) = store.matchups(run_id)
+    broken = int((pgd.clean_correct & ~pgd.robust_correct).sum())
+    weights = store.run(run_id).weights["cnn/none"]["key"]
+    store.close()
+    code, out, err = run_cli(capsys, "examples", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "x"))
+    assert code == 0, err
+    with np.load(tmp_path / "x" / "cnn+none+pgd.npz", allow_pickle=False) as found:
+        data = {k: found[k] for k in found.files}
+    assert len(data["sample"]) == broken > 0 and f"({broken} examples)" in out, "all of them, as asked"
+    threat = ThreatModel(str(data["norm"]), float(data["eps"]))
+    clean, adversarial = torch.from_numpy(data["clean"]), torch.from_numpy(data["adversarial"])
+    assert audit("pgd", clean, adversarial, threat).violation is None
+    images, labels = CIFAR10().load("test", scenario_data_dir)
+    assert torch.equal(clean, images[data["sample"]]), "the clean images are the data set's, bit for bit"
+    assert np.array_equal(data["label"], labels[data["sample"]].numpy())
+    net = CNN().build(10)
+    net.load_state_dict(torch.load(tmp_path / "cache" / f"{weights}.pt", weights_only=True))
+    with torch.no_grad():
+        predicted = net.eval()(adversarial).argmax(1).numpy()
+    assert (predicted != data["label"]).all() and np.array_equal(predicted, data["predicted_after"])
+
+    code, out, err = run_cli(capsys, "examples", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "x"),
+                             "--format", "png", "--limit", "3")
+    assert code == 0 and (tmp_path / "x" / "cnn+none+pgd.png").stat().st_size > 0 and "(3 examples)" in out
+    code, _, err = run_cli(capsys, "examples", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "x"),
+                           "--attack", "fgsm")
+    assert code == 2 and "unknown attack" in err and "pgd" in err
+
+
+def test_the_default_keeps_a_few_examples_and_keys_stay_as_they_were(tmp_path, registry):
+    store, run_id = play(tmp_path, registry, tiny(attacks=["fgsm"]))
+    (fgsm,) = store.matchups(run_id)
+    assert len(store.examples(fgsm)) == 6
+    store.close()
+    again, run_again = play(tmp_path, registry, tiny(attacks=["fgsm"], save_examples=2))
+    (kept,) = again.matchups(run_again)
+    assert kept.key != fgsm.key and kept.reused_from is None and len(again.examples(kept)) == 2
