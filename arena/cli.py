@@ -17,8 +17,8 @@ from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
 from arena.executor import RayExecutor, require_ray
 from arena.hookspecs import HOOKSPEC_VERSION
-from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render, write_summary
-from arena.matchups import Arena
+from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
+from arena.matchups import REPORTERS, Arena
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
@@ -79,19 +79,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = []
     for threat in scenario.threats:  # one run per ε of a sweep
         arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
-                      fresh=args.fresh, threat=threat)
+                      fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to))
         run_id = arena.play(executor)
         store = arena.store
         try:
             run = store.run(run_id)
-            table = board(store, run)
-            summary = write_summary(store, run, table)
-            print(render(leaderboard_table(run, table)))
-            report = None if args.no_report else write_report(store, run, table)
+            print(render(leaderboard_table(run, board(store, run))))
             failed += [m for m in store.matchups(run_id) if m.status != "ok"]
         finally:
             store.close()
-        print(f"\nresults: {store.path} (run {run_id}); summary: {summary}" + (f"; report: {report}" if report else ""))
+        report = arena.report_path / "leaderboard.html" if arena.report_path else None
+        print(f"\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
+              + (f"; report: {report}" if report else ""))
     for m in failed:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
               file=sys.stderr)
@@ -242,6 +241,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="replay every matchup, even those the results store already holds with the same key")
     run.add_argument("--no-report", action="store_true", help="skip the pictures and HTML page at the end")
+    run.add_argument("--report-to", action="append", default=[], choices=sorted(REPORTERS),
+                     help="also report to this tracker (repeatable; adds to the scenario's report_to)")
     run.add_argument("--executor", choices=("local", "ray"), default=None,
                      help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")
     run.add_argument("--workers", type=int, default=None, help="Ray workers, one torch thread each (default 2)")

@@ -70,9 +70,10 @@ def arena_register_suites(register: Callable[[type[Suite]], None]) -> None:
 
 
 @hookspec
-def arena_run_started(run_id: str, run: Run, results_dir: Path) -> None:
+def arena_run_started(run_id: str, run: Run, results_dir: Path, report_to: list[str]) -> None:
     """A run has started: ``run`` is its stored ``arena.Run`` (scenario name and text, threat model, seed, samples,
-    device)."""
+    device). ``report_to`` names the opt-in reporters the scenario or ``--report-to`` asked for (``mlflow``); a
+    reporter that is not always on acts only when named there."""
 
 
 @hookspec
@@ -81,5 +82,9 @@ def arena_matchup_finished(run_id: str, matchup: Matchup, results_dir: Path) -> 
 
 
 @hookspec
-def arena_run_finished(run_id: str, status: str, results_dir: Path) -> None:
-    """A run has ended with ``status`` ``complete`` or ``interrupted``; every matchup is in the store."""
+def arena_run_finished(
+    run_id: str, status: str, results_dir: Path, summary: Path | None, report: Path | None
+) -> None:
+    """A run has ended with ``status`` ``complete`` or ``interrupted``; every matchup is in the store. A complete run's
+    ``summary`` (``runs/<run id>.json``: the run, every matchup, the leaderboard rows) is written, and so is its
+    ``report`` folder (pictures and ``leaderboard.html``) unless reports are off; both are None otherwise."""

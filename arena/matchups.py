@@ -8,6 +8,7 @@ computed. An exception inside a plugin fails only the matchups that need that pl
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import time
 import traceback
@@ -25,9 +26,12 @@ from arena.audit import audit
 from arena.checks import convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended, describe_gradient
+from arena.errors import ArenaError
 from arena.kinds import Attack, DataError, Dataset, Model
+from arena.leaderboard import board, write_summary
 from arena.records import Example, Matchup
 from arena.registry import PluginError, Registry
+from arena.report import write_report
 from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
@@ -100,6 +104,18 @@ class LocalExecutor:
             yield from arena.play_pair(data, model_ref, defense_ref, *arena.prepare(data, model_ref, defense_ref))
 
 
+#: The opt-in reporters and the module each needs.
+REPORTERS = {"mlflow": "mlflow"}
+
+
+def require_reporters(names: list[str]) -> None:
+    """Refuse, before any work, a reporter whose package is not installed."""
+    for name in names:
+        if importlib.util.find_spec(REPORTERS[name]) is None:
+            raise ArenaError(f"report_to {name}: the {REPORTERS[name]} package is not installed; pip install "
+                             f"'arena[{name}]' (or drop {name} from report_to / --report-to)")
+
+
 class Executor(Protocol):
     """Plays a run's model × defense pairs and yields their matchups as they finish, in any order."""
 
@@ -120,8 +136,15 @@ class Arena:
     fresh: bool = False
     #: The threat model this run plays; the scenario's (first) one unless an ε sweep gives another.
     threat: ThreatModel | None = None
+    #: Write the report (pictures and ``leaderboard.html``) when the run completes; the JSON summary is always written.
+    report: bool = False
+    #: Opt-in reporters to notify besides the scenario's ``report_to`` (``arena run --report-to``).
+    report_to: tuple[str, ...] = ()
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
+    #: Written when a run completes: ``runs/<run id>.json`` and the report folder (None without ``report``).
+    summary_path: Path | None = field(default=None, init=False)
+    report_path: Path | None = field(default=None, init=False)
     _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
     _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
@@ -131,6 +154,8 @@ class Arena:
         ``executor`` plays the model × defense pairs (in this process by default; ``arena.executor.RayExecutor``
         spreads them over a Ray cluster); this process alone writes the store, one matchup per transaction."""
         self.threat = self.threat or self.scenario.threat
+        report_to = sorted({*self.scenario.report_to, *self.report_to})
+        require_reporters(report_to)
         seed_everything(self.scenario.seed)
         data = Data.load(self.scenario, self.registry)
         data.train()  # every weights key hashes the training data: read (and check) it before any work
@@ -139,7 +164,8 @@ class Arena:
         run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type, classes)
         log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.threat, len(data.images))
         status = "interrupted"
-        self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir)
+        self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir,
+                             report_to=report_to)
         pairs = [(m, d) for m in self.scenario.models for d in self.scenario.defenses]
         try:
             for matchup in (executor or LocalExecutor()).play(self, data, pairs):
@@ -150,8 +176,17 @@ class Arena:
             status = "complete"
         finally:
             self.store.finish_run(run_id, status, self.weights)
-            self.registry.notify("run_finished", run_id=run_id, status=status, results_dir=self.results_dir)
+            self.summary_path, self.report_path = self._outputs(run_id) if status == "complete" else (None, None)
+            self.registry.notify("run_finished", run_id=run_id, status=status, results_dir=self.results_dir,
+                                 summary=self.summary_path, report=self.report_path)
         return run_id
+
+    def _outputs(self, run_id: str) -> tuple[Path, Path | None]:
+        """A complete run's JSON summary and, if asked for, its report folder."""
+        run = self.store.run(run_id)
+        table = board(self.store, run)
+        summary = write_summary(self.store, run, table)
+        return summary, write_report(self.store, run, table).parent if self.report else None
 
     def matchup_keys(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> dict[str, str]:
         """Each attack's matchup key for this pair (a cascaded attack's includes the keys of those before it)."""

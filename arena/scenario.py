@@ -169,6 +169,9 @@ class Scenario(_Strict):
     evaluation: Literal["full", "cascade"] = Field(
         "full", description="full: every attack on every initially-correct sample; cascade: each attack only on the "
                             "samples every earlier attack failed on (a suite always cascades within itself)")
+    report_to: list[Literal["mlflow"]] = Field(
+        default_factory=list, description="opt-in reporters: mlflow (one MLflow run per arena run; needs "
+                                          "arena[mlflow])")
     save_examples: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
         DEFAULT_EXAMPLES, description="successful adversarial examples kept per matchup (exact values, labels, "
                                       "predictions and confidences), for reports and `arena examples`; or all")
