@@ -133,7 +133,7 @@ def test_python_dash_m_arena(tmp_path):
 
     done = subprocess.run([sys.executable, "-m", "arena", "validate", str(REPO / "scenarios/quickstart.yaml")],
                           capture_output=True, text=True, check=False)
-    assert done.returncode == 0 and "valid; 4 matchups" in done.stdout
+    assert done.returncode == 0 and "valid; 12 matchups under 3 runs" in done.stdout
 
 
 def test_a_rerun_into_the_same_store_reuses_finished_matchups_and_fresh_replays_them(tmp_path, registry):

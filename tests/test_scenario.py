@@ -103,14 +103,16 @@ def test_shipped_scenarios_validate(name, registry, capsys):
     scenario = load_scenario(REPO / "scenarios" / name, registry)
     code, out, _ = run_cli(capsys, "validate", str(REPO / "scenarios" / name))
     assert code == 0 and "valid" in out
-    assert {m.name for m in scenario.models} == {"cnn", "cnn_lstm"}
+    assert {"cnn", "cnn_lstm"} <= {m.name for m in scenario.models}, "the seed study's architectures"
 
 
 def test_shipped_budgets_are_the_seed_studies(registry):
     linf = load_scenario(REPO / "scenarios/linf_0.1.yaml", registry).threat
-    l2 = load_scenario(REPO / "scenarios/l2_8_255.yaml", registry).threat
     assert (linf.norm, linf.eps) == ("linf", 0.1)
-    assert (l2.norm, l2.eps) == ("l2", pytest.approx(8 / 255))
+    second = load_scenario(REPO / "scenarios/l2_8_255.yaml", registry)
+    assert [(t.norm, t.eps) for t in second.threats] == [("l2", pytest.approx(8 / 255)), ("linf", 0.1)]
+    assert [m.name for m in second.models] == ["cnn", "cnn_lstm", "resnet18"]
+    assert {a.name for a in second.attacks} == {"noise", "fgsm", "pgd"}
 
 
 def test_scenario_error_is_raised_by_the_api_too(tmp_path, registry):
