@@ -30,6 +30,7 @@ from arena.kinds import (  # noqa: E402
 from arena.matchups import Arena  # noqa: E402
 from arena.records import Matchup, Run  # noqa: E402
 from arena.registry import PluginError, Registry  # noqa: E402
+from arena.runtime import Runtime  # noqa: E402
 from arena.scenario import Scenario, ScenarioError  # noqa: E402
 from arena.store import StoreError  # noqa: E402
 from arena.threat import ThreatModel  # noqa: E402
@@ -52,6 +53,7 @@ __all__ = [
     "Preprocessor",
     "Registry",
     "Run",
+    "Runtime",
     "Scenario",
     "ScenarioError",
     "StoreError",

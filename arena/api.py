@@ -26,6 +26,7 @@ from arena.leaderboard import rows, worst_case
 from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import PluginError, Registry, load_registry
+from arena.runtime import Runtime
 from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario
 from arena.threat import ThreatModel
 from arena.training import WeightsCache, fingerprint
@@ -80,12 +81,14 @@ def evaluate(
     evaluation: str = "full",
     device: str | torch.device = "cpu",
     plugins: Iterable[str] = (),
+    runtime: Runtime | None = None,
 ) -> Evaluation:
     """Attack ``model`` (an ``nn.Module`` from [0, 1] images, ``[N, C, H, W]``, to logits; moved to ``device``
     and set to eval mode) on ``images`` and ``labels`` with scenario-style ``attacks`` entries (``"fgsm"``,
     ``{"name": "pgd", "steps": 20}``, ``"autoattack"``) inside ``threat``. ``defenses``: inference-time stages
     (``["art.jpeg"]``) composed around the model in order. ``results``: a results folder to store the run in, so
-    ``arena leaderboard`` shows it; by default nothing is kept."""
+    ``arena leaderboard`` shows it; by default nothing is kept. ``runtime``: opt-in speed settings
+    (``arena.Runtime(precision="bf16", compile=True)``)."""
     images, labels = images.detach().float().cpu(), labels.detach().long().cpu()
     if images.dim() != 4 or len(images) != len(labels) or not len(images):
         raise ArenaError(f"evaluate: images must be [N, C, H, W] with one label each; got {tuple(images.shape)} "
@@ -105,7 +108,7 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="arena-evaluate-") as scratch:
         folder = Path(results) if results is not None else Path(scratch)
         arena = Arena(scenario, registry, folder, device, WeightsCache(Path(scratch) / "weights"),
-                      progress=False)
+                      progress=False, runtime=runtime or Runtime())
         run_id = arena.play()
         try:
             run, matchups = arena.store.run(run_id), arena.store.matchups(run_id)

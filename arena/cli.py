@@ -22,6 +22,7 @@ from arena.matchups import REPORTERS, Arena
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
+from arena.runtime import Runtime
 from arena.scenario import Scenario, declared_plugins
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
@@ -79,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = []
     for threat in scenario.threats:  # one run per ε of a sweep
         arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
-                      fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to))
+                      fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
+                      runtime=Runtime(args.precision, args.compile, args.channels_last))
         run_id = arena.play(executor)
         store = arena.store
         try:
@@ -243,6 +245,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip the pictures and HTML page at the end")
     run.add_argument("--report-to", action="append", default=[], choices=sorted(REPORTERS),
                      help="also report to this tracker (repeatable; adds to the scenario's report_to)")
+    run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="bf16: attack gradients under autocast (examples still audited and judged in float32)")
+    run.add_argument("--compile", action="store_true", help="torch.compile each network once before attacking")
+    run.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     run.add_argument("--executor", choices=("local", "ray"), default=None,
                      help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")
     run.add_argument("--workers", type=int, default=None, help="Ray workers, one torch thread each (default 2)")

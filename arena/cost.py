@@ -35,11 +35,13 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class Counted(nn.Module):
-    """``module`` with its passes counted; ``watch(labels)`` starts the margin trace of one batch."""
+    """``module`` with its passes counted; ``watch(labels)`` starts the margin trace of one batch. With ``autocast``
+    (``torch.bfloat16``) the module runs under autocast and returns float32 logits."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, autocast: torch.dtype | None = None) -> None:
         super().__init__()
         self.module = module
+        self.autocast = autocast
         self.passes = Passes()
         self.counting = True
         self._labels: torch.Tensor | None = None
@@ -60,7 +62,11 @@ class Counted(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         passes = images.shape[0] * self.draws()
-        output = self.module(images)
+        if self.autocast is None:
+            output = self.module(images)
+        else:
+            with torch.autocast(images.device.type, dtype=self.autocast):
+                output = self.module(images).float()
         if not self.counting:
             return output
         self.passes.forward += passes

@@ -33,6 +33,7 @@ from arena.errors import ArenaError
 from arena.matchups import Arena, Data
 from arena.records import Matchup
 from arena.registry import load_registry
+from arena.runtime import Runtime
 from arena.scenario import DATA_ENV, DefenseRef, ModelRef, parse_scenario
 from arena.threat import ThreatModel
 from arena.training import WeightsCache
@@ -64,6 +65,7 @@ class WorkerSpec:
     #: The training data's content hash: a worker reads the training images only if it must train.
     fingerprint: str
     threads: int = 1
+    runtime: Runtime = field(default_factory=Runtime)
 
 
 class Worker:
@@ -77,7 +79,7 @@ class Worker:
         device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else
                               "cpu" if spec.device == "auto" else spec.device)
         self.arena = Arena(scenario, registry, Path("."), device, WeightsCache(Path(spec.cache)), progress=False,
-                           threat=spec.threat)
+                           threat=spec.threat, runtime=spec.runtime)
         self.data = Data.load(scenario, registry)
         self.data.known_fingerprint = spec.fingerprint
 
@@ -131,7 +133,7 @@ class RayExecutor:
         try:
             spec = WorkerSpec(arena.scenario.text, str(Path(arena.scenario.path).resolve()), self.plugins,
                               self.blocked, arena.threat, str(arena.device), str(arena.cache.root.resolve()),
-                              str(arena.scenario.data_dir()), data.fingerprint(), self.threads)
+                              str(arena.scenario.data_dir()), data.fingerprint(), self.threads, arena.runtime)
             actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker, max_restarts=2,
                                max_task_retries=2)(Worker)
             pool = ActorPool([actor.remote(spec) for _ in range(self.workers)])

@@ -32,6 +32,7 @@ from arena.leaderboard import board, write_summary
 from arena.records import Example, Matchup
 from arena.registry import PluginError, Registry
 from arena.report import write_report
+from arena.runtime import Runtime
 from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
@@ -140,12 +141,15 @@ class Arena:
     report: bool = False
     #: Opt-in reporters to notify besides the scenario's ``report_to`` (``arena run --report-to``).
     report_to: tuple[str, ...] = ()
+    #: Opt-in speed settings: bf16 attack gradients, ``torch.compile``, channels-last (``arena.runtime``).
+    runtime: Runtime = field(default_factory=Runtime)
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
     #: Written when a run completes: ``runs/<run id>.json`` and the report folder (None without ``report``).
     summary_path: Path | None = field(default=None, init=False)
     report_path: Path | None = field(default=None, init=False)
     _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
+    _prepared: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
     _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
 
@@ -308,6 +312,7 @@ class Arena:
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
             **({"after": after} if after else {}),
+            **({"runtime": self.runtime.key()} if self.runtime.key() else {}),
             # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
             **({"examples": self.scenario.save_examples}
                if self.scenario.save_examples != DEFAULT_EXAMPLES else {}),
@@ -352,6 +357,13 @@ class Arena:
         self._networks[key] = net.to(self.device).eval()
         return self._networks[key]
 
+    def _prepared_network(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
+        """The trained network as the runtime settings run it (compiled once per network, not per matchup)."""
+        key = self.weights_key(data, model_ref, defense_ref)[0]
+        if key not in self._prepared:
+            self._prepared[key] = self.runtime.prepare(self._network(data, model_ref, defense_ref))
+        return self._prepared[key]
+
     def defended(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None
     ) -> Defended:
@@ -359,7 +371,7 @@ class Arena:
         stages = [self.registry.build("defense", ref) for ref in defense_ref.chain]
         adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
         return Defended(
-            self._network(data, model_ref, defense_ref),
+            self._prepared_network(data, model_ref, defense_ref),
             pre=[s for s in stages if s.stage == "preprocess"], post=[s for s in stages if s.stage == "postprocess"],
             **adaptive,
         ).to(self.device).eval()
@@ -379,7 +391,7 @@ class Arena:
         if self.registry.get("attack", attack_ref.name).cls.gradient_free:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
-        counted = Counted(crafted_on).eval()
+        counted = Counted(crafted_on, autocast=self.runtime.autocast).eval()
         return self.registry.build("attack", attack_ref, counted, self.threat), counted, gradient
 
     def _attack(
