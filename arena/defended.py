@@ -92,8 +92,10 @@ class Defended(nn.Module):
 
 
 def describe_gradient(gradient: dict[str, Any]) -> str:
-    """One phrase such as ``white-box, BPDA through art.jpeg`` for tables and logs."""
-    parts = [f"transfer from {gradient['source']}" if gradient.get("source") else "white-box"]
+    """One phrase such as ``white-box, BPDA through art.jpeg`` (or ``gradient-free`` for noise, Square) for tables
+    and logs."""
+    parts = [f"transfer from {gradient['source']}" if gradient.get("source") else
+             "gradient-free" if gradient.get("gradient_free") else "white-box"]
     if gradient.get("bpda"):
         parts.append("BPDA through " + ", ".join(gradient["bpda"]))
     if gradient.get("masked"):
