@@ -133,11 +133,11 @@ def test_a_model_recipe_fills_the_fields_a_scenario_leaves_unset(tmp_path, regis
 def test_resnet18_trained_briefly_on_real_cifar_beats_chance(tmp_path, registry):
     from conftest import play, tiny
 
-    scenario = tiny(models=[{"name": "resnet18", "train": {"epochs": 1}}], attacks=["noise"],
+    scenario = tiny(models=[{"name": "resnet18", "train": {"epochs": 2}}], attacks=["noise"],
                     dataset={"name": "cifar10", "samples": 300, "train_samples": 2000})
     store, run_id = play(tmp_path, registry, scenario)
     (noise,) = store.matchups(run_id)
-    assert noise.clean_accuracy > 0.15, "ten classes: chance is 10 %"
+    assert noise.clean_accuracy > 0.15, f"ten classes: chance is 10 %, got {noise.clean_accuracy:.1%}"
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

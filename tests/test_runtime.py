@@ -53,7 +53,9 @@ def test_compile_and_channels_last_give_the_same_predictions_and_gradients(train
         out = prepared(x)
         (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, labels[:64]), x)
         assert torch.equal(out.argmax(1), eager.argmax(1)), runtime
-        assert torch.allclose(out, eager, atol=1e-4) and torch.allclose(grad, reference, atol=1e-5), runtime
+        scale = float(reference.abs().max())  # fused kernels reorder float sums: compare relative to the gradient
+        assert torch.allclose(out, eager, atol=1e-4), runtime
+        assert torch.allclose(grad, reference, rtol=1e-3, atol=1e-3 * scale), (runtime, (grad - reference).abs().max())
 
 
 def test_runtime_settings_enter_the_matchup_key_only_when_on(tmp_path, registry):
