@@ -55,7 +55,8 @@ def test_compile_and_channels_last_give_the_same_predictions_and_gradients(train
         assert torch.equal(out.argmax(1), eager.argmax(1)), runtime
         scale = float(reference.abs().max())  # fused kernels reorder float sums: compare relative to the gradient
         assert torch.allclose(out, eager, atol=1e-4), runtime
-        assert torch.allclose(grad, reference, rtol=1e-3, atol=1e-3 * scale), (runtime, (grad - reference).abs().max())
+        assert torch.allclose(grad, reference, rtol=1e-2, atol=1e-2 * scale), (runtime, (grad - reference).abs().max())
+        assert torch.nn.functional.cosine_similarity(grad.flatten(), reference.flatten(), dim=0) > 0.999, runtime
 
 
 def test_runtime_settings_enter_the_matchup_key_only_when_on(tmp_path, registry):
