@@ -214,3 +214,26 @@ def test_the_default_keeps_a_few_examples_and_keys_stay_as_they_were(tmp_path, r
     again, run_again = play(tmp_path, registry, tiny(attacks=["fgsm"], save_examples=2))
     (kept,) = again.matchups(run_again)
     assert kept.key != fgsm.key and kept.reused_from is None and len(again.examples(kept)) == 2
+
+
+def test_examples_of_an_uncompressed_schema_4_store_read_back_without_migrating(tmp_path, registry):
+    import sqlite3
+    import zlib
+
+    store, run_id = play(tmp_path, registry, tiny(attacks=["fgsm"]))
+    (m,) = store.matchups(run_id)
+    kept = store.examples(m)
+    store.close()
+    db = sqlite3.connect(tmp_path / "results" / "arena.db")
+    for rowid, clean, adversarial in db.execute("SELECT rowid, clean, adversarial FROM examples").fetchall():
+        db.execute("UPDATE examples SET clean = ?, adversarial = ? WHERE rowid = ?",
+                   (zlib.decompress(clean), zlib.decompress(adversarial), rowid))
+    db.execute("ALTER TABLE examples DROP COLUMN codec")
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    old = Store(tmp_path / "results", readonly=True)
+    back = old.examples(old.matchups(run_id)[0])
+    assert len(back) == len(kept) == 6
+    assert all(np.array_equal(a.adversarial, b.adversarial) and np.array_equal(a.clean, b.clean)
+               for a, b in zip(kept, back))
