@@ -37,7 +37,7 @@ EPS = 0.1
 
 @dataclass
 class Sizes:
-    """How much work each section does: ``--quick`` fits the whole suite in about 10 minutes on a 2-core CPU."""
+    """How much work each section does: ``--quick`` runs the whole suite in about 6 minutes on a 2-core CPU."""
 
     train: int
     art_train: int
@@ -376,7 +376,7 @@ def plot(report: Report, path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="The arena's speed against the bare libraries and the floor.")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes: about 10 minutes on a 2-core CPU")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: about 6 minutes on a 2-core CPU")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3, help="alternations of each comparison (default 3)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
