@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = arena.store
         try:
             run = store.run(run_id)
-            print(render(leaderboard_table(run, board(store, run))))
+            print(render(leaderboard_table(run, arena.table)))
             failed += [m for m in store.matchups(run_id) if m.status != "ok"]
         finally:
             store.close()

@@ -48,9 +48,8 @@ def arrays(examples: list[Example]) -> dict[str, np.ndarray]:
     }
 
 
-def _audited(examples: list[Example], run: Run, m: Matchup) -> None:
+def _audited(data: dict[str, np.ndarray], run: Run, m: Matchup) -> None:
     """Refuse to export examples that break the run's threat model (a store edited by hand, say)."""
-    data = arrays(examples)
     report = audit(m.attack, torch.from_numpy(data["clean"]), torch.from_numpy(data["adversarial"]), run.threat)
     if report.violation:
         raise ArenaError(f"{m.attack} vs {m.model}+{m.defense}: the stored examples fail the audit "
@@ -61,10 +60,9 @@ def _stem(m: Matchup) -> str:
     return f"{m.model}+{m.defense}+{m.attack}".replace("/", "-")
 
 
-def write_npz(examples: list[Example], run: Run, m: Matchup, path: Path) -> Path:
-    """Write the examples and what they came from (run, threat model, matchup, class names) to a compressed
-    ``.npz``, then read it back and check every array is bit-identical."""
-    data = arrays(examples)
+def write_npz(data: dict[str, np.ndarray], run: Run, m: Matchup, path: Path) -> Path:
+    """Write the examples (as ``arrays`` gives them) and what they came from (run, threat model, matchup, class
+    names) to a compressed ``.npz``, then read it back and check every array is bit-identical."""
     meta = {"run": run.id, "key": m.key, "model": m.model, "defense": m.defense, "attack": m.attack,
             "norm": run.threat.norm, "eps": run.threat.eps, "classes": np.array(run.classes, dtype=str)}
     np.savez_compressed(path, **data, **meta)
@@ -86,12 +84,13 @@ def export(store: Store, run: Run, matchups: list[Matchup], out: Path, fmt: str 
         examples = store.examples(m)[:limit]
         if not examples:
             continue
-        _audited(examples, run, m)
+        data = arrays(examples)
+        _audited(data, run, m)
         try:
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"{_stem(m)}.{fmt}"
             if fmt == "npz":
-                write_npz(examples, run, m, path)
+                write_npz(data, run, m, path)
             else:
                 gallery(examples, run.classes, f"{m.attack} vs {m.model}+{m.defense} ({run.threat})", path)
         except OSError as exc:

@@ -28,7 +28,7 @@ from arena.cost import Counted, Passes
 from arena.defended import Defended, describe_gradient
 from arena.errors import ArenaError
 from arena.kinds import Attack, DataError, Dataset, Model
-from arena.leaderboard import board, write_summary
+from arena.leaderboard import Row, board, write_summary
 from arena.records import Example, Matchup
 from arena.registry import PluginError, Registry
 from arena.report import write_report
@@ -145,11 +145,13 @@ class Arena:
     runtime: Runtime = field(default_factory=Runtime)
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
-    #: Written when a run completes: ``runs/<run id>.json`` and the report folder (None without ``report``).
+    #: Written when a run completes: its leaderboard rows, ``runs/<run id>.json`` and the report folder (None
+    #: without ``report``).
+    table: list[Row] | None = field(default=None, init=False)
     summary_path: Path | None = field(default=None, init=False)
     report_path: Path | None = field(default=None, init=False)
     _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
-    _prepared: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
+    _prepared: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
     _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
 
@@ -180,17 +182,18 @@ class Arena:
             status = "complete"
         finally:
             self.store.finish_run(run_id, status, self.weights)
-            self.summary_path, self.report_path = self._outputs(run_id) if status == "complete" else (None, None)
+            if status == "complete":
+                self._outputs(run_id)
             self.registry.notify("run_finished", run_id=run_id, status=status, results_dir=self.results_dir,
                                  summary=self.summary_path, report=self.report_path)
         return run_id
 
-    def _outputs(self, run_id: str) -> tuple[Path, Path | None]:
-        """A complete run's JSON summary and, if asked for, its report folder."""
+    def _outputs(self, run_id: str) -> None:
+        """A complete run's leaderboard rows, JSON summary and, if asked for, its report folder."""
         run = self.store.run(run_id)
-        table = board(self.store, run)
-        summary = write_summary(self.store, run, table)
-        return summary, write_report(self.store, run, table).parent if self.report else None
+        self.table = board(self.store, run)
+        self.summary_path = write_summary(self.store, run, self.table)
+        self.report_path = write_report(self.store, run, self.table).parent if self.report else None
 
     def matchup_keys(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> dict[str, str]:
         """Each attack's matchup key for this pair (a cascaded attack's includes the keys of those before it)."""
@@ -304,6 +307,7 @@ class Arena:
             source = [self.weights_key(data, source_model, source_defense)[0],
                       [plugin("defense", ref) for ref in source_defense.chain]]
         ds = self.scenario.dataset
+        runtime = self.runtime.key()
         return content_key({
             "weights": weights_key, "model": plugin("model", model_ref),
             "defense": [plugin("defense", ref) for ref in defense_ref.chain],
@@ -312,7 +316,7 @@ class Arena:
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
             **({"after": after} if after else {}),
-            **({"runtime": self.runtime.key()} if self.runtime.key() else {}),
+            **({"runtime": runtime} if runtime else {}),
             # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
             **({"examples": self.scenario.save_examples}
                if self.scenario.save_examples != DEFAULT_EXAMPLES else {}),
@@ -359,10 +363,10 @@ class Arena:
 
     def _prepared_network(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
         """The trained network as the runtime settings run it (compiled once per network, not per matchup)."""
-        key = self.weights_key(data, model_ref, defense_ref)[0]
-        if key not in self._prepared:
-            self._prepared[key] = self.runtime.prepare(self._network(data, model_ref, defense_ref))
-        return self._prepared[key]
+        network = self._network(data, model_ref, defense_ref)
+        if id(network) not in self._prepared:  # networks live as long as the arena, so their ids stay theirs
+            self._prepared[id(network)] = self.runtime.prepare(network)
+        return self._prepared[id(network)]
 
     def defended(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None

@@ -16,11 +16,10 @@ import numpy as np  # noqa: E402
 
 from arena.leaderboard import Row, curves, leaderboard_table, render  # noqa: E402
 from arena.records import Example, Run  # noqa: E402
+from arena.scenario import DEFAULT_EXAMPLES  # noqa: E402
 from arena.store import Store  # noqa: E402
 
 log = logging.getLogger(__name__)
-#: Examples the report's picture shows (a run may keep many more; ``arena examples`` exports them).
-REPORT_EXAMPLES = 6
 
 
 def bar_chart(table: list[Row], path: Path) -> Path:
@@ -64,7 +63,7 @@ def examples_grid(store: Store, run: Run, table: list[Row], path: Path) -> Path 
         for m in sorted(white, key=lambda m: m.robust_accuracy):
             examples = store.examples(m)
             if examples:
-                return gallery(examples[:REPORT_EXAMPLES], run.classes, f"{m.attack} vs {row.model}+{row.defense}",
+                return gallery(examples[:DEFAULT_EXAMPLES], run.classes, f"{m.attack} vs {row.model}+{row.defense}",
                                path)
     return None
 

@@ -30,9 +30,17 @@ def arguments(description: str, samples: int) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    data_dir()
+    return args
+
+
+def data_dir() -> Path:
+    """``ARENA_DATA_DIR``, set to ``../shared/data`` beside the repository when unset and that folder exists."""
     if not os.environ.get("ARENA_DATA_DIR") and (REPO.parent / "shared" / "data").is_dir():
         os.environ["ARENA_DATA_DIR"] = str(REPO.parent / "shared" / "data")
-    return args
+    if not os.environ.get("ARENA_DATA_DIR"):
+        raise SystemExit("benchmarks: set ARENA_DATA_DIR to the folder holding cifar10.npz")
+    return Path(os.environ["ARENA_DATA_DIR"])
 
 
 def scenario(base: str, **overrides: Any) -> dict[str, Any]:

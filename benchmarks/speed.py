@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import resource
 import statistics
 import time
@@ -31,7 +30,7 @@ from arena.cost import Counted
 from arena_plugins.art_defenses import MadryPGD
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
-from benchmarks.common import REPO, RESULTS
+from benchmarks.common import RESULTS, data_dir
 
 EPS = 0.1
 
@@ -400,12 +399,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not os.environ.get("ARENA_DATA_DIR") and (REPO.parent / "shared" / "data").is_dir():
-        os.environ["ARENA_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+    data = data_dir()
     sizes = QUICK if args.quick else FULL
     device = torch.device(args.device)
     started = time.perf_counter()
-    data = Path(os.environ["ARENA_DATA_DIR"])
     x_train, y_train = CIFAR10().load("train", data)
     x_test, y_test = CIFAR10().load("test", data)
     report = Report(device)
