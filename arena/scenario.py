@@ -144,6 +144,13 @@ class ThreatSection(_Strict):
 
 #: Successful adversarial examples a matchup keeps unless the scenario says otherwise: enough for the report.
 DEFAULT_EXAMPLES = 6
+def _examples_count(value: Any) -> Any:
+    """``save_examples`` is a whole number ≥ 0 or ``all``; anything else gets one message, not one per form."""
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError("give a whole number ≥ 0 (examples kept per matchup), or all")
+
+
 #: Tags of ``threat_model``'s two forms (one section, a list of sections); left out of error locations.
 _ONE_THREAT, _THREATS = "one-threat-model", "threat-model-list"
 
@@ -156,7 +163,8 @@ class Scenario(_Strict):
     seed: int = Field(0, ge=0, lt=2**64, description="seeds training, shuffling and every attack (64 bits)")
     dataset: DatasetRef = DatasetRef()
     threat_model: Annotated[
-        Annotated[ThreatSection, pydantic.Tag(_ONE_THREAT)] | Annotated[list[ThreatSection], pydantic.Tag(_THREATS)],
+        Annotated[ThreatSection, pydantic.Tag(_ONE_THREAT)]
+        | Annotated[list[ThreatSection], Field(min_length=1), pydantic.Tag(_THREATS)],
         pydantic.Discriminator(lambda v: _THREATS if isinstance(v, list) else _ONE_THREAT),
     ] = Field(description="a norm and its budget(s), or a list of them: one run per (norm, ε)")
     models: list[ModelRef] = Field(min_length=1)
@@ -172,7 +180,7 @@ class Scenario(_Strict):
     report_to: list[Literal["mlflow"]] = Field(
         default_factory=list, description="opt-in reporters: mlflow (one MLflow run per arena run; needs "
                                           "arena[mlflow])")
-    save_examples: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
+    save_examples: Annotated[int | Literal["all"], pydantic.BeforeValidator(_examples_count)] = Field(
         DEFAULT_EXAMPLES, description="successful adversarial examples kept per matchup (exact values, labels, "
                                       "predictions and confidences), for reports and `arena examples`; or all")
     plugins: list[str] = Field(default_factory=list, description="plugin modules to load: import paths or .py files "

@@ -132,3 +132,15 @@ def test_a_list_of_threat_models_gives_one_run_per_norm_and_eps(tmp_path, regist
     assert "threat_model[0].eps: Input should be greater than 0" in message
     assert "threat_model[1].x: unknown field 'x' (known: eps, norm)" in message
     assert "threat_model[1].eps: L∞ ε = 2 lets an attack reach any image" in message
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("save_examples", -1, "save_examples: Value error, give a whole number ≥ 0 (examples kept per matchup), or all"),
+    ("save_examples", "some", "save_examples: Value error, give a whole number ≥ 0"),
+    ("threat_model", [], "threat_model: List should have at least 1 item"),
+    ("report_to", ["wandb"], "report_to[0]: Input should be 'mlflow'"),
+])
+def test_new_fields_refuse_bad_values_with_one_line_each(field, value, expected, tmp_path, registry):
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(write_scenario(tmp_path, tiny(**{field: value})), registry)
+    assert "1 problem;" in str(error.value) and expected in str(error.value)
