@@ -65,6 +65,7 @@ class Data:
     _train: tuple[torch.Tensor, torch.Tensor, str] | None = None
     #: The training data's content hash when known without reading it (a Ray worker gets the driver's).
     known_fingerprint: str | None = None
+    _moved: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, scenario: Scenario, registry: Registry) -> Data:
@@ -79,6 +80,12 @@ class Data:
                 )
             images, labels = images[: ref.samples], labels[: ref.samples]
         return cls(dataset, scenario, images, labels)
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluation images and labels on ``device``: moved there once per run, not once per batch."""
+        if device not in self._moved:
+            self._moved[device] = (self.images.to(device), self.labels.to(device))
+        return self._moved[device]
 
     def fingerprint(self) -> str:
         """The training data's content hash, which every weights key includes."""
@@ -233,7 +240,8 @@ class Arena:
             if not all(a.key in earlier for a in attacks):
                 target = self.defended(data, model_ref, defense_ref)
                 seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
-                clean = (predict(target, data.images, self.scenario.batch_size, self.device) == data.labels).numpy()
+                images = data.on(self.device)[0]
+                clean = (predict(target, images, self.scenario.batch_size, self.device) == data.labels).numpy()
             self.weights[f"{model_ref.key}/{defense_ref.key}"] = {
                 "key": weights_key, "source": self._weights_source.get(weights_key, "unused"),
             }
@@ -416,8 +424,7 @@ class Arena:
         try:
             attack, counted, record.gradient = self.attacker(data, model_ref, defense_ref, attack_ref)
             traces = []
-            for index in self._batches(todo, desc):
-                images, labels = data.images[index].to(self.device), data.labels[index].to(self.device)
+            for index, images, labels in self._batches(data, todo, desc):
                 if not record.checks:
                     counted.counting = False
                     record.checks.update(probe(target, counted.module, images, labels))
@@ -434,8 +441,7 @@ class Arena:
             if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
                 counted.counting = False
                 fixed = np.zeros(len(todo), dtype=bool)
-                for index in self._batches(~clean_correct, desc + " (label-leak check)"):
-                    images, labels = data.images[index].to(self.device), data.labels[index].to(self.device)
+                for index, images, labels in self._batches(data, ~clean_correct, desc + " (label-leak check)"):
                     violation = self._judge(attack, counted, target, images, labels, index, fixed, norms=[])
                     if violation:
                         return record.finish("invalid", violation, record.passes)
@@ -446,11 +452,17 @@ class Arena:
             return record.finish("error", detail)
         return record.finish("ok")
 
-    def _batches(self, mask: np.ndarray, desc: str) -> Iterator[torch.Tensor]:
-        """The indices of ``mask``'s samples in batches of the scenario's size, with a progress bar."""
+    def _batches(
+        self, data: Data, mask: np.ndarray, desc: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``mask``'s samples in batches of the scenario's size, with a progress bar: their indices (on the CPU) and
+        their images and labels, cut from the copy already on the device."""
+        images, labels = data.on(self.device)
         indices = torch.from_numpy(np.flatnonzero(mask))
         batches = indices.split(self.scenario.batch_size) if len(indices) else ()
-        yield from tqdm(batches, desc=desc, disable=not self.progress, leave=False, unit="batch")
+        for index in tqdm(batches, desc=desc, disable=not self.progress, leave=False, unit="batch"):
+            on_device = index.to(self.device)
+            yield index, images[on_device], labels[on_device]
 
     def _judge(
         self, attack: Attack, counted: Counted, target: Defended, images: torch.Tensor, labels: torch.Tensor,

@@ -8,6 +8,7 @@ nothing over the library it wraps, 0.95 is the bar below which a gap counts as a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import resource
 import statistics
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -25,8 +27,9 @@ from pyautoattack.autopgd_base import APGDAttack
 from pyautoattack.square import SquareAttack
 
 import arena
-from arena.checks import PROBE_SAMPLES, probe
+from arena import matchups
 from arena.cost import Counted
+from arena.records import Matchup
 from arena_plugins.art_defenses import MadryPGD
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
@@ -184,30 +187,104 @@ def attack_entries(sizes: Sizes) -> dict[str, dict[str, Any]]:
     }
 
 
-def bare_attack(name: str, model: torch.nn.Module, sizes: Sizes) -> Callable[[torch.Tensor, torch.Tensor], Any]:
-    """The library call the arena's plugin wraps, with the same parameters."""
+def bare_attack(name: str, model: torch.nn.Module, sizes: Sizes, seed: int = 0,
+                ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+    """The library call the arena's plugin wraps, with the same parameters (and ``seed``, the one the arena gave
+    AutoAttack's attacks, so both sides make the same random search)."""
     if name == "fgsm":
         return torchattacks.FGSM(model, eps=EPS)
     if name == "pgd":
         return torchattacks.PGD(model, eps=EPS, alpha=2.5 * EPS / 10, steps=10, random_start=True)
     if name == "apgd_ce":
-        return APGDAttack(model, n_iter=sizes.apgd_iter, norm="Linf", n_restarts=1, eps=EPS, seed=0, loss="ce",
+        return APGDAttack(model, n_iter=sizes.apgd_iter, norm="Linf", n_restarts=1, eps=EPS, seed=seed, loss="ce",
                           eot_iter=1, rho=0.75).perturb
-    return SquareAttack(model, norm="Linf", n_queries=sizes.square_queries, eps=EPS, p_init=0.8, n_restarts=1, seed=0,
-                        resc_schedule=False).perturb
+    return SquareAttack(model, norm="Linf", n_queries=sizes.square_queries, eps=EPS, p_init=0.8, n_restarts=1,
+                        seed=seed, resc_schedule=False).perturb
 
 
-def fixed_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, leak: torch.Tensor | None,
-                 leak_labels: torch.Tensor | None, device: torch.device) -> None:
-    """The work a matchup does besides the attack itself: the probe of ``arena.checks`` (5 forward passes and a
-    gradient on up to 100 samples), one judging forward pass per attacked sample, and for a single-step attack the
-    label-leak pass (bare FGSM on the misclassified samples, ``leak``)."""
-    probe(model, model, x[:PROBE_SAMPLES].to(device), y[:PROBE_SAMPLES].to(device))
-    with torch.no_grad():
-        for xb, _ in batches(x, y, 500, device):
-            model(xb)
-    if leak is not None:
-        run_bare(torchattacks.FGSM(model, eps=EPS), leak, leak_labels, device)
+@dataclass
+class _Timed:
+    """An attack behind a timed call: the engine only calls it and reads its name."""
+
+    name: str
+    call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.call(images, labels)
+
+
+class Phases:
+    """Where each matchup's wall time goes, measured inside the arena's own engine by wrapping the functions
+    ``arena.matchups`` calls: ``attack`` (the attack's calls on the attacked samples), ``judging`` (audit, the float32
+    prediction, the kept examples), ``checks`` (the probe, and the label-leak pass's attack calls) and ``setup`` (the
+    rest of the matchup: building the attack and the module it differentiates, seeding, recording)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        #: Per attack entry, its phases' seconds in the last matchup played (and ``total``, its wall time).
+        self.found: dict[str, dict[str, float]] = {}
+        #: Per attack entry, the seed the arena's plugin gave the library (AutoAttack's attacks), for the bare call.
+        self.seeds: dict[str, int] = {}
+        self._current: dict[str, float] | None = None
+        self._busy = False
+
+    def __enter__(self) -> Phases:
+        self._stack = contextlib.ExitStack()
+        for name, phase in (("probe", "checks"), ("audit", "judging"), ("predict", "judging"),
+                            ("_examples", "judging")):
+            self._stack.enter_context(mock.patch.object(matchups, name, self._timed(phase, getattr(matchups, name))))
+        self._stack.enter_context(mock.patch.object(matchups.Arena, "attacker", self._attacker()))
+        self._stack.enter_context(mock.patch.object(matchups.Arena, "_attack", self._matchup()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _timed(self, phase: str | Callable[[], str], work: Callable[..., Any]) -> Callable[..., Any]:
+        """``work`` with its time added to ``phase`` while a matchup runs (outermost timed call only)."""
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if self._current is None or self._busy:
+                return work(*args, **kwargs)
+            self._busy = True
+            name = phase() if callable(phase) else phase
+            sync(self.device)
+            start = time.perf_counter()
+            try:
+                return work(*args, **kwargs)
+            finally:
+                sync(self.device)
+                self._current[name] += time.perf_counter() - start
+                self._busy = False
+
+        return wrapped
+
+    def _attacker(self) -> Callable[..., Any]:
+        built = matchups.Arena.attacker
+
+        def attacker(arena: matchups.Arena, *args: Any) -> tuple[Any, Counted, dict[str, Any]]:
+            attack, counted, gradient = built(arena, *args)
+            if hasattr(attack, "seed"):
+                self.seeds[args[-1].key] = attack.seed
+            # the engine turns pass counting off for the label-leak pass: those calls are a check, not the attack
+            call = self._timed(lambda: "attack" if counted.counting else "checks", attack)
+            return _Timed(attack.name, call), counted, gradient
+
+        return attacker
+
+    def _matchup(self) -> Callable[..., Matchup]:
+        played = matchups.Arena._attack
+
+        def matchup(arena: matchups.Arena, *args: Any) -> Matchup:
+            self._current = dict.fromkeys(("attack", "judging", "checks"), 0.0)
+            try:
+                m = played(arena, *args)
+            finally:
+                parts, self._current = self._current, None
+            self.found[m.attack] = {**parts, "setup": m.wall_time_s - sum(parts.values()), "total": m.wall_time_s}
+            return m
+
+        return matchup
 
 
 def run_bare(call: Callable[[torch.Tensor, torch.Tensor], Any], images: torch.Tensor, labels: torch.Tensor,
@@ -218,52 +295,55 @@ def run_bare(call: Callable[[torch.Tensor, torch.Tensor], Any], images: torch.Te
 
 def attacks(report: Report, sizes: Sizes, repeats: int, model: torch.nn.Module, images: torch.Tensor,
             labels: torch.Tensor) -> None:
-    """Each attack as an arena matchup (``arena.evaluate``: audit, checks, pass counting included) vs the bare
-    library call on the samples the arena attacked (the initially-correct ones) vs the floor."""
+    """Each attack as an arena matchup (``arena.evaluate``: audit, checks, pass counting included), split into its
+    phases, vs the bare library call on the samples the arena attacked (the initially-correct ones) vs the floor."""
     device, entries = report.device, attack_entries(sizes)
     threat = arena.ThreatModel("linf", EPS)
-    ours: dict[str, list[float]] = {name: [] for name in entries}
+    phase_names = ("attack", "judging", "checks", "setup")
+    ours: dict[str, list[dict[str, float]]] = {name: [] for name in entries}
     bare: dict[str, list[float]] = {name: [] for name in entries}
     floors: dict[str, list[float]] = {name: [] for name in entries}
     passes: dict[str, float] = {}
     bare_passes: dict[str, float] = {}
-    checks: dict[str, list[float]] = {name: [] for name in entries}
     for _ in range(repeats):
-        result = arena.evaluate(model, images, labels, attacks=list(entries.values()), threat=threat, device=device)
+        with Phases(device) as phases:
+            result = arena.evaluate(model, images, labels, attacks=list(entries.values()), threat=threat,
+                                    device=device)
         correct = torch.from_numpy(result.clean_correct)
         x, y = images[correct], labels[correct]
         for m in result.matchups:
-            ours[m.attack].append(m.wall_time_s)
+            ours[m.attack].append(phases.found[m.attack])
             passes[m.attack] = (m.forward_passes + m.backward_passes) / max(int(correct.sum()), 1)
         for name in entries:
             if name not in bare_passes:  # counted once, untimed: the library's own passes per attacked sample
                 counted = Counted(model).eval()  # torchattacks restores the mode it found: keep it eval
-                run_bare(bare_attack(name, counted, sizes), x, y, device)
+                run_bare(bare_attack(name, counted, sizes, phases.seeds.get(name, 0)), x, y, device)
                 bare_passes[name] = (counted.passes.forward + counted.passes.backward) / max(len(x), 1)
-            bare[name].append(timed(device, run_bare, bare_attack(name, model, sizes), x, y, device))
-            leak = (images[~correct], labels[~correct]) if name == "fgsm" else (None, None)
-            checks[name].append(timed(device, fixed_checks, model, x, y, *leak, device))
+            call = bare_attack(name, model, sizes, phases.seeds.get(name, 0))
+            bare[name].append(timed(device, run_bare, call, x, y, device))
             steps = {"fgsm": 1, "pgd": 10, "apgd_ce": sizes.apgd_iter}.get(name)
             if steps:
                 floors[name].append(timed(device, floor, model, x, y, steps, device))
     rows = []
     for name in entries:
-        floor_cell = cell(floors[name]) if floors[name] else "–"
-        floor_ratio = ratio(floors[name], ours[name]) if floors[name] else "–"
-        rows.append([name, f"{int(correct.sum())}", cell(ours[name]), cell(bare[name]), ratio(bare[name], ours[name]),
-                     floor_cell, floor_ratio, f"{passes[name]:.1f} / {bare_passes[name]:.1f}",
-                     f"{bare_passes[name] / passes[name]:.2f}", cell(checks[name]),
-                     f"{min(bare[name]) / (min(ours[name]) - min(checks[name])):.2f}"])
+        total = [p["total"] for p in ours[name]]
+        least = {phase: min(p[phase] for p in ours[name]) for phase in phase_names}
+        floor_cells = [cell(floors[name]), f"{min(floors[name]) / least['attack']:.2f}"] if floors[name] else ["–"] * 2
+        rows.append([name, f"{int(correct.sum())}", cell(total), cell(bare[name]), ratio(bare[name], total),
+                     *(f"{least[phase]:.2f}" for phase in phase_names), f"{min(bare[name]) / least['attack']:.2f}",
+                     *floor_cells, f"{passes[name]:.1f} / {bare_passes[name]:.1f}"])
     report.table("Attacks", ["attack", "samples attacked", "arena s, median (min)", "bare library s", "bare/arena",
-                             "floor s", "floor/arena", "passes per attacked sample, arena / bare",
-                             "passes bare/arena", "fixed checks s", "bare/(arena − checks)"], rows,
+                             "of which attack s", "judging s", "checks s", "setup s", "bare/attack",
+                             "floor s", "floor/attack", "passes per attacked sample, arena / bare"], rows,
                  f"L∞ ε = {EPS}, {len(images)} test images, batch 500. Bare: torchattacks (FGSM, PGD) or pyautoattack "
                  "(APGD-CE, Square) called directly on the same initially-correct samples. Floor: k forward+backward "
                  "passes to the input for a k-step gradient attack (none for Square, a query search). The arena's "
-                 "matchup also probes the model (5 forward passes and a gradient on the first batch), audits and "
-                 "judges every adversarial batch, and for a single-step attack outside a cascade runs it on the "
-                 "misclassified samples too (the label-leak check). Those fixed checks are timed on their own, "
-                 "with the bare model: the last column is the bare library against the arena without them.")
+                 "matchup time is split by timing its own engine (each phase's minimum over the repeats): the "
+                 "attack's calls; judging (audit, the float32 prediction, kept examples); checks (the probe: 5 "
+                 "forward passes and a gradient on up to 100 samples, and for a single-step attack outside a cascade "
+                 "the attack run again on the misclassified samples, the label-leak check); setup, the rest "
+                 "(building the attack and its module, seeding, recording). bare/attack compares the library with "
+                 "the arena's own calls of it.")
 
 
 # --- defenses, cascade, scaling ----------------------------------------------------------------------------------
@@ -347,27 +427,32 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float, float]:
     return float(a), float(b), float(exponent)
 
 
-def scaling(report: Report, sizes: Sizes, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """PGD matchup time against attacked samples (10 steps) and against steps (at the second sample size)."""
+def scaling(report: Report, sizes: Sizes, repeats: int, model: torch.nn.Module, images: torch.Tensor,
+            labels: torch.Tensor) -> None:
+    """PGD matchup time against attacked samples (10 steps) and against steps (at the second sample size); the
+    points are interleaved and repeated like every other comparison, and each is its minimum."""
     threat = arena.ThreatModel("linf", EPS)
     runs = {"samples": [(n, 10) for n in sizes.scale_samples], "steps": [(sizes.scale_samples[1], k)
                                                                           for k in sizes.scale_steps]}
-    rows = []
-    for axis, settings in runs.items():
-        points = []
-        for n, steps in settings:
+    times: dict[tuple[int, int], list[float]] = {point: [] for settings in runs.values() for point in settings}
+    attacked: dict[int, int] = {}
+    for _ in range(repeats):
+        for n, steps in times:
             result = arena.evaluate(model, images[:n], labels[:n], attacks=[{"name": "pgd", "steps": steps}],
                                     threat=threat, device=report.device)
-            (m,) = result.matchups
-            attacked = int(result.clean_correct.sum())
-            points.append((attacked if axis == "samples" else steps, m.wall_time_s))
+            times[n, steps].append(result.matchups[0].wall_time_s)
+            attacked[n] = int(result.clean_correct.sum())
+    rows = []
+    for axis, settings in runs.items():
+        points = [(attacked[n] if axis == "samples" else steps, min(times[n, steps])) for n, steps in settings]
         a, b, exponent = fit(points)
         report.scaling[axis] = points
         unit = "s per attacked sample" if axis == "samples" else "s per step"
         rows.append([axis, ", ".join(f"{x:g}: {t:.2f} s" for x, t in points), f"{b:.4g} {unit}", f"{a:.2f} s",
                      f"{exponent:.2f}"])
-    report.table("Scaling (PGD matchup)", ["against", "points", "slope", "intercept", "log-log exponent"], rows,
-                 "Time is linear when the log-log exponent is near 1 and the intercept small against the points.")
+    report.table("Scaling (PGD matchup)", ["against", "points (min)", "slope", "intercept", "log-log exponent"], rows,
+                 "Each point is the minimum over the repeats, the points interleaved. Time is linear when the log-log "
+                 "exponent is near 1 and the intercept small against the points.")
 
 
 def plot(report: Report, path: Path) -> Path:
@@ -413,7 +498,7 @@ def main() -> None:
     defenses(report, args.repeats, model, images, labels)
     cascade(report, sizes, args.repeats, {"undefended": model, "PGD-trained": pgd_trained}, images, labels)
     runtimes(report, sizes, args.repeats, pgd_trained, images, labels)
-    scaling(report, sizes, model, x_test, y_test)
+    scaling(report, sizes, args.repeats, model, x_test, y_test)
     RESULTS.mkdir(exist_ok=True)
     picture = plot(report, RESULTS / "speed.png")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -69,3 +69,14 @@ def test_runtime_settings_enter_the_matchup_key_only_when_on(tmp_path, registry)
     assert len(set(keys.values())) == 3
     assert Runtime().key() == {} and Runtime("bf16", channels_last=True).key() == {"precision": "bf16",
                                                                                   "channels_last": True}
+
+
+def test_evaluation_images_move_to_the_device_once(trained):
+    """Batches are cut from one copy of the evaluation slice on the device, not moved batch by batch."""
+    _, images, labels = trained
+    data = Data(dataset=CIFAR10(), scenario=None, images=images, labels=labels)
+    meta = torch.device("meta")  # a device without data: a copy made per call would be a new tensor each time
+    moved = data.on(meta)
+    assert moved[0].device == meta and moved[1].device == meta and moved[0].shape == images.shape
+    assert data.on(meta)[0] is moved[0] and data.on(meta)[1] is moved[1]
+    assert data.on(torch.device("cpu"))[0] is images, "nothing moves to the device it is on"
