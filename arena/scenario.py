@@ -144,6 +144,8 @@ class ThreatSection(_Strict):
 
 #: Successful adversarial examples a matchup keeps unless the scenario says otherwise: enough for the report.
 DEFAULT_EXAMPLES = 6
+
+
 def _examples_count(value: Any) -> Any:
     """``save_examples`` is a whole number ≥ 0 or ``all``; anything else gets one message, not one per form."""
     if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):

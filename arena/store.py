@@ -347,8 +347,7 @@ class Store:
         found = []
         for row in rows:
             shape = json.loads(row["shape"])
-            codec = row["codec"] if "codec" in row.keys() else "raw"  # a schema-4 store opened read-only
-            images = {k: _decode(row[k], codec, shape) for k in ("clean", "adversarial")}
+            images = {k: _decode(row[k], _get(row, "codec", "raw"), shape) for k in ("clean", "adversarial")}
             found.append(Example(sample=row["sample"], label=row["label"], **images,
                                  predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
                                  confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))

@@ -77,13 +77,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device has finished its queued work."""
+    sync(device)
+    return time.perf_counter()
+
+
 def timed(device: torch.device, work: Callable[..., Any], *args: Any) -> float:
     """Wall seconds of ``work(*args)``, the device synchronised before and after."""
-    sync(device)
-    start = time.perf_counter()
+    start = clock(device)
     work(*args)
-    sync(device)
-    return time.perf_counter() - start
+    return clock(device) - start
 
 
 def cell(values: list[float]) -> str:
@@ -137,29 +141,36 @@ def training(report: Report, sizes: Sizes, repeats: int, x_train: torch.Tensor, 
     initial = CNN(normalize=True).build(10)
     x, y = x_train[:sizes.train], y_train[:sizes.train]
     trainer = arena.Trainer(arena.TrainConfig(epochs=1), 0, device, 10, progress=False)
-    times: dict[str, list[float]] = {"arena": [], "bare": []}
-    for _ in range(repeats):
-        ours, bare = copy.deepcopy(initial), copy.deepcopy(initial)
-        times["arena"].append(timed(device, trainer.fit, ours, x, y))
-        times["bare"].append(timed(device, bare_epoch, bare, x, y, 0, device))
-    same = all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), bare.state_dict().values()))
-    trained = ours
+    times, trained, bare = alternate(device, repeats, initial, lambda net: trainer.fit(net, x, y),
+                                     lambda net: bare_epoch(net, x, y, 0, device))
+    same = all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), bare.state_dict().values()))
     rows = [["1 epoch, seed recipe", f"{len(x):,}", cell(times["arena"]), cell(times["bare"]),
              ratio(times["bare"], times["arena"]), "identical" if same else "differ"]]
 
     xa, ya = x_train[:sizes.art_train], y_train[:sizes.art_train]
     madry = MadryPGD(eps=EPS, eps_step=None, max_iter=3, num_random_init=1, epochs=1)
-    art_times: dict[str, list[float]] = {"arena": [], "bare": []}
-    for _ in range(repeats):
-        ours, bare = copy.deepcopy(initial), copy.deepcopy(initial)
-        art_times["arena"].append(timed(device, madry.train, ours, xa, ya, trainer))
-        art_times["bare"].append(timed(device, art_madry, bare, xa, ya, device))
-    rows.append(["ART Madry PGD-3, 1 epoch", f"{len(xa):,}", cell(art_times["arena"]), cell(art_times["bare"]),
-                 ratio(art_times["bare"], art_times["arena"]), "–"])
+    times, pgd_trained, _ = alternate(device, repeats, initial, lambda net: madry.train(net, xa, ya, trainer),
+                               lambda net: art_madry(net, xa, ya, device))
+    rows.append(["ART Madry PGD-3, 1 epoch", f"{len(xa):,}", cell(times["arena"]), cell(times["bare"]),
+                 ratio(times["bare"], times["arena"]), "–"])
     report.table("Training", ["what", "images", "arena s, median (min)", "bare s", "bare/arena", "weights"], rows,
                  "Bare: the same recipe as a plain PyTorch loop; for ART, `AdversarialTrainerMadryPGD` built and "
                  "fitted directly. Weights compare the arena's epoch with the bare loop's, bit for bit.")
-    return trained, ours
+    return trained, pgd_trained
+
+
+def alternate(
+    device: torch.device, repeats: int, initial: torch.nn.Module, ours: Callable[[torch.nn.Module], Any],
+    bare: Callable[[torch.nn.Module], Any],
+) -> tuple[dict[str, list[float]], torch.nn.Module, torch.nn.Module]:
+    """Train a fresh copy of ``initial`` the arena's way and the bare way, alternately, ``repeats`` times: the times
+    of each side and the last network each trained."""
+    times: dict[str, list[float]] = {"arena": [], "bare": []}
+    for _ in range(repeats):
+        arena_net, bare_net = copy.deepcopy(initial), copy.deepcopy(initial)
+        times["arena"].append(timed(device, ours, arena_net))
+        times["bare"].append(timed(device, bare, bare_net))
+    return times, arena_net, bare_net
 
 
 def art_madry(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
@@ -248,13 +259,11 @@ class Phases:
                 return work(*args, **kwargs)
             self._busy = True
             name = phase() if callable(phase) else phase
-            sync(self.device)
-            start = time.perf_counter()
+            start = clock(self.device)
             try:
                 return work(*args, **kwargs)
             finally:
-                sync(self.device)
-                self._current[name] += time.perf_counter() - start
+                self._current[name] += clock(self.device) - start
                 self._busy = False
 
         return wrapped
