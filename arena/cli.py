@@ -50,8 +50,9 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario, Registry]:
     return scenario, _warn(registry)
 
 
-def _device(name: str) -> torch.device:
-    """The ``--device`` option, refused before any work when it names no device this machine has."""
+def device_option(name: str) -> torch.device:
+    """The ``--device`` option, refused before any work when it names no device this machine has (the benchmarks
+    take it too)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -70,7 +71,7 @@ def _device(name: str) -> torch.device:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = device_option(args.device)
     cache = WeightsCache(args.cache_dir)
     cache.check()
     if args.executor == "ray":
@@ -212,8 +213,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    """An argparse type: an integer ≥ 1."""
+def positive(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (the benchmarks' counts use it too)."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
     return int(text)
@@ -281,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     for name in ("model", "defense", "attack"):
         examples.add_argument(f"--{name}", default=None, help=f"only this {name} (default: all)")
     examples.add_argument("--format", choices=EXAMPLE_FORMATS, default="npz", help="npz: exact values; png: a gallery")
-    examples.add_argument("--limit", type=_positive, default=None,
+    examples.add_argument("--limit", type=positive, default=None,
                           help=f"at most N examples per matchup (default: all for npz, {GALLERY_ROWS} for png)")
     examples.add_argument("--out", type=Path, required=True, help="folder to write into, one file per matchup")
     examples.set_defaults(func=cmd_examples)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from arena.cli import positive
 from arena.matchups import Arena, Executor
 from arena.registry import load_registry
 from arena.scenario import load_scenario
@@ -26,8 +28,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def arguments(description: str, samples: int) -> argparse.Namespace:
     """The options every benchmark takes: how many test images, and the torch threads to use."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--samples", type=int, default=samples, help="test images (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--samples", type=positive, default=samples, help="test images (default: %(default)s)")
+    parser.add_argument("--threads", type=positive, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data_dir()
@@ -39,7 +41,8 @@ def data_dir() -> Path:
     if not os.environ.get("ARENA_DATA_DIR") and (REPO.parent / "shared" / "data").is_dir():
         os.environ["ARENA_DATA_DIR"] = str(REPO.parent / "shared" / "data")
     if not os.environ.get("ARENA_DATA_DIR"):
-        raise SystemExit("benchmarks: set ARENA_DATA_DIR to the folder holding cifar10.npz")
+        print("benchmarks: set ARENA_DATA_DIR to the folder holding cifar10.npz", file=sys.stderr)
+        raise SystemExit(2)
     return Path(os.environ["ARENA_DATA_DIR"])
 
 

@@ -28,7 +28,9 @@ from pyautoattack.square import SquareAttack
 
 import arena
 from arena import matchups
+from arena.cli import device_option, positive
 from arena.cost import Counted
+from arena.errors import ArenaError
 from arena.records import Matchup
 from arena_plugins.art_defenses import MadryPGD
 from arena_plugins.cifar10 import CIFAR10
@@ -486,16 +488,20 @@ def plot(report: Report, path: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The arena's speed against the bare libraries and the floor.")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description="The arena's speed against the bare libraries and the floor.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes: about 6 minutes on a 2-core CPU")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, default=3, help="alternations of each comparison (default 3)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--repeats", type=positive, default=3, help="alternations of each comparison (default 3)")
+    parser.add_argument("--threads", type=positive, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
+    try:
+        device = device_option(args.device)
+    except ArenaError as exc:
+        parser.error(str(exc))
     torch.set_num_threads(args.threads)
     data = data_dir()
     sizes = QUICK if args.quick else FULL
-    device = torch.device(args.device)
     started = time.perf_counter()
     x_train, y_train = CIFAR10().load("train", data)
     x_test, y_test = CIFAR10().load("test", data)

@@ -4,6 +4,10 @@ passes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,6 +19,7 @@ from arena_plugins.models import CNN
 from benchmarks.speed import EPS, Phases, Sizes, bare_attack, run_bare
 
 CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_phases_add_up_and_the_bare_side_repeats_the_arenas_search(scenario_data_dir):
@@ -39,3 +44,13 @@ def test_phases_add_up_and_the_bare_side_repeats_the_arenas_search(scenario_data
     run_bare(bare_attack("square", counted, sizes, phases.seeds["square"]), images[correct], labels[correct], CPU)
     (square,) = [m for m in result.matchups if m.attack == "square"]
     assert (counted.passes.forward, counted.passes.backward) == (square.forward_passes, square.backward_passes)
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--repeats", "0"], "argument --repeats: '0' is not a whole number ≥ 1"),
+    (["--device", "gpu"], "--device gpu: not a device; use cpu, cuda, cuda:N or auto"),
+])
+def test_a_bad_benchmark_option_is_one_line_and_exit_2(option, message):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", *option], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
