@@ -17,13 +17,18 @@ from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
 from arena.executor import RayExecutor, require_ray
 from arena.hookspecs import HOOKSPEC_VERSION
+from arena.interchange import export as export_robustbench
+from arena.interchange import read_all
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
 from arena.matchups import REPORTERS, Arena
+from arena.merge import merge
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
 from arena.runtime import Runtime
 from arena.scenario import Scenario, declared_plugins
+from arena.site import write_site
+from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
 from arena.version import __version__
@@ -160,6 +165,48 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+BOARD_FORMATS = ("table", "md", "csv", "json", "html", "robustbench")
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    """Reads only the stores (and ``--reported`` files); html and robustbench write a folder."""
+    if args.format in ("html", "robustbench") and args.out is None:
+        raise ArenaError(f"--format {args.format} writes a folder: pass --out FOLDER")
+    reported = read_all(args.reported)
+    stores = open_stores(args.results or [DEFAULT_RESULTS])
+    try:
+        table = standing(stores, reported)
+        if args.format == "html":
+            print(f"wrote {write_site(stores, table, args.out)} and the runs' reports")
+            return 0
+    finally:
+        for store in stores:
+            store.close()
+    if args.format == "robustbench":
+        written = export_robustbench(table, args.out)
+        print(f"wrote {len(written)} RobustBench model-info file(s) under {args.out}")
+        return 0
+    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format) for t in tables(table))
+    if args.out:
+        try:
+            args.out.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror})") from None
+        print(f"wrote {args.out}")
+    else:
+        print(text or "no run in these results folders yet")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    result = merge(args.results, args.other)
+    print(f"merged {args.other} into {args.results}: {len(result.runs)} run(s) added, {len(result.known)} already "
+          f"here, {result.matchups} matchup(s) imported")
+    for failure in result.failures:
+        print(f"REPRODUCIBILITY: {failure}", file=sys.stderr)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Reads only the store: no plugin is loaded, no data read, nothing trained or attacked."""
     store = Store.open_existing(args.results)
@@ -269,6 +316,24 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--out", type=Path, default=None, help="write to this file instead of the terminal")
     board.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="the rows both runs share, and B − A")
     board.set_defaults(func=cmd_leaderboard)
+
+    standing_board = commands.add_parser(
+        "board", parents=[quiet], help="the standing leaderboard: one table per threat model over every run of one or "
+                                       "more results folders, with provenance")
+    standing_board.add_argument("--results", type=Path, action="append", default=None, metavar="FOLDER",
+                                help=f"results folder (repeatable; default: {DEFAULT_RESULTS})")
+    standing_board.add_argument("--reported", type=Path, action="append", default=[], metavar="PATH",
+                                help="RobustBench model-info .json file or folder, shown beside as reported rows "
+                                     "(repeatable)")
+    standing_board.add_argument("--format", choices=BOARD_FORMATS, default="table",
+                                help="html: a static site; robustbench: model-info JSON files (both need --out)")
+    standing_board.add_argument("--out", type=Path, default=None, help="file, or folder for html and robustbench")
+    standing_board.set_defaults(func=cmd_board)
+
+    merging = commands.add_parser("merge", parents=[quiet, results],
+                                  help="import another results store's runs into --results, without duplicates")
+    merging.add_argument("other", type=Path, help="the other results folder, or its arena.db")
+    merging.set_defaults(func=cmd_merge)
 
     report = commands.add_parser("report", parents=[quiet, results],
                                  help="write a run's pictures and HTML leaderboard from its results store alone")

@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,7 +174,8 @@ class Arena:
         data.train()  # every weights key hashes the training data: read (and check) it before any work
         self.store = Store(self.results_dir)
         classes = getattr(data.dataset, "classes", ())
-        run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type, classes)
+        run_id = self.store.start_run(self.scenario, self.threat, len(data.images), self.device.type, classes,
+                                      fingerprint(data.images, data.labels), asdict(self.runtime))
         log.info("run %s: %s, %s, %d samples", run_id, self.scenario.name, self.threat, len(data.images))
         status = "interrupted"
         self.registry.notify("run_started", run_id=run_id, run=self.store.run(run_id), results_dir=self.results_dir,

@@ -39,6 +39,12 @@ class Run:
     classes: list[str] = field(default_factory=list)
     #: Every (model, defense, attack) the run set out to play; a finished run holds a matchup for each.
     expected: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Content hash of the evaluation images and labels: runs on the same images share it (None before schema 6).
+    data_fingerprint: str | None = None
+    #: The runtime settings (``precision``, ``compile``, ``channels_last``) the run attacked with.
+    runtime: dict[str, Any] = field(default_factory=dict)
+    #: The results folder a merged run was imported from (None for a run played into this store).
+    origin: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """Everything but the scenario text, JSON-ready (the threat model as ``norm`` and ``eps``)."""

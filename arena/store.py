@@ -23,7 +23,7 @@ from arena.version import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class StoreError(ArenaError):
@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS runs (
     expected TEXT NOT NULL DEFAULT '[]',
     pid INTEGER,
     host TEXT,
+    data_fingerprint TEXT,
+    runtime TEXT NOT NULL DEFAULT '{}',
+    origin TEXT,
     status TEXT NOT NULL,
     started_at TEXT NOT NULL,
     finished_at TEXT
@@ -110,6 +113,7 @@ _MIGRATIONS: dict[int, list[tuple[str, str]]] = {
         "classes TEXT NOT NULL DEFAULT '[]'", "expected TEXT NOT NULL DEFAULT '[]'", "pid INTEGER", "host TEXT",
     )],
     4: [("examples", "codec TEXT NOT NULL DEFAULT 'raw'")],
+    5: [("runs", column) for column in ("data_fingerprint TEXT", "runtime TEXT NOT NULL DEFAULT '{}'", "origin TEXT")],
 }
 
 
@@ -279,20 +283,22 @@ class Store:
         return cls(results_dir, readonly=True)
 
     def start_run(
-        self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = ()
+        self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = (),
+        data_fingerprint: str | None = None, runtime: dict[str, Any] | None = None,
     ) -> str:
-        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play and
-        the process playing it) and return its id."""
+        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play, the
+        process playing it, the evaluation images' content hash and the runtime settings) and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         expected = [[m.key, d.key, a.key] for m in scenario.models for d in scenario.defenses for a in scenario.attacks]
         with self._writing():
             self.db.execute(
                 "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
-                " norm, eps, dataset, samples, device, status, started_at, classes, expected, pid, host)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " norm, eps, dataset, samples, device, status, started_at, classes, expected, pid, host,"
+                " data_fingerprint, runtime) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
                  threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now(),
-                 json.dumps(list(classes)), json.dumps(expected), os.getpid(), socket.gethostname()),
+                 json.dumps(list(classes)), json.dumps(expected), os.getpid(), socket.gethostname(),
+                 data_fingerprint, json.dumps(runtime or {}, sort_keys=True)),
             )
         return run_id
 
@@ -372,14 +378,15 @@ class Store:
             if run_id is None:
                 raise StoreError(f"no run in {self.path} yet; run `arena run SCENARIO --results {self.results_dir}`")
             raise StoreError(f"no run {run_id!r} in {self.path} (latest: {', '.join(known) or 'none'})")
-        decoded = ("status", "weights", "classes", "expected")
+        decoded = ("status", "weights", "classes", "expected", "runtime")
         fields = {k: row[k] for k in row.keys() if k in Run.__dataclass_fields__ and k not in decoded}
         status = row["status"]
         if status == "running" and not _alive(_get(row, "pid", None), _get(row, "host", None)):
             status = "interrupted"  # as a writable open would record it
         return Run(**fields, status=status, threat=ThreatModel(row["norm"], row["eps"]),
                    weights=json.loads(row["weights"]), classes=json.loads(_get(row, "classes", "[]")),
-                   expected=[tuple(e) for e in json.loads(_get(row, "expected", "[]"))])
+                   expected=[tuple(e) for e in json.loads(_get(row, "expected", "[]"))],
+                   runtime=json.loads(_get(row, "runtime", "{}")))
 
     def runs(self, scenario: str | None = None, scenario_digest: str | None = None) -> list[Run]:
         """Runs, latest first, optionally only those of one scenario name or one exact scenario file."""

@@ -1,0 +1,143 @@
+"""RobustBench interchange: each standing-board entry written as a RobustBench model-info JSON file, and such files
+(RobustBench's own, or the arena's) read back as "reported" rows, shown beside the arena's measurements and never
+mixed into its worst case.
+
+RobustBench keeps one file per model at ``model_info/<dataset>/<Linf|L2>/<Name>.json`` with string percentages
+(``clean_acc``, ``autoattack_acc``, optional ``external`` for a stronger attack's number) and ε as a string
+(``8/255``); the norm is the folder's name. The arena's export keeps that layout and adds its provenance under
+``arena``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from arena.errors import ArenaError
+from arena.standing import Entry, Threat, eps_text
+
+#: RobustBench's folder name of each norm, and back.
+NORM_FOLDERS = {"linf": "Linf", "l2": "L2"}
+#: The fields every RobustBench model-info file has that the board needs.
+REQUIRED = ("name", "dataset", "eps", "clean_acc", "autoattack_acc")
+
+
+class InterchangeError(ArenaError):
+    """A model-info file that cannot be read as RobustBench's format; the message names the file and field."""
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{100 * value:.2f}"
+
+
+def model_info(entry: Entry) -> dict[str, Any]:
+    """An entry as RobustBench model-info: ``autoattack_acc`` is the AutoAttack suite's number when the arena ran it
+    (with ``external`` the lower best-known worst case), else the best known worst case, and a footnote says so."""
+    autoattack = next((v for k, v in entry.suites.items() if k.startswith("autoattack")), None)
+    info: dict[str, Any] = {
+        "link": "", "name": f"{entry.model}+{entry.defense}", "authors": "", "additional_data": False,
+        "number_forward_passes": 1, "dataset": entry.threat.dataset, "venue": "arena",
+        "architecture": entry.model, "eps": eps_text(entry.threat.eps), "clean_acc": _percent(entry.clean_accuracy),
+        "reported": _percent(entry.worst_case),
+        "autoattack_acc": _percent(entry.worst_case if autoattack is None else autoattack),
+        "unreliable": bool(entry.flags),
+    }
+    if autoattack is not None and entry.worst_case is not None and entry.worst_case < autoattack:
+        info["external"] = _percent(entry.worst_case)
+    if autoattack is None:
+        info["footnote"] = ("No AutoAttack run: autoattack_acc is the arena's best-known worst case over "
+                            + ", ".join(entry.achieved_by or ["its attacks"]) + ".")
+    info["arena"] = {"identity": entry.identity, "samples": entry.samples, "sample_set": entry.sample_set,
+                     "norm": entry.threat.norm, "eps": entry.threat.eps, "achieved_by": entry.achieved_by,
+                     "suites": entry.suites, "passes_per_sample": entry.passes, "flags": entry.flags,
+                     "sources": [asdict(s) for s in entry.sources]}
+    return info
+
+
+def export(board: dict[Threat, list[Entry]], out: Path) -> list[Path]:
+    """Write every measured entry with a number into ``out/<dataset>/<Linf|L2>/<name>.json``."""
+    written = []
+    for threat, entries in board.items():
+        for entry in entries:
+            if entry.kind != "measured" or entry.worst_case is None:
+                continue
+            folder = out / threat.dataset / NORM_FOLDERS.get(threat.norm, threat.norm)
+            name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{entry.model}+{entry.defense}_{entry.identity[:8]}")
+            if entry.sample_set and " " not in entry.sample_set:
+                name += f"_{entry.sample_set[:6]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{name}.json"
+            path.write_text(json.dumps(model_info(entry), indent=2) + "\n", encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def _number(path: Path, info: dict[str, Any], field: str) -> float | None:
+    """A percentage field (RobustBench writes strings such as ``"59.53"``) as a fraction."""
+    value = info.get(field)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value) / 100
+    except (TypeError, ValueError):
+        raise InterchangeError(f"{path}: field {field!r} is {value!r}, not a percentage; write it as \"59.53\""
+                               ) from None
+
+
+def read_reported(path: Path) -> Entry:
+    """One model-info file as a reported row; its norm is the ``arena.norm`` it carries, else its folder's name."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InterchangeError(f"{path}: cannot be read ({exc}); pass a RobustBench model-info .json file") from None
+    except json.JSONDecodeError as exc:
+        raise InterchangeError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or leave it "
+                               "out of --reported") from None
+    if not isinstance(info, dict):
+        raise InterchangeError(f"{path}: holds a JSON {type(info).__name__}, not a model-info object; see "
+                               "RobustBench's model_info/<dataset>/<threat>/<Name>.json")
+    missing = [f for f in REQUIRED if f not in info]
+    if missing:
+        raise InterchangeError(f"{path}: missing field(s) {', '.join(missing)} that RobustBench model-info has; "
+                               "add them or leave the file out of --reported")
+    arena = info.get("arena") if isinstance(info.get("arena"), dict) else {}
+    folders = {v.lower(): k for k, v in NORM_FOLDERS.items()}
+    norm = arena.get("norm") or folders.get(path.parent.name.lower())
+    if norm is None:
+        raise InterchangeError(f"{path}: cannot tell the norm: put the file in a Linf/ or L2/ folder as RobustBench "
+                               "does")
+    try:
+        eps = float(arena["eps"]) if "eps" in arena else float(Fraction(str(info["eps"]).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise InterchangeError(f"{path}: field 'eps' is {info['eps']!r}; write it as \"8/255\" or \"0.5\"") from None
+    external, autoattack = _number(path, info, "external"), _number(path, info, "autoattack_acc")
+    number = external if external is not None else autoattack  # RobustBench ranks by ``external`` when present
+    flags = ["reported, not measured here: not part of any worst case"]
+    if info.get("unreliable"):
+        flags.append("marked potentially unreliable by its source")
+    if info.get("footnote"):
+        flags.append(str(info["footnote"]))
+    architecture = info.get("architecture")
+    name = f"{info['name']} ({architecture})" if architecture else str(info["name"])
+    return Entry(Threat.of(str(info["dataset"]), norm, eps), name, "-", kind="reported",
+                 clean_accuracy=_number(path, info, "clean_acc"), worst_case=number,
+                 samples=int(arena.get("samples", 0)), flags=flags,
+                 reported={"file": str(path), **{k: v for k, v in info.items() if k != "arena"}})
+
+
+def read_all(paths: list[Path]) -> list[Entry]:
+    """The reported rows of files and folders (every ``*.json`` under a folder); a missing path is refused."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(path.rglob("*.json"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InterchangeError(f"--reported {path}: no such file or folder; pass RobustBench model-info .json "
+                                   "files or a folder of them")
+    return [read_reported(f) for f in files]
