@@ -24,7 +24,7 @@ from arena.store import Store
 def eps_text(eps: float) -> str:
     """ε as the field writes it: ``8/255`` when it is a whole number of 255ths, else its decimal value."""
     steps = eps * 255
-    return f"{round(steps)}/255" if steps >= 0.5 and abs(steps - round(steps)) < 1e-6 else f"{eps:.4g}"
+    return f"{round(steps)}/255" if steps >= 0.5 and abs(steps - round(steps)) < 1e-3 else f"{eps:.4g}"
 
 
 @dataclass(frozen=True, order=True)
