@@ -178,6 +178,10 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
         robust = np.logical_and.reduce([m.robust_correct for _, m in ok])
         clean = ok[0][1].clean_correct
         entry.clean_accuracy, entry.worst_case = float(clean.mean()), float(robust.mean())
+        unsteady = int(np.logical_or.reduce([m.clean_correct != clean for _, m in ok]).sum())
+        if unsteady:
+            entry.flags.append(f"clean predictions differ between its matchups on {unsteady} sample(s): a randomized "
+                               "defense, or runs that are not reproducible")
         named = {}
         for run, m in ok:  # one candidate per distinct result: reused copies of a matchup are the same evidence
             label = f"{m.attack}{f' [{m.suite}]' if m.suite else ''} @ {run.id}"
