@@ -25,7 +25,8 @@ th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after
 td.num{text-align:right;white-space:nowrap}tr.flagged td{background:#fff6e0}tr.reported td{background:#eef3fa;
 font-style:italic}ul.flags{margin:0;padding-left:1.1em;color:#a35b00;font-size:.9em}details{font-size:.85em}
 dl{display:grid;grid-template-columns:auto 1fr;gap:0 .8em;margin:.3em 0}dt{color:#666}dd{margin:0;word-break:break-all}
-.empty{color:#666}td a{white-space:nowrap}"""
+.empty{color:#666}td a{white-space:nowrap}ul.by{margin:0;padding:0;list-style:none;white-space:nowrap}
+td.flagcell{min-width:16em}"""
 
 _SCRIPT = """"use strict";
 const tabs = Array.from(document.querySelectorAll("#tabs button"));
@@ -71,7 +72,8 @@ function applyFilter() {
   });
 }
 filter.addEventListener("input", applyFilter);
-show("0");
+const start = location.hash.slice(1);  /* index.html#1 opens the second threat model */
+show(tabs.some(b => b.dataset.tab === start) ? start : "0");
 """
 
 #: The columns, and those that sort as numbers.
@@ -94,10 +96,11 @@ def _provenance(source: Source) -> str:
 
 def _row(entry: Entry) -> str:
     """One table row; numeric cells carry their raw value for sorting."""
-    links = ", ".join(f'<a href="{html.escape(s.report)}">{html.escape(s.run)}</a>' if s.report
-                      else html.escape(s.run) for s in entry.sources)
+    links = "".join(f'<li><a href="{html.escape(s.report)}">{html.escape(s.run)}</a></li>' if s.report
+                    else f"<li>{html.escape(s.run)}</li>" for s in entry.sources)
     if entry.kind == "reported":
-        links = html.escape(Path(entry.reported.get("file", "")).name)
+        links = f'<li>{html.escape(Path(entry.reported.get("file", "")).name)}</li>'
+
     flags = "".join(f"<li>{html.escape(f)}</li>" for f in entry.flags)
     provenance = "".join(_provenance(s) for s in entry.sources)
     if entry.kind == "reported":
@@ -106,17 +109,18 @@ def _row(entry: Entry) -> str:
         "rank": (str(entry.rank or "-"), entry.rank), "model": (entry.model, None), "defense": (entry.defense, None),
         "kind": (entry.kind, None), "clean": (percent(entry.clean_accuracy), entry.clean_accuracy),
         "best known": (percent(entry.worst_case), entry.worst_case),
-        "achieved by": (", ".join(entry.achieved_by) or "-", None),
-        "samples": (f"{entry.samples} ({data_label(entry.sample_set)})" if entry.sample_set
-                    else str(entry.samples or "-"), entry.samples or None),
+        "samples": (str(entry.samples or "-"), entry.samples or None),
         "passes/sample": ("-" if entry.passes is None else f"{entry.passes:.1f}", entry.passes),
     }
     out = []
     for column in _COLUMNS:
         if column == "runs":
-            out.append(f"<td>{links}</td>")
+            out.append(f'<td><ul class="by">{links}</ul></td>')
+        elif column == "achieved by":
+            items = "".join(f"<li>{html.escape(a)}</li>" for a in entry.achieved_by)
+            out.append(f'<td><ul class="by">{items}</ul></td>')
         elif column == "flags":
-            out.append(f'<td><ul class="flags">{flags}</ul></td>' if flags else "<td></td>")
+            out.append(f'<td class="flagcell"><ul class="flags">{flags}</ul></td>' if flags else "<td></td>")
         elif column == "provenance":
             count = len(entry.sources) or 1
             out.append(f"<td><details><summary>{count} source{'s' * (count != 1)}</summary>{provenance}</details></td>")
@@ -124,7 +128,9 @@ def _row(entry: Entry) -> str:
             text, raw = cells[column]
             numeric = column in _NUMERIC
             attrs = f' class="num" data-value="{"" if raw is None else raw}"' if numeric else ""
-            out.append(f"<td{attrs}>{html.escape(text)}</td>")
+            note = f"<br><small>{html.escape(data_label(entry.sample_set))}</small>" \
+                if column == "samples" and entry.sample_set else ""
+            out.append(f"<td{attrs}>{html.escape(text)}{note}</td>")
     classes = " ".join(c for c in (entry.kind, "flagged" if entry.flags and entry.kind == "measured" else "") if c)
     return f'<tr class="{classes}">{"".join(out)}</tr>'
 
