@@ -25,7 +25,7 @@ th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after
 td.num{text-align:right;white-space:nowrap}tr.flagged td{background:#fff6e0}tr.reported td{background:#eef3fa;
 font-style:italic}ul.flags{margin:0;padding-left:1.1em;color:#a35b00;font-size:.9em}details{font-size:.85em}
 dl{display:grid;grid-template-columns:auto 1fr;gap:0 .8em;margin:.3em 0}dt{color:#666}dd{margin:0;word-break:break-all}
-.empty{color:#666}td a{white-space:nowrap}ul.by{margin:0;padding:0;list-style:none;white-space:nowrap}
+.empty{color:#666}td a{white-space:nowrap}ul.by{margin:0;padding:0;list-style:none}
 td.flagcell{min-width:16em}"""
 
 _SCRIPT = """"use strict";

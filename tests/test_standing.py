@@ -159,6 +159,26 @@ def test_robustbench_export_round_trips_and_its_own_format_is_read(machines, cap
     assert "marked potentially unreliable by its source" in flagged["flags"]
 
 
+def test_a_store_older_than_schema_6_is_read_and_its_unfingerprinted_samples_flagged(machines, capsys, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(machines["a"], old)
+    db = sqlite3.connect(old / "arena.db")
+    for column in ("data_fingerprint", "runtime", "origin"):
+        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 5")
+    db.commit()
+    db.close()
+    before = (old / "arena.db").read_bytes()
+    entries = _entries(_board(capsys, "--results", str(old)))
+    assert (old / "arena.db").read_bytes() == before, "reading an older store migrates nothing"
+    assert len(entries) == 2
+    for e in entries.values():
+        assert e["sources"][0]["data_fingerprint"] is None and e["sources"][0]["precision"] == "unrecorded"
+        assert any("not fingerprinted" in f for f in e["flags"])
+    fresh = _entries(_board(capsys, "--results", str(machines["a"])))
+    assert {k: e["worst_case"] for k, e in entries.items()} == {k: e["worst_case"] for k, e in fresh.items()}
+
+
 @pytest.mark.parametrize("args, expected", [
     (["board", "--results", "{root}/nowhere"], "no results store at"),
     (["board", "--results", "{root}/notastore"], "not an arena results store"),
