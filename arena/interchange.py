@@ -39,7 +39,9 @@ def model_info(entry: Entry) -> dict[str, Any]:
     (with ``external`` the lower best-known worst case), else the best known worst case, and a footnote says so."""
     autoattack = next((v for k, v in entry.suites.items() if k.startswith("autoattack")), None)
     info: dict[str, Any] = {
-        "link": "", "name": f"{entry.model}+{entry.defense}", "authors": "", "additional_data": False,
+        "link": "", "name": f"{entry.model}+{entry.defense}", "authors": "",
+        # the arena trains on the data set's own training split; what a pretrained checkpoint saw is unknown
+        "additional_data": None if any(s.weights_source == "pretrained" for s in entry.sources) else False,
         "number_forward_passes": 1, "dataset": entry.threat.dataset, "venue": "arena",
         "architecture": entry.model, "eps": eps_text(entry.threat.eps), "clean_acc": _percent(entry.clean_accuracy),
         "reported": _percent(entry.worst_case),

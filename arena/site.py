@@ -86,7 +86,8 @@ def _provenance(source: Source) -> str:
     """One run's provenance as a definition list."""
     fields = [("run", source.run), ("results folder", source.results), ("scenario", source.scenario),
               ("scenario hash", source.scenario_digest), ("arena", source.arena_version),
-              ("weights key", source.weights_key or "-"), ("data fingerprint", source.data_fingerprint or "-"),
+              ("weights key", source.weights_key or "-"), ("weights from", source.weights_source or "-"),
+              ("data fingerprint", source.data_fingerprint or "-"),
               ("seed", source.seed), ("device", source.device), ("precision", source.precision),
               ("date", source.started_at), ("status", source.status), ("attacks", ", ".join(source.attacks)),
               ("suites", ", ".join(source.suites) or "-"),

@@ -62,6 +62,8 @@ class Source:
     attacks: list[str]
     suites: list[str]
     passes_per_sample: float | None
+    #: Where the run got the weights: ``trained``, ``cache``, ``pretrained`` (a checkpoint from elsewhere).
+    weights_source: str | None = None
     report: str | None = None
 
 
@@ -202,6 +204,7 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
             run.runtime.get("precision", "fp32" if run.data_fingerprint else "unrecorded"), run.started_at,
             run.status, [m.attack for m in part.matchups], sorted({m.suite for m in part.matchups if m.suite}),
             None if not costs or None in costs else float(sum(costs)),
+            run.weights.get(f"{part.matchups[0].model}/{part.matchups[0].defense}", {}).get("source"),
         ))
         if run.status != "complete":
             entry.flags.append(f"run {run.id} is {run.status}: only its finished matchups count")
