@@ -87,6 +87,8 @@ class Entry:
     suites: dict[str, float] = field(default_factory=dict)
     passes: float | None = None
     rank: int | None = None
+    #: False when the entry is ranked on other images than the sample set most of its threat model's entries share.
+    main_set: bool = True
     flags: list[str] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     #: For a reported row: the fields it was read with (RobustBench's model-info, the file it came from).
@@ -231,6 +233,7 @@ def _rank(entries: list[Entry]) -> None:
             tied = position and e.worst_case == group[position - 1].worst_case
             e.rank = group[position - 1].rank if tied else position + 1
             if name != main:
+                e.main_set = False
                 e.flags.append(f"ranked among the {len(group)} entr{'y' if len(group) == 1 else 'ies'} on its own "
                                f"{e.samples} images ({data_label(name)}), not against the "
                                f"{sets[main][0].samples} images ({data_label(main)}) most entries share")
@@ -261,8 +264,8 @@ def standing(stores: list[Store], reported: list[Entry] = ()) -> dict[Threat, li
         tables.setdefault(entry.threat, []).append(entry)
     for entries in tables.values():
         _rank(entries)
-        entries.sort(key=lambda e: (e.kind != "measured", e.rank is None, any("ranked among" in f for f in e.flags),
-                                    e.rank or 0, -(e.worst_case or 0.0)))
+        entries.sort(key=lambda e: (e.kind != "measured", e.rank is None, not e.main_set, e.sample_set, e.rank or 0,
+                                    -(e.worst_case or 0.0)))
     return dict(sorted(tables.items()))
 
 
