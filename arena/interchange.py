@@ -61,14 +61,16 @@ def model_info(entry: Entry) -> dict[str, Any]:
 
 
 def export(board: dict[Threat, list[Entry]], out: Path) -> list[Path]:
-    """Write every measured entry with a number into ``out/<dataset>/<Linf|L2>/<name>.json``."""
+    """Write every measured entry with a number into ``out/<dataset>/<Linf|L2>/<name>.json``; the name holds ε,
+    weights and images, so no entry overwrites another."""
     written = []
     for threat, entries in board.items():
         for entry in entries:
             if entry.kind != "measured" or entry.worst_case is None:
                 continue
             folder = out / threat.dataset / NORM_FOLDERS.get(threat.norm, threat.norm)
-            name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{entry.model}+{entry.defense}_{entry.identity[:8]}")
+            eps = eps_text(threat.eps).replace("/", "-")
+            name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{entry.model}+{entry.defense}_eps{eps}_{entry.identity[:8]}")
             if entry.sample_set and " " not in entry.sample_set:
                 name += f"_{entry.sample_set[:6]}"
             folder.mkdir(parents=True, exist_ok=True)

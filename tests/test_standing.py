@@ -18,6 +18,9 @@ import pytest
 from conftest import play, run_cli, tiny
 from test_leaderboard import _chromium
 
+from arena.interchange import export, read_reported
+from arena.standing import Entry, Threat
+
 DEFENSES = ["none", "art.jpeg"]
 PGD = {"name": "pgd", "steps": 3}
 
@@ -177,6 +180,14 @@ def test_a_store_older_than_schema_6_is_read_and_its_unfingerprinted_samples_fla
         assert any("not fingerprinted" in f for f in e["flags"])
     fresh = _entries(_board(capsys, "--results", str(machines["a"])))
     assert {k: e["worst_case"] for k, e in entries.items()} == {k: e["worst_case"] for k, e in fresh.items()}
+
+
+def test_export_writes_one_file_per_entry_even_when_one_model_is_on_several_eps(tmp_path):
+    entries = [Entry(Threat.of("cifar10", "linf", eps), "cnn", "none", identity="k" * 40, samples=10,
+                     sample_set="f" * 64, clean_accuracy=0.5, worst_case=eps) for eps in (2 / 255, 8 / 255, 0.1)]
+    written = export({e.threat: [e] for e in entries}, tmp_path)
+    assert len(set(written)) == 3 and {p.name.split("_")[1] for p in written} == {"eps2-255", "eps8-255", "eps0.1"}
+    assert sorted(read_reported(p).worst_case for p in written) == pytest.approx([2 / 255, 8 / 255, 0.1], abs=5e-5)
 
 
 @pytest.mark.parametrize("args, expected", [
