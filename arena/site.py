@@ -25,7 +25,7 @@ th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after
 td.num{text-align:right;white-space:nowrap}tr.flagged td{background:#fff6e0}tr.reported td{background:#eef3fa;
 font-style:italic}ul.flags{margin:0;padding-left:1.1em;color:#a35b00;font-size:.9em}details{font-size:.85em}
 dl{display:grid;grid-template-columns:auto 1fr;gap:0 .8em;margin:.3em 0}dt{color:#666}dd{margin:0;word-break:break-all}
-.empty{color:#666}td a{white-space:nowrap}ul.by{margin:0;padding:0;list-style:none}
+.empty{color:#666}td a{white-space:nowrap}ul.by{margin:0;padding:0;list-style:none;white-space:nowrap}
 td.flagcell{min-width:16em}"""
 
 _SCRIPT = """"use strict";
@@ -118,7 +118,9 @@ def _row(entry: Entry) -> str:
         if column == "runs":
             out.append(f'<td><ul class="by">{links}</ul></td>')
         elif column == "achieved by":
-            items = "".join(f"<li>{html.escape(a)}</li>" for a in entry.achieved_by)
+            parts = [a.partition(" @ ") for a in entry.achieved_by]
+            items = "".join(f"<li>{html.escape(attack)} <small>@ {html.escape(run)}</small></li>"
+                            for attack, _, run in parts)
             out.append(f'<td><ul class="by">{items}</ul></td>')
         elif column == "flags":
             out.append(f'<td class="flagcell"><ul class="flags">{flags}</ul></td>' if flags else "<td></td>")
