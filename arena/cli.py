@@ -176,16 +176,20 @@ def cmd_board(args: argparse.Namespace) -> int:
     stores = open_stores(args.results or [DEFAULT_RESULTS])
     try:
         table = standing(stores, reported)
-        if args.format == "html":
-            print(f"wrote {write_site(stores, table, args.out)} and the runs' reports")
+        if args.format in ("html", "robustbench"):
+            try:
+                if args.format == "html":
+                    print(f"wrote {write_site(stores, table, args.out)} and the runs' reports")
+                else:
+                    written = export_robustbench(table, args.out)
+                    print(f"wrote {len(written)} RobustBench model-info file(s) under {args.out}")
+            except OSError as exc:
+                raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror}: {exc.filename}); pass "
+                                 "--out FOLDER in a place you can write") from None
             return 0
     finally:
         for store in stores:
             store.close()
-    if args.format == "robustbench":
-        written = export_robustbench(table, args.out)
-        print(f"wrote {len(written)} RobustBench model-info file(s) under {args.out}")
-        return 0
     text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format) for t in tables(table))
     if args.out:
         try:

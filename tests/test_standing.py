@@ -196,6 +196,7 @@ def test_export_writes_one_file_per_entry_even_when_one_model_is_on_several_eps(
     (["board", "--results", "{a}", "--reported", "{root}/bad.json"], "bad.json: not valid JSON (line 1"),
     (["board", "--results", "{a}", "--reported", "{root}/nofields.json"], "missing field(s) name, dataset"),
     (["board", "--results", "{a}", "--format", "html"], "--format html writes a folder: pass --out FOLDER"),
+    (["board", "--results", "{a}", "--format", "robustbench", "--out", "{root}/bad.json"], "cannot be written"),
     (["merge", "{root}/nowhere", "--results", "{a}"], "no results store at"),
     (["merge", "{a}", "--results", "{a}"], "is the --results store itself"),
 ])
