@@ -17,9 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from arena.conditions import SKIPPED, reasons, skip_reason
 from arena.cost import Counted
 from arena.defended import Defended, describe_gradient
 from arena.engine import Engine, predict, record_matchup
@@ -220,7 +222,8 @@ class Arena:
         """The pair's matchups: those in ``earlier`` as they are, the others played; the defended model is prepared
         only when something is left to play. Needs no store, so any process with the data can run it.
 
-        A cascaded attack runs only on the samples every attack before it in its cascade failed on.
+        A cascaded attack runs only on the samples every attack before it in its cascade failed on; one with
+        ``when`` conditions is skipped (recorded, no passes) unless one holds (``arena.conditions``).
         """
         started = time.perf_counter()
         attacks = self.scenario.attacks
@@ -248,11 +251,19 @@ class Arena:
             found = earlier.get(attack_ref.key)
             if found is None:
                 todo = clean.copy()
-                for m in before:  # an earlier attack that failed to run breaks nothing
+                for m in before:  # an earlier attack that failed to run (or was skipped) breaks nothing
                     if m.robust_correct is not None:
                         todo &= m.robust_correct
-                found = self.engine.play(lambda ref=attack_ref: self.attacker(data, model_ref, defense_ref, ref),
-                                         target, data, clean, todo, (model_ref, defense_ref, attack_ref), before)
+                refs = (model_ref, defense_ref, attack_ref)
+                if attack_ref.when and not reasons(attack_ref.when, before):
+                    found = replace(
+                        record_matchup(refs, len(data.images), time.perf_counter(), SKIPPED,
+                                       skip_reason(attack_ref.when, before, int(todo.sum())), clean,
+                                       attacked_mask=np.zeros_like(todo)),
+                        forward_passes=0, backward_passes=0, cascade_after=[m.attack for m in before])
+                else:
+                    found = self.engine.play(lambda ref=attack_ref: self.attacker(data, model_ref, defense_ref, ref),
+                                             target, data, clean, todo, refs, before)
                 found = replace(found, key=keys[attack_ref.key])
             played[attack_ref.key] = found
             yield found
@@ -321,6 +332,7 @@ class Arena:
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
             **({"after": after} if after else {}),
+            **({"when": attack_ref.when} if attack_ref.when else {}),
             **({"runtime": runtime} if runtime else {}),
             # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
             **({"examples": self.scenario.save_examples}
