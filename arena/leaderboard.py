@@ -252,7 +252,7 @@ def leaderboard_table(run: Run, table: list[Row]) -> Table:
     records = [{
         "rank": r.rank, "model": r.model, "defense": r.defense, "clean": r.clean_accuracy,
         **{a: r.attacks.get(a) for a in attacks}, "worst case": r.worst_case,
-        "suite": r.suite, "passes/sample": None if r.passes is None else round(r.passes, 1),
+        "suite": r.suite or None, "passes/sample": None if r.passes is None else round(r.passes, 1),
         "evaluation": r.evaluation,
         "samples": r.samples, "threat": r.threat, "run": r.run, "arena": r.arena_version, "flags": r.flags,
         "passes per attack": r.attack_passes,
