@@ -1,7 +1,8 @@
 """The ``fast`` suite: AutoAttack's strength at a fraction of its passes, the arena's recommended strong attack.
 
-APGD-CE, then targeted APGD on the ``targets`` most promising wrong classes instead of nine, then a short Square
-probe on the samples still robust. FAB-T runs only where that probe broke something the gradient attacks missed,
+APGD-CE with per-sample early exit (``early_apgd_ce``: the original's robust set at fewer passes), then targeted
+APGD on the ``targets`` wrong classes MALT ranks most promising instead of nine, then a short Square probe on the
+samples still robust. FAB-T runs only where that probe broke something the gradient attacks missed,
 and the full Square only where the probe did or the arena's own checks doubt the gradients (zero gradients,
 randomness, a stage crossed by BPDA); elsewhere they are recorded as skipped (``arena.conditions``).
 """
@@ -24,8 +25,8 @@ class FastSuite(Suite):
 
     def attacks(self) -> list[dict[str, Any]]:
         return [
-            {"name": "apgd_ce"},
-            {"name": "apgd_t", "n_target_classes": self.targets},
+            {"name": "early_apgd_ce"},
+            {"name": "early_apgd_t", "n_target_classes": self.targets, "ranking": "malt"},
             {"name": "square", "n_queries": self.probe_queries, "label": "square_probe"},
             {"name": "fab_t", "when": ["black_box"]},
             {"name": "square", "when": ["gradients", "black_box"]},

@@ -86,9 +86,10 @@ def test_conditions_read_checks_and_black_box_wins():
 def test_the_fast_suite_expands_with_conditions(tmp_path, registry):
     scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fast", "targets": 2}])), registry)
     assert [(a.key, a.name, a.when) for a in scenario.attacks] == [
-        ("fast/apgd_ce", "apgd_ce", []), ("fast/apgd_t", "apgd_t", []), ("fast/square_probe", "square", []),
+        ("fast/early_apgd_ce", "early_apgd_ce", []), ("fast/early_apgd_t", "early_apgd_t", []),
+        ("fast/square_probe", "square", []),
         ("fast/fab_t", "fab_t", ["black_box"]), ("fast/square", "square", ["gradients", "black_box"])]
-    assert scenario.attacks[1].params["n_target_classes"] == 2
+    assert scenario.attacks[1].params["n_target_classes"] == 2 and scenario.attacks[1].params["ranking"] == "malt"
     with pytest.raises(ScenarioError, match=r"attacks\[0\]\.when\[0\]"):
         load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fgsm", "when": ["always"]}])), registry)
 
