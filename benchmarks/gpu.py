@@ -12,6 +12,7 @@ import argparse
 import torch
 
 from arena.cli import device_option, positive
+from arena.errors import ArenaError
 from arena.leaderboard import rows
 from arena.runtime import Runtime
 from benchmarks.common import data_dir, play, write
@@ -21,7 +22,8 @@ def scenario(args: argparse.Namespace) -> dict:
     """ResNet-18 trained for ``epochs`` (and PGD-trained for as many), attacked by both suites at L∞ 8/255."""
     pgd_at = {"name": "art.madry_pgd", "eps": 8 / 255, "eps_step": 2 / 255, "max_iter": 3, "epochs": args.epochs,
               "label": "pgd_at"}
-    return {"name": "gpu", "seed": 0, "dataset": {"name": "cifar10", "split": "test", "samples": args.samples},
+    dataset = {"name": "cifar10", "split": "test", "samples": args.samples, "train_samples": args.train_samples}
+    return {"name": "gpu", "seed": 0, "dataset": dataset,
             "threat_model": {"norm": "linf", "eps": "8/255"},
             "models": [{"name": "resnet18", "train": {"epochs": args.epochs}}], "defenses": ["none", pgd_at],
             "attacks": ["fast", "autoattack"], "batch_size": args.batch_size}
@@ -32,12 +34,17 @@ def main() -> None:
     parser.add_argument("--samples", type=positive, default=1000, help="test images (default: %(default)s)")
     parser.add_argument("--epochs", type=positive, default=2, help="training epochs, plain and PGD (default: 2)")
     parser.add_argument("--batch-size", type=positive, default=1000, help="images per attack batch")
-    parser.add_argument("--device", type=device_option, default="cuda", help="cuda (default) or cpu, to try it out")
+    parser.add_argument("--train-samples", type=positive, default=None, help="training images (default: all)")
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to try it out")
     args = parser.parse_args()
+    try:
+        args.device = device_option(args.device)
+    except ArenaError as exc:
+        parser.error(str(exc))
     data_dir()
     results: dict[str, dict] = {}
     for precision in ("fp32", "bf16"):
-        store, run_id = play(scenario(args), device=torch.device(args.device), runtime=Runtime(precision))
+        store, run_id = play(scenario(args), device=args.device, runtime=Runtime(precision))
         matchups = store.matchups(run_id)
         for row in rows(matchups):
             for suite in ("fast", "autoattack"):
@@ -52,11 +59,12 @@ def main() -> None:
             lines.append(f"| {defense} | {suite} | {args.samples / fp32['seconds']:.0f} | "
                          f"{args.samples / bf16['seconds']:.0f} | {fp32['robust']:.1%} | {bf16['robust']:.1%} | "
                          f"{100 * (bf16['robust'] - fp32['robust']):+.1f} pts |")
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     lines += ["", f"ResNet-18, {args.epochs} training epochs (PGD: as many, 3 steps), {args.samples} CIFAR-10 test "
                   f"images, L∞ 8/255, {name}; images/s = images / the suite's summed matchup time."]
     write("gpu", "The GPU path: images per second, fp32 and bf16",
-          f"python -m benchmarks.gpu --samples {args.samples} --epochs {args.epochs} --device {args.device}", lines)
+          f"python -m benchmarks.gpu --samples {args.samples} --epochs {args.epochs} --device {args.device.type}",
+          lines)
 
 
 if __name__ == "__main__":
