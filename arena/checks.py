@@ -60,7 +60,8 @@ def probe(target: nn.Module, attacked: nn.Module, images: torch.Tensor, labels: 
 
 def convergence(traces: list[torch.Tensor]) -> dict[str, Any] | None:
     """From per-batch margin traces (``[calls, batch]``), how much the best margin of the samples the attack never
-    broke rose in all and in its last 10 % of calls; None for attacks with too few gradient steps to tell."""
+    broke rose in all and in its last 10 % of calls; None for attacks with too few gradient steps to tell. A sample
+    with NaN in its column was dropped by an early-exit attack (broken) or never attacked: it is left out."""
     traces = [t for t in traces if t.dim() == 2 and len(t) >= CONVERGENCE_MIN_CALLS]
     if not traces:
         return None
@@ -68,7 +69,7 @@ def convergence(traces: list[torch.Tensor]) -> dict[str, Any] | None:
     robust = 0
     for trace in traces:
         best = trace.cummax(0).values
-        kept = best[-1] < 0
+        kept = (best[-1] < 0) & ~trace.isnan().any(0)
         mark = int(0.9 * len(best)) - 1
         total += float((best[-1] - best[0])[kept].sum())
         late += float((best[-1] - best[mark])[kept].sum())

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from arena.api import open_scenario
+from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
@@ -93,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             run = store.run(run_id)
             print(render(leaderboard_table(run, arena.table)))
-            failed += [m for m in store.matchups(run_id) if m.status != "ok"]
+            failed += [m for m in store.matchups(run_id) if m.status not in ("ok", SKIPPED)]
         finally:
             store.close()
         report = arena.report_path / "leaderboard.html" if arena.report_path else None

@@ -3,7 +3,9 @@
 ``Counted`` wraps the module an attack differentiates. It counts every forward and backward pass through the
 network (EOT draws included), per sample, so attack strength per unit of cost compares across machines
 (AttackBench). While the attack runs on a batch it also records, for every gradient-carrying forward pass over the
-whole batch, each sample's margin (best other logit minus the true one): the trace the convergence check reads.
+whole batch, each sample's margin (best other logit minus the true one): the trace the convergence check reads. An
+attack that drops samples as it breaks them says which rows of the batch its calls cover (``active``); the samples
+it left out get NaN.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Counted(nn.Module):
         self.passes = Passes()
         self.counting = True
         self._labels: torch.Tensor | None = None
+        self._active: torch.Tensor | None = None
         self._trace: list[torch.Tensor] = []
 
     def draws(self) -> int:
@@ -54,10 +57,16 @@ class Counted(nn.Module):
 
     def watch(self, labels: torch.Tensor | None) -> None:
         """Trace the margins of a batch with these labels (None stops tracing)."""
-        self._labels, self._trace = labels, []
+        self._labels, self._active, self._trace = labels, None, []
+
+    def active(self, rows: torch.Tensor | None) -> None:
+        """The rows of the watched batch that the next calls cover (None: all of it), for an attack that stops
+        computing on the samples it has broken; their trace rows hold NaN for the others."""
+        self._active = rows
 
     def trace(self) -> torch.Tensor:
-        """``[calls, batch]`` margins of the watched batch: a row per gradient-carrying forward pass over all of it."""
+        """``[calls, batch]`` margins of the watched batch: a row per gradient-carrying forward pass over all of it
+        (or over its ``active`` rows, NaN elsewhere)."""
         return torch.stack(self._trace).cpu() if self._trace else torch.empty(0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -72,10 +81,18 @@ class Counted(nn.Module):
         self.passes.forward += passes
         if output.requires_grad:
             output.register_hook(lambda grad: self._backward(passes))
-            labels = self._labels
-            if labels is not None and images.shape[0] == labels.shape[0]:
-                self._trace.append(margins(output.detach().float(), labels))  # on its device: no sync per step
+            labels, rows = self._labels, self._active
+            if labels is not None and images.shape[0] == (labels.shape[0] if rows is None else rows.shape[0]):
+                self._trace.append(_margin_row(output.detach().float(), labels, rows))  # on its device: no sync
         return output
 
     def _backward(self, passes: int) -> None:
         self.passes.backward += passes
+
+
+def _margin_row(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The watched batch's margins from a call covering ``rows`` of it (None: all), NaN for the rows left out."""
+    if rows is None:
+        return margins(logits, labels)
+    row = torch.full(labels.shape, float("nan"), device=logits.device)
+    return row.index_copy(0, rows, margins(logits, labels[rows]))

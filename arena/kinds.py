@@ -198,7 +198,7 @@ class Suite(Plugin):
 
     def attacks(self) -> list[dict[str, Any]]:
         """The member attack entries in cascade order, as a scenario would write them: ``{"name": ..., **params}``
-        (``eot_samples`` and ``bpda`` are allowed too)."""
+        (``eot_samples``, ``bpda``, a ``label`` for a second member of one plugin, and ``when`` conditions too)."""
         raise NotImplementedError
 
 

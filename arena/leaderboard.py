@@ -18,6 +18,7 @@ import numpy as np
 
 from arena import checks
 from arena.checks import TOLERANCE
+from arena.conditions import SKIPPED
 from arena.records import Matchup, Run
 from arena.store import Store
 
@@ -40,6 +41,8 @@ class Row:
     flags: list[str] = field(default_factory=list)
     #: ``full``, ``cascade``, or ``full; cascade: <suite>`` when only a suite cascaded.
     evaluation: str = "full"
+    #: The suites (e.g. ``fast``) whose members produced the row, comma-separated; empty for single attacks only.
+    suite: str = ""
     #: Network passes (forward + backward) per evaluated sample over all of the row's attacks, and per attack.
     passes: float | None = None
     attack_passes: dict[str, float | None] = field(default_factory=dict)
@@ -70,7 +73,7 @@ def _same_samples(a: Matchup, b: Matchup) -> bool:
 
 def trust_flags(group: list[Matchup]) -> list[str]:
     """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
-    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status != "ok"]
+    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status not in ("ok", SKIPPED)]
     ok = [m for m in group if m.status == "ok"]
     white = [m for m in ok if m.white_box]
     other = [m for m in ok if not m.white_box]
@@ -122,7 +125,7 @@ def _suites(group: list[Matchup]) -> dict[str, float | str]:
             members.setdefault(m.suite, []).append(m)
     result: dict[str, float | str] = {}
     for suite, ms in members.items():
-        failed = [m.status for m in ms if m.status != "ok"]
+        failed = [m.status for m in ms if m.status not in ("ok", SKIPPED)]
         result[suite] = failed[0] if failed else float(worst_case(ms).mean())
     return result
 
@@ -158,12 +161,13 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
             attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
                      **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
-            flags=flags, evaluation=_evaluation(group), passes=_passes(group),
+            flags=flags, evaluation=_evaluation(group), suite=", ".join(sorted({m.suite for m in group if m.suite})),
+            passes=_passes(group),
             attack_passes={m.attack: m.passes_per_sample for m in group},
             threat=str(run.threat) if run else "", run=run.id if run else "",
             arena_version=run.arena_version if run else "",
         ))
-    rankable = sorted((r for r in table if all(not isinstance(v, str) for v in r.attacks.values())),
+    rankable = sorted((r for r in table if all(not isinstance(v, str) or v == SKIPPED for v in r.attacks.values())),
                       key=lambda r: (-(r.worst_case or 0.0), -(r.clean_accuracy or 0.0)))
     for position, row in enumerate(rankable):
         tied = position and row.worst_case == rankable[position - 1].worst_case
@@ -248,13 +252,15 @@ def leaderboard_table(run: Run, table: list[Row]) -> Table:
     records = [{
         "rank": r.rank, "model": r.model, "defense": r.defense, "clean": r.clean_accuracy,
         **{a: r.attacks.get(a) for a in attacks}, "worst case": r.worst_case,
-        "passes/sample": None if r.passes is None else round(r.passes, 1), "evaluation": r.evaluation,
+        "suite": r.suite or None, "passes/sample": None if r.passes is None else round(r.passes, 1),
+        "evaluation": r.evaluation,
         "samples": r.samples, "threat": r.threat, "run": r.run, "arena": r.arena_version, "flags": r.flags,
         "passes per attack": r.attack_passes,
     } for r in table]
     title = (f"run {run.id} · scenario {run.scenario} · {run.threat} · {run.samples} samples · "
              f"arena {run.arena_version} · {run.status}")
-    columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "passes/sample", "evaluation", "samples",
+    columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "suite", "passes/sample", "evaluation",
+               "samples",
                "threat", "run", "arena", "flags"]
     return Table(title, columns, records, {"clean", "worst case", *attacks})
 

@@ -1,5 +1,5 @@
-"""Play every model × defense × attack matchup of a scenario: white-box and adaptive unless told otherwise, eval mode,
-inputs in [0, 1], audited.
+"""Play every model × defense × attack matchup of a scenario (the tournament): white-box and adaptive unless told
+otherwise, eval mode, inputs in [0, 1]; ``arena.engine`` plays each matchup batch by batch, audited.
 
 Each matchup is stored as soon as it finishes, so an interrupted or partly failing run loses nothing already
 computed. An exception inside a plugin fails only the matchups that need that plugin; the run goes on.
@@ -20,16 +20,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from arena.audit import audit
-from arena.checks import convergence, probe, single_step
-from arena.cost import Counted, Passes
+from arena.conditions import SKIPPED, reasons, skip_reason
+from arena.cost import Counted
 from arena.defended import Defended, describe_gradient
+from arena.engine import Engine, predict, record_matchup
 from arena.errors import ArenaError
 from arena.kinds import Attack, DataError, Dataset, Model
 from arena.leaderboard import Row, board, write_summary
-from arena.records import Example, Matchup
+from arena.records import Matchup
 from arena.registry import PluginError, Registry
 from arena.report import write_report
 from arena.runtime import Runtime
@@ -45,13 +44,6 @@ log = logging.getLogger(__name__)
 def derive_seed(seed: int, *names: str) -> int:
     """A seed for one piece of work, fixed by the scenario seed and its names, not by the order work runs in."""
     return int(hashlib.sha256(repr((seed, *names)).encode()).hexdigest()[:8], 16)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Predicted labels (on the CPU) of ``model`` in eval mode."""
-    model.eval()
-    return torch.cat([model(x.to(device)).argmax(1).cpu() for x in images.split(batch_size)])
 
 
 @dataclass
@@ -231,7 +223,8 @@ class Arena:
         """The pair's matchups: those in ``earlier`` as they are, the others played; the defended model is prepared
         only when something is left to play. Needs no store, so any process with the data can run it.
 
-        A cascaded attack runs only on the samples every attack before it in its cascade failed on.
+        A cascaded attack runs only on the samples every attack before it in its cascade failed on; one with
+        ``when`` conditions is skipped (recorded, no passes) unless one holds (``arena.conditions``).
         """
         started = time.perf_counter()
         attacks = self.scenario.attacks
@@ -250,7 +243,8 @@ class Arena:
             detail = traceback.format_exc()
             log.error("preparing %s + %s failed:\n%s", model_ref.key, defense_ref.key, detail)
             for attack_ref in attacks:
-                yield _record((model_ref, defense_ref, attack_ref), len(data.images), started, "error", detail=detail)
+                yield record_matchup((model_ref, defense_ref, attack_ref), len(data.images), started, "error",
+                                     detail=detail)
             return
         played: dict[str, Matchup] = {}
         for index, attack_ref in enumerate(attacks):
@@ -258,13 +252,27 @@ class Arena:
             found = earlier.get(attack_ref.key)
             if found is None:
                 todo = clean.copy()
-                for m in before:  # an earlier attack that failed to run breaks nothing
+                for m in before:  # an earlier attack that failed to run (or was skipped) breaks nothing
                     if m.robust_correct is not None:
                         todo &= m.robust_correct
-                found = self._attack(target, data, clean, todo, (model_ref, defense_ref, attack_ref), before)
+                refs = (model_ref, defense_ref, attack_ref)
+                if attack_ref.when and not reasons(attack_ref.when, before):
+                    found = replace(
+                        record_matchup(refs, len(data.images), time.perf_counter(), SKIPPED,
+                                       skip_reason(attack_ref.when, before, int(todo.sum())), clean,
+                                       attacked_mask=np.zeros_like(todo)),
+                        forward_passes=0, backward_passes=0, cascade_after=[m.attack for m in before])
+                else:
+                    found = self.engine.play(lambda ref=attack_ref: self.attacker(data, model_ref, defense_ref, ref),
+                                             target, data, clean, todo, refs, before)
                 found = replace(found, key=keys[attack_ref.key])
             played[attack_ref.key] = found
             yield found
+
+    @property
+    def engine(self) -> Engine:
+        """The per-batch engine that plays this run's matchups."""
+        return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress)
 
     def weights_key(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
         """The weights-cache key of a model under a defense entry, and the fields it hashes.
@@ -325,6 +333,7 @@ class Arena:
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
             **({"after": after} if after else {}),
+            **({"when": attack_ref.when} if attack_ref.when else {}),
             **({"runtime": runtime} if runtime else {}),
             # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
             **({"examples": self.scenario.save_examples}
@@ -407,85 +416,6 @@ class Arena:
         counted = Counted(crafted_on, autocast=self.runtime.autocast).eval()
         return self.registry.build("attack", attack_ref, counted, self.threat), counted, gradient
 
-    def _attack(
-        self, target: Defended, data: Data, clean_correct: np.ndarray, todo: np.ndarray,
-        refs: tuple[ModelRef, DefenseRef, AttackRef], before: list[Matchup],
-    ) -> Matchup:
-        """Attack the samples in ``todo`` batch by batch, counting passes and auditing every adversarial batch.
-
-        White-box, the attack differentiates the target itself; a transfer attack crafts on its source and the
-        examples are then judged by the target. The first batch also answers the checks of ``arena.checks``; a
-        single-step attack outside a cascade is then run on the initially-misclassified samples too, so that label
-        leaking (the attack fixing images) can be measured.
-        """
-        started = time.perf_counter()
-        model_ref, defense_ref, attack_ref = refs
-        record = _Recorder(refs, len(data.images), started, clean_correct, todo, [m.attack for m in before])
-        desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
-        try:
-            attack, counted, record.gradient = self.attacker(data, model_ref, defense_ref, attack_ref)
-            traces = []
-            for index, images, labels in self._batches(data, todo, desc):
-                if not record.checks:
-                    counted.counting = False
-                    record.checks.update(probe(target, counted.module, images, labels))
-                    counted.counting = True
-                counted.watch(labels)
-                violation = self._judge(attack, counted, target, images, labels, index, record.robust, record.norms,
-                                        record.examples)
-                traces.append(counted.trace())
-                counted.watch(None)
-                if violation:
-                    return record.finish("invalid", violation, counted.passes)
-            record.checks["convergence"] = convergence(traces)
-            record.passes = counted.passes
-            if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
-                counted.counting = False
-                fixed = np.zeros(len(todo), dtype=bool)
-                for index, images, labels in self._batches(data, ~clean_correct, desc + " (label-leak check)"):
-                    violation = self._judge(attack, counted, target, images, labels, index, fixed, norms=[])
-                    if violation:
-                        return record.finish("invalid", violation, record.passes)
-                record.checks["accuracy_all"] = float((record.robust | fixed).mean())
-        except Exception:
-            detail = traceback.format_exc()
-            log.error("%s failed:\n%s", desc, detail)
-            return record.finish("error", detail)
-        return record.finish("ok")
-
-    def _batches(
-        self, data: Data, mask: np.ndarray, desc: str
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``mask``'s samples in batches of the scenario's size, with a progress bar: their indices (on the CPU) and
-        their images and labels, cut from the copy already on the device."""
-        images, labels = data.on(self.device)
-        indices = torch.from_numpy(np.flatnonzero(mask))
-        batches = indices.split(self.scenario.batch_size) if len(indices) else ()
-        for index in tqdm(batches, desc=desc, disable=not self.progress, leave=False, unit="batch"):
-            on_device = index.to(self.device)
-            yield index, images[on_device], labels[on_device]
-
-    def _judge(
-        self, attack: Attack, counted: Counted, target: Defended, images: torch.Tensor, labels: torch.Tensor,
-        index: torch.Tensor, correct: np.ndarray, norms: list[torch.Tensor], keep: list[Example] | None = None,
-    ) -> str | None:
-        """Attack one batch, audit it and mark in ``correct`` which adversarial images the target still classifies
-        right; the first successful examples go to ``keep`` (up to the scenario's ``save_examples``). Returns the
-        audit's violation."""
-        counted.eval()
-        adversarial = attack(images, labels)
-        report = audit(attack.name, images, adversarial, self.threat)
-        norms.append(report.norms.cpu())
-        if report.violation:
-            return report.violation
-        right = predict(target, adversarial, self.scenario.batch_size, self.device) == labels.cpu()
-        correct[index.numpy()] = right.numpy()
-        limit = self.scenario.examples_kept
-        if keep is not None and (limit is None or len(keep) < limit):
-            keep += _examples(target, images, adversarial, labels, index, ~right,
-                              None if limit is None else limit - len(keep))
-        return None
-
 
 def _check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
     """A model must output one logit per class of the data set (the seed's CNN emitted 64 for 10 classes)."""
@@ -495,87 +425,6 @@ def _check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
     if width != classes:
         raise PluginError(f"model {model_ref.name!r} outputs {width} logits per image but {data.dataset.name} has "
                           f"{classes} classes; its last layer must have num_classes ({classes}) outputs")
-
-
-def _examples(
-    target: Defended, images: torch.Tensor, adversarial: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
-    broken: torch.Tensor, count: int | None,
-) -> list[Example]:
-    """The first ``count`` (None: all) broken samples of a batch as stored examples, with the target's
-    confidences."""
-    chosen = broken.nonzero().flatten()[:count]
-    if not len(chosen):
-        return []
-    with torch.no_grad():
-        before, after = target(images[chosen]).softmax(1).cpu(), target(adversarial[chosen]).softmax(1).cpu()
-    return [
-        Example(sample=int(index[i]), label=int(labels[i]), clean=images[i].cpu().numpy(),
-                adversarial=adversarial[i].detach().cpu().numpy(), predicted_before=int(b.argmax()),
-                predicted_after=int(a.argmax()), confidence_before=float(b.max()), confidence_after=float(a.max()))
-        for i, b, a in zip(chosen.tolist(), before, after)
-    ]
-
-
-@dataclass
-class _Recorder:
-    """What one matchup accumulates while it runs, turned into its stored ``Matchup`` by ``finish``."""
-
-    refs: tuple[ModelRef, DefenseRef, AttackRef]
-    samples: int
-    started: float
-    clean_correct: np.ndarray
-    attacked: np.ndarray
-    after: list[str]
-    robust: np.ndarray = field(init=False)
-    norms: list[torch.Tensor] = field(default_factory=list)
-    gradient: dict[str, Any] = field(default_factory=dict)
-    checks: dict[str, Any] = field(default_factory=dict)
-    passes: Passes | None = None
-    examples: list[Example] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.robust = np.zeros(self.samples, dtype=bool)
-
-    def finish(self, status: str, detail: str | None = None, passes: Passes | None = None) -> Matchup:
-        passes = passes or self.passes
-        base = _record(self.refs, self.samples, self.started, status, detail, self.clean_correct,
-                       self.robust if status == "ok" else None, self.norms, self.gradient, self.attacked)
-        return replace(
-            base, checks={k: v for k, v in self.checks.items() if v is not None}, cascade_after=self.after,
-            examples=self.examples if status == "ok" else [],
-            forward_passes=passes.forward if passes else None, backward_passes=passes.backward if passes else None,
-        )
-
-
-def _record(
-    refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: str, detail: str | None = None,
-    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
-    gradient: dict[str, Any] | None = None, attacked_mask: np.ndarray | None = None,
-) -> Matchup:
-    """The stored result: accuracies over all samples, attack success over the attacked ones (by default the
-    initially-correct ones)."""
-    model_ref, defense_ref, attack_ref = refs
-    measured = torch.cat(list(norms)) if norms else None
-    attacked_mask = clean_correct if attacked_mask is None else attacked_mask
-    attacked = int(attacked_mask.sum()) if attacked_mask is not None else 0
-    return Matchup(
-        model=model_ref.key, defense=defense_ref.key, attack=attack_ref.key, suite=attack_ref.suite,
-        params={
-            "model": {"plugin": model_ref.name, **model_ref.params, "train": model_ref.train.model_dump()},
-            "defense": [{"plugin": ref.name, **ref.params} for ref in defense_ref.chain],
-            "attack": {"plugin": attack_ref.name, **attack_ref.params,
-                       **attack_ref.model_dump(include={"source", "bpda", "eot_samples"}, exclude_none=True)},
-        },
-        gradient=gradient or {},
-        status=status, detail=detail, samples=samples, wall_time_s=time.perf_counter() - started,
-        clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
-        robust_accuracy=float(robust.mean()) if robust is not None else None,
-        attack_success_rate=(1 - float(robust[attacked_mask].sum()) / attacked
-                             if robust is not None and attacked else None),
-        mean_norm=float(measured.double().mean()) if measured is not None and len(measured) else None,
-        max_norm=float(measured.max()) if measured is not None and len(measured) else None,
-        clean_correct=clean_correct, robust_correct=robust, attacked=attacked_mask,
-    )
 
 
 def describe(m: Matchup) -> str:

@@ -21,6 +21,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from arena.conditions import Condition
 from arena.errors import ArenaError
 from arena.kinds import Dataset, Param
 from arena.registry import PluginError, Registry, unknown_name_message
@@ -120,6 +121,9 @@ class AttackRef(PluginRef):
     bpda: bool = Field(True, description="differentiate non-differentiable defenses as estimate_gradient says")
     eot_samples: int = Field(10, ge=1, description="gradients of randomized defenses averaged over this many draws")
     suite: str = Field("", description="set by expansion: the suite entry (e.g. autoattack) this attack belongs to")
+    when: list[Condition] = Field(
+        default_factory=list, description="run only if one of these holds after the attacks before it in its cascade "
+                                          "(gradients, black_box; arena.conditions), else record it as skipped")
 
 
 class DatasetRef(PluginRef):
@@ -388,7 +392,8 @@ class _Resolver:
             return [None]
         members = []
         for entry in self.registry.build("suite", suite).attacks():
-            member = {"bpda": ref.bpda, "eot_samples": ref.eot_samples, **entry, "label": f"{ref.key}/{entry['name']}"}
+            label = f"{ref.key}/{entry.get('label') or entry['name']}"
+            member = {"bpda": ref.bpda, "eot_samples": ref.eot_samples, **entry, "label": label}
             member_ref = AttackRef.model_validate(member).model_copy(update={"source": ref.source, "suite": ref.key})
             members.append(self.attack(member_ref, loc, models))
         return members

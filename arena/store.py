@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS matchups (
     gradient TEXT NOT NULL DEFAULT '{}',
     key TEXT NOT NULL,
     reused_from TEXT,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')),
+    status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error', 'skipped')),
     detail TEXT,
     samples INTEGER NOT NULL,
     clean_accuracy REAL,
@@ -262,11 +262,25 @@ class Store:
                     present = {row[1] for row in self.db.execute(f'PRAGMA table_info("{table}")')}
                     if column.split()[0] not in present:  # a table the schema script just made has it already
                         self.db.execute(f'ALTER TABLE "{table}" ADD COLUMN {column}')
+            self._allow_skipped()
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.commit()
         except BaseException:
             self.db.rollback()
             raise
+
+    def _allow_skipped(self) -> None:
+        """Let an older store record ``skipped`` matchups: loosening a CHECK leaves the file format as it is, so the
+        table's stored definition is edited in place (SQLite's documented procedure), not rebuilt."""
+        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'matchups'").fetchone()[0]
+        if "'skipped'" in sql:
+            return
+        self.db.execute("PRAGMA writable_schema = ON")
+        self.db.execute("UPDATE sqlite_master SET sql = replace(sql, \"'error')\", \"'error', 'skipped')\")"
+                        " WHERE type = 'table' AND name = 'matchups'")
+        cookie = self.db.execute("PRAGMA schema_version").fetchone()[0]
+        self.db.execute(f"PRAGMA schema_version = {cookie + 1}")  # every connection rereads the definition
+        self.db.execute("PRAGMA writable_schema = OFF")
 
     def _mark_interrupted(self) -> None:
         """Runs left ``running`` by a process that is gone (killed, crashed) become ``interrupted``."""

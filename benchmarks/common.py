@@ -55,14 +55,16 @@ def scenario(base: str, **overrides: Any) -> dict[str, Any]:
 
 
 def play(data: dict[str, Any], results: Path | None = None, fresh: bool = True,
-         executor: Executor | None = None) -> tuple[Store, str]:
+         executor: Executor | None = None, **options: Any) -> tuple[Store, str]:
     """Play a scenario through the arena (``fresh``: every matchup is computed, none reused; ``executor``: where
-    the pairs run, this process by default); returns the store and the run id."""
+    the pairs run, this process by default; ``options``: more ``Arena`` fields, e.g. device and runtime); returns
+    the store and the run id."""
     folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
     path = folder / "scenario.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     registry = load_registry()
-    arena = Arena(load_scenario(path, registry), registry, results or folder / "results", progress=False, fresh=fresh)
+    arena = Arena(load_scenario(path, registry), registry, results or folder / "results", progress=False, fresh=fresh,
+                  **options)
     run_id = arena.play(executor)
     return arena.store, run_id
 

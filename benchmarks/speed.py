@@ -27,7 +27,7 @@ from pyautoattack.autopgd_base import APGDAttack
 from pyautoattack.square import SquareAttack
 
 import arena
-from arena import matchups
+from arena import engine, matchups
 from arena.cli import device_option, positive
 from arena.cost import Counted
 from arena.errors import ArenaError
@@ -228,7 +228,7 @@ class _Timed:
 
 class Phases:
     """Where each matchup's wall time goes, measured inside the arena's own engine by wrapping the functions
-    ``arena.matchups`` calls: ``attack`` (the attack's calls on the attacked samples), ``judging`` (audit, the float32
+    ``arena.engine`` calls: ``attack`` (the attack's calls on the attacked samples), ``judging`` (audit, the float32
     prediction, the kept examples), ``checks`` (the probe, and the label-leak pass's attack calls) and ``setup`` (the
     rest of the matchup: building the attack and the module it differentiates, seeding, recording)."""
 
@@ -245,9 +245,9 @@ class Phases:
         self._stack = contextlib.ExitStack()
         for name, phase in (("probe", "checks"), ("audit", "judging"), ("predict", "judging"),
                             ("_examples", "judging")):
-            self._stack.enter_context(mock.patch.object(matchups, name, self._timed(phase, getattr(matchups, name))))
+            self._stack.enter_context(mock.patch.object(engine, name, self._timed(phase, getattr(engine, name))))
         self._stack.enter_context(mock.patch.object(matchups.Arena, "attacker", self._attacker()))
-        self._stack.enter_context(mock.patch.object(matchups.Arena, "_attack", self._matchup()))
+        self._stack.enter_context(mock.patch.object(engine.Engine, "play", self._matchup()))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -284,12 +284,12 @@ class Phases:
         return attacker
 
     def _matchup(self) -> Callable[..., Matchup]:
-        played = matchups.Arena._attack
+        played = engine.Engine.play
 
-        def matchup(arena: matchups.Arena, *args: Any) -> Matchup:
+        def matchup(played_by: engine.Engine, *args: Any) -> Matchup:
             self._current = dict.fromkeys(("attack", "judging", "checks"), 0.0)
             try:
-                m = played(arena, *args)
+                m = played(played_by, *args)
             finally:
                 parts, self._current = self._current, None
             self.found[m.attack] = {**parts, "setup": m.wall_time_s - sum(parts.values()), "total": m.wall_time_s}

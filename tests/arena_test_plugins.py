@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from arena import Attack, Param, hookimpl
+from arena import Attack, Param, Preprocessor, Suite, hookimpl
 
 
 class Cheat(Attack):
@@ -46,6 +46,35 @@ class WrongShape(Attack):
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return images[1:].clone()
+
+
+class HiddenMask(Preprocessor):
+    """Rounds pixels to 8 levels but declares itself differentiable: every gradient through it is zero, which only
+    the arena's own zero-gradient check can tell (masking the plugin did not declare)."""
+
+    name = "hidden_mask"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.round(images * 8) / 8
+
+
+class WhenSuite(Suite):
+    """A short PGD, then Square only where the checks doubt the gradients: the conditional cascade in small."""
+
+    name = "when_test"
+
+    def attacks(self) -> list[dict]:
+        return [{"name": "pgd", "steps": 3}, {"name": "square", "n_queries": 20, "when": ["gradients"]}]
+
+
+@hookimpl
+def arena_register_defenses(register) -> None:
+    register(HiddenMask)
+
+
+@hookimpl
+def arena_register_suites(register) -> None:
+    register(WhenSuite)
 
 
 @hookimpl

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import arena
-from arena import checks, matchups
+from arena import checks, engine, matchups
 from arena.cost import Counted
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
@@ -33,7 +33,7 @@ def test_phases_add_up_and_the_bare_side_repeats_the_arenas_search(scenario_data
     built = matchups.Arena.attacker
     with Phases(CPU) as phases:
         result = arena.evaluate(model, images, labels, attacks=entries, threat=arena.ThreatModel("linf", EPS))
-    assert matchups.probe is checks.probe and matchups.Arena.attacker is built, "the engine is itself again"
+    assert engine.probe is checks.probe and matchups.Arena.attacker is built, "the engine is itself again"
     for m in result.matchups:
         parts = phases.found[m.attack]
         assert parts["attack"] > 0 and parts["judging"] > 0 and parts["checks"] > 0 and parts["setup"] >= 0

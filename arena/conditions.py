@@ -1,0 +1,60 @@
+"""When a conditional attack runs (an entry's ``when:``): read from the checks and results of the attacks played
+before it in its cascade, so that expensive attacks run only where the evaluation's own checks say the cheaper
+gradient attacks may be failing. A member whose conditions all fail is recorded as ``skipped``, with the reason."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from arena.records import Matchup
+
+#: ``gradients``: a gradient attack before it had a reason to doubt its gradients (zero input gradients, forward
+#: passes that disagree, probability outputs, a non-differentiable stage crossed by BPDA or not at all, a
+#: randomized stage averaged by EOT); ``black_box``: a gradient-free attack before it broke a sample that the
+#: gradient attacks before it had missed.
+Condition = Literal["gradients", "black_box"]
+CONDITIONS: tuple[str, ...] = ("gradients", "black_box")
+SKIPPED = "skipped"
+
+
+def gradient_doubts(before: list[Matchup]) -> list[str]:
+    """Why the gradients the earlier white-box attacks followed may be unreliable, one reason per finding."""
+    found = []
+    for m in (m for m in before if m.status == "ok" and m.white_box):
+        checks, gradient = m.checks, m.gradient
+        if checks.get("zero_gradient"):
+            found.append(f"{m.attack}: {checks['zero_gradient']} of {checks['checked']} probed samples have a zero "
+                         "input gradient")
+        if checks.get("nondeterministic"):
+            found.append(f"{m.attack}: forward passes disagree (randomness)")
+        if checks.get("probabilities"):
+            found.append(f"{m.attack}: the model returns probabilities")
+        for name, what in (("bpda", "crossed by BPDA"), ("masked", "crossed with no gradient"),
+                           ("randomized", "randomized, averaged by EOT")):
+            if gradient.get(name):
+                found.append(f"{m.attack}: {', '.join(gradient[name])} {what}")
+    return found
+
+
+def black_box_wins(before: list[Matchup]) -> list[str]:
+    """Gradient-free attacks that broke samples which every earlier gradient attack that ran on them missed."""
+    found = []
+    for m in (m for m in before if m.status == "ok" and m.gradient.get("gradient_free")):
+        broken = m.attacked_mask & ~m.robust_correct
+        for w in (w for w in before if w.status == "ok" and w.white_box):
+            broken &= ~(w.attacked_mask & ~w.robust_correct)
+        if broken.any():
+            found.append(f"{m.attack} broke {int(broken.sum())} samples the gradient attacks missed")
+    return found
+
+
+def reasons(when: list[str], before: list[Matchup]) -> list[str]:
+    """The findings that let an entry with these conditions run; empty means it is skipped."""
+    readers = {"gradients": gradient_doubts, "black_box": black_box_wins}
+    return [reason for condition in when for reason in readers[condition](before)]
+
+
+def skip_reason(when: list[str], before: list[Matchup], left: int) -> str:
+    """Why an entry was skipped (with how many samples it would have attacked), for its record and the leaderboard."""
+    ran = ", ".join(m.attack for m in before) or "no attack"
+    return f"not run on the {left} samples left: none of its conditions ({', '.join(when)}) held after {ran}"

@@ -1,0 +1,167 @@
+"""The ``fast`` suite against AutoAttack (``standard``; ``rand`` on the randomized defense) on the same samples, per
+sample: robust accuracy of each, samples robust to one but not the other, passes per sample, their ratio, wall time,
+and what each AutoAttack member added beyond the one before it (what skipping it would have cost).
+
+    python -m benchmarks.suite [--samples 1000] [--models cnn,cnn_pgd_at,...] [--threats linf:8/255,linf:0.1,l2:0.5]
+                               [--l2-models cnn,cnn_pgd_at] [--recipe full|short] [--targets 3] [--threads 1]
+
+Models are ``scenarios/autoattack.yaml``'s (the ``linf_0.1`` weights, reused from the cache) plus the ResNet-18;
+``--recipe short`` trains every model for 2 epochs on 5,000 images (training-time defenses: 1 epoch) to fit a small
+CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from arena.leaderboard import worst_case
+from arena.records import Matchup
+from benchmarks.common import data_dir, play, scenario, write
+
+TRAIN = {"epochs": 10, "batch_size": 64, "lr": 0.001, "optimizer": "adam", "augment": "flip"}
+PGD_AT = {"name": "art.madry_pgd", "eps": 0.1, "max_iter": 3, "epochs": 5, "label": "pgd_at"}
+#: Each benchmarked model: (architecture, defense entry, AutoAttack version).
+MODELS: dict[str, tuple[str, Any, str]] = {
+    "cnn": ("cnn", "none", "standard"),
+    "cnn_pgd_at": ("cnn", PGD_AT, "standard"),
+    "cnn_fast_fgsm_at": ("cnn", {"name": "art.fbf", "eps": 0.1, "epochs": 5, "label": "fast_fgsm_at"}, "standard"),
+    "cnn_lstm_pgd_at": ("cnn_lstm", PGD_AT, "standard"),
+    "cnn_jpeg": ("cnn", {"name": "art.jpeg", "quality": 50, "label": "jpeg"}, "standard"),
+    "cnn_noise": ("cnn", {"name": "art.gaussian_noise", "label": "noise"}, "rand"),
+    "resnet18": ("resnet18", "none", "standard"),
+}
+SHORT = {"train": {"epochs": 2}, "train_samples": 5_000, "defense_epochs": 1}
+
+
+def threat(text: str) -> tuple[str, str]:
+    """``linf:8/255`` → (``linf``, ``8/255``), as a scenario writes them."""
+    norm, _, eps = text.partition(":")
+    if norm not in ("linf", "l2") or not eps:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NORM:EPS, e.g. linf:8/255 or l2:0.5")
+    return norm, eps
+
+
+def names(text: str) -> list[str]:
+    chosen = [n for n in text.split(",") if n]
+    unknown = [n for n in chosen if n not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    return chosen
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1000, help="test images (default: %(default)s)")
+    parser.add_argument("--models", type=names, default=list(MODELS), help="comma-separated subset of the models")
+    parser.add_argument("--threats", type=lambda t: [threat(x) for x in t.split(",")],
+                        default=[("linf", "8/255"), ("linf", "0.1"), ("l2", "0.5")], help="NORM:EPS, comma-separated")
+    parser.add_argument("--l2-models", type=names, default=["cnn", "cnn_pgd_at"], help="models also run at L2")
+    parser.add_argument("--recipe", choices=("full", "short"), default="full", help="training recipe")
+    parser.add_argument("--targets", type=int, default=3, help="the fast suite's APGD-T target classes")
+    parser.add_argument("--probe-queries", type=int, default=100, help="the fast suite's Square probe queries")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    args = parser.parse_args()
+    if args.samples < 1 or args.threads < 1 or not 1 <= args.targets <= 9 or args.probe_queries < 1:
+        parser.error("--samples, --threads and --probe-queries must be ≥ 1, --targets in 1..9")
+    torch.set_num_threads(args.threads)
+    data_dir()
+    return args
+
+
+def pair_scenario(key: str, norm: str, eps: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One model under one threat model, attacked by both suites (each cascades within itself)."""
+    architecture, defense, version = MODELS[key]
+    base = scenario("autoattack")
+    model: dict[str, Any] = {"name": architecture} if architecture == "resnet18" else {"name": architecture,
+                                                                                      "train": dict(TRAIN)}
+    dataset = {**base["dataset"], "samples": args.samples}
+    if args.recipe == "short":
+        model["train"] = {**model.get("train", {}), **SHORT["train"]}
+        dataset["train_samples"] = SHORT["train_samples"]
+        if isinstance(defense, dict) and "epochs" in defense:
+            defense = {**defense, "epochs": SHORT["defense_epochs"]}
+    fast = {"name": "fast", "targets": args.targets, "probe_queries": args.probe_queries}
+    return {**base, "name": f"suite-{key}", "dataset": dataset, "threat_model": {"norm": norm, "eps": eps},
+            "models": [model], "defenses": [defense], "attacks": [fast, {"name": "autoattack", "version": version}]}
+
+
+def robust(members: list[Matchup]) -> np.ndarray:
+    return worst_case(members)
+
+
+def passes(members: list[Matchup]) -> float:
+    return sum(m.passes_per_sample or 0.0 for m in members)
+
+
+def added(m: Matchup) -> str:
+    """What one member broke beyond the members before it, and its passes per sample (or why it did not run)."""
+    if m.status != "ok":
+        return m.status
+    return f"{int((m.attacked_mask & ~m.robust_correct).sum())} ({m.passes_per_sample:.0f} p/s)"
+
+
+def main() -> None:
+    args = arguments()
+    lines = ["| threat | model | clean | fast | AutoAttack | Δ | robust to fast only | robust to AA only | "
+             "fast passes/sample | AA passes/sample | AA / fast | fast time | AA time |",
+             "|" + " --- |" * 13]
+    design = ["| threat | model | fast: APGD-CE · APGD-T · probe · FAB-T · Square | "
+              "AutoAttack: APGD-CE · APGD-T · FAB-T · Square (or APGD-DLR) |", "| --- | --- | --- | --- |"]
+    totals = {"fast": [0, 0.0, 0.0], "autoattack": [0, 0.0, 0.0]}  # robust samples, passes, seconds
+    adversarially_trained = []
+    started = time.perf_counter()
+    for norm, eps in args.threats:
+        for key in (args.l2_models if norm == "l2" else args.models):
+            if norm == "l2" and key not in args.models:
+                continue
+            store, run_id = play(pair_scenario(key, norm, eps, args))
+            matchups = store.matchups(run_id)
+            suites = {s: [m for m in matchups if m.suite == s] for s in ("fast", "autoattack")}
+            masks = {s: robust(ms) for s, ms in suites.items()}
+            cost = {s: passes(ms) for s, ms in suites.items()}
+            seconds = {s: sum(m.wall_time_s for m in ms) for s, ms in suites.items()}
+            for s in totals:
+                totals[s][0] += int(masks[s].sum())
+                totals[s][1] += cost[s] * len(masks[s])
+                totals[s][2] += seconds[s]
+            ratio = cost["autoattack"] / cost["fast"] if cost["fast"] else float("inf")
+            if "_at" in key:
+                adversarially_trained.append((f"{key} {norm} {eps}", ratio))
+            a, b = masks["fast"].mean(), masks["autoattack"].mean()
+            lines.append(
+                f"| {norm} {eps} | {key} | {matchups[0].clean_accuracy:.1%} | {a:.1%} | {b:.1%} | "
+                f"{100 * (a - b):+.1f} pts | {int((masks['fast'] & ~masks['autoattack']).sum())} | "
+                f"{int((masks['autoattack'] & ~masks['fast']).sum())} | {cost['fast']:.0f} | "
+                f"{cost['autoattack']:.0f} | {ratio:.1f}× | {seconds['fast']:.0f} s | {seconds['autoattack']:.0f} s |")
+            design.append(f"| {norm} {eps} | {key} | {' · '.join(added(m) for m in suites['fast'])} | "
+                          f"{' · '.join(added(m) for m in suites['autoattack'])} |")
+            store.close()
+    n = sum(1 for norm, _ in args.threats for k in (args.l2_models if norm == "l2" else args.models)
+            if k in args.models) * args.samples
+    fast, auto = totals["fast"], totals["autoattack"]
+    lines += ["", f"Over all {n} sample evaluations: fast {fast[0] / n:.2%} robust, AutoAttack {auto[0] / n:.2%} "
+                  f"({100 * (fast[0] - auto[0]) / n:+.2f} pts); passes per sample {fast[1] / n:.0f} vs "
+                  f"{auto[1] / n:.0f} ({auto[1] / max(fast[1], 1):.1f}× fewer); attack time {fast[2]:.0f} s vs "
+                  f"{auto[2]:.0f} s."]
+    if adversarially_trained:
+        lines.append("Adversarially trained, AA / fast passes: "
+                     + ", ".join(f"{name} {ratio:.1f}×" for name, ratio in adversarially_trained) + ".")
+    lines += ["", "What each member broke beyond the ones before it (samples, and its passes per sample); "
+                  "`skipped`: its conditions did not hold:", "", *design, "",
+              f"{args.samples} CIFAR-10 test images, recipe `{args.recipe}`, fast suite targets={args.targets}, "
+              f"probe_queries={args.probe_queries}; {torch.get_num_threads()} torch thread(s), CPU; "
+              f"whole benchmark {time.perf_counter() - started:.0f} s including training."]
+    command = (f"python -m benchmarks.suite --samples {args.samples} --models {','.join(args.models)} --threats "
+               f"{','.join(f'{a}:{b}' for a, b in args.threats)} --l2-models {','.join(args.l2_models)} "
+               f"--recipe {args.recipe} --targets {args.targets} --probe-queries {args.probe_queries} "
+               f"--threads {args.threads}")
+    write("suite", "The fast suite against AutoAttack, per sample", command, lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Conditional suite members (``when:``): run where the arena's checks fire, skipped and recorded where none does,
+never in the worst case; the ``fast`` suite's expansion; matchup keys of existing scenarios unchanged."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from conftest import matchup, play, run_cli, tiny, write_scenario
+
+from arena import conditions, matchups
+from arena.leaderboard import leaderboard_table, render, rows
+from arena.registry import load_registry
+from arena.scenario import ScenarioError, load_scenario
+from arena.store import _SCHEMA, SCHEMA_VERSION, Store
+
+
+@pytest.fixture(scope="module")
+def test_registry():
+    return load_registry(modules=["arena_test_plugins"])
+
+
+def _conditional_run(tmp_path, registry):
+    defenses = ["none", {"name": "art.jpeg", "quality": 50, "label": "jpeg"},
+                {"name": "hidden_mask", "label": "hidden"}]
+    scenario = tiny(attacks=["when_test"], defenses=defenses, dataset={"samples": 60, "train_samples": 2000},
+                    batch_size=30)
+    return play(tmp_path, registry, scenario)
+
+
+def test_square_runs_where_a_check_fires_and_is_skipped_where_none_does(tmp_path, test_registry):
+    store, run_id = _conditional_run(tmp_path, test_registry)
+    found = {(m.defense, m.attack): m for m in store.matchups(run_id)}
+    plain, jpeg, hidden = (found[d, "when_test/square"] for d in ("none", "jpeg", "hidden"))
+    assert plain.status == "skipped" and "none of its conditions (gradients)" in plain.detail
+    assert (plain.forward_passes, plain.backward_passes, plain.robust_correct) == (0, 0, None)
+    assert not plain.attacked_mask.any(), "a skipped member attacks no sample"
+    assert jpeg.status == "ok" and found["jpeg", "when_test/pgd"].gradient["bpda"] == ["art.jpeg"]
+    assert hidden.status == "ok" and found["hidden", "when_test/pgd"].checks["zero_gradient"] > 0
+    assert jpeg.forward_passes > 0 and hidden.forward_passes > 0
+
+    table = {r.defense: r for r in rows(store.matchups(run_id), store.run(run_id))}
+    for defense, row in table.items():
+        members = [m for m in store.matchups(run_id) if m.defense == defense]
+        ran = [m for m in members if m.status == "ok"]
+        assert row.worst_case == pytest.approx(np.logical_and.reduce([m.robust_correct for m in ran]).mean())
+        assert row.passes == pytest.approx(sum(m.passes_per_sample for m in members)), "suite total = sum of members"
+        assert row.rank is not None and row.suite == "when_test"
+        assert not any("skipped" in flag for flag in row.flags)
+    assert table["none"].attacks["when_test/square"] == "skipped"
+    assert table["none"].attacks["when_test"] == table["none"].worst_case
+
+    board = json.loads(render(leaderboard_table(store.run(run_id), list(table.values())), "json"))["rows"]
+    assert {(r["defense"], r["suite"], r["passes/sample"]) for r in board} == {
+        (d, "when_test", round(r.passes, 1)) for d, r in table.items()}
+
+
+def test_the_cli_exits_0_on_skipped_members_and_a_rerun_reuses_them(tmp_path, test_registry, capsys):
+    scenario = tiny(attacks=["when_test"], dataset={"samples": 30, "train_samples": 2000}, batch_size=30,
+                    plugins=["arena_test_plugins"])
+    path = write_scenario(tmp_path, scenario)
+    for _ in range(2):
+        code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "--no-report")
+        assert code == 0, err
+        assert "skipped" in out
+    store = Store(tmp_path / "r", readonly=True)
+    last = store.runs()[0]
+    assert all(m.reused_from for m in store.matchups(last.id))
+
+
+def test_conditions_read_checks_and_black_box_wins():
+    sound = matchup("apgd", (1, 0, 1, 0, 1, 0, 0, 0), checks={"zero_gradient": 0, "checked": 6})
+    assert conditions.reasons(["gradients", "black_box"], [sound]) == []
+    zero = matchup("apgd", (1, 0, 1, 0, 1, 0, 0, 0), checks={"zero_gradient": 2, "checked": 6})
+    assert "2 of 6 probed samples have a zero input gradient" in conditions.reasons(["gradients"], [zero])[0]
+    assert conditions.reasons(["gradients"], [matchup("apgd", (1,) * 6 + (0, 0), randomized=["noise"])])
+    probe = matchup("square_probe", (0, 0, 1, 0, 1, 0, 0, 0), attacked=(1, 0, 1, 0, 1, 0, 0, 0),
+                    gradient_free=True)
+    assert conditions.reasons(["black_box"], [sound, probe]) == ["square_probe broke 1 samples the gradient "
+                                                                 "attacks missed"]
+    assert conditions.reasons(["gradients"], [sound, probe]) == [], "a black-box win is not a gradient finding"
+
+
+def test_the_fast_suite_expands_with_conditions(tmp_path, registry):
+    scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fast", "targets": 2}])), registry)
+    assert [(a.key, a.name, a.when) for a in scenario.attacks] == [
+        ("fast/early_apgd_ce", "early_apgd_ce", []), ("fast/early_apgd_t", "early_apgd_t", []),
+        ("fast/square_probe", "square", []),
+        ("fast/fab_t", "fab_t", ["black_box"]), ("fast/square", "square", ["gradients", "black_box"])]
+    assert scenario.attacks[1].params["n_target_classes"] == 2 and scenario.attacks[1].params["ranking"] == "malt"
+    with pytest.raises(ScenarioError, match=r"attacks\[0\]\.when\[0\]"):
+        load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fgsm", "when": ["always"]}])), registry)
+
+
+def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeypatch):
+    """Entries without ``when`` hash exactly the fields they hashed before it existed, so stores keep being reused."""
+    hashed = []
+    monkeypatch.setattr(matchups, "content_key", lambda fields: hashed.append(fields) or str(len(hashed)))
+    scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=["fgsm", "fast"])), registry)
+    arena = matchups.Arena(scenario, registry, tmp_path / "r")
+    arena.threat = scenario.threat
+    arena.weights_key = lambda *refs: ("weights", {})
+    arena.matchup_keys(None, scenario.models[0], scenario.defenses[0])
+    legacy = {"weights", "model", "defense", "attack", "source", "adaptive", "threat", "eval", "batch_size"}
+    assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after", "when"},
+                                                 {"after", "when"}]
+
+
+def test_an_older_store_learns_to_record_skipped_members(tmp_path):
+    old = sqlite3.connect(tmp_path / "arena.db")
+    old.executescript(_SCHEMA.replace("'error', 'skipped')", "'error')"))
+    old.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    old.commit()
+    old.close()
+    store = Store(tmp_path)
+    sql = store.db.execute("SELECT sql FROM sqlite_master WHERE name = 'matchups'").fetchone()[0]
+    assert "'skipped'" in sql and store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with pytest.raises(sqlite3.IntegrityError):
+        store.db.execute("INSERT INTO matchups (run_id, model, defense, attack, params, key, status, samples,"
+                         " wall_time_s, finished_at) VALUES ('r', 'm', 'd', 'a', '{}', 'k', 'bogus', 1, 0, 'now')")
