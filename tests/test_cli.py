@@ -7,6 +7,7 @@ import json
 from conftest import run_cli
 
 from arena.hookspecs import HOOKSPEC_VERSION
+from arena.version import DISTRIBUTION
 
 
 def test_plugins_lists_every_builtin_with_package_params_and_description(capsys):
@@ -15,7 +16,7 @@ def test_plugins_lists_every_builtin_with_package_params_and_description(capsys)
     assert code == 0 and listing["hookspec_version"] == HOOKSPEC_VERSION and listing["errors"] == []
     by_name = {(p["kind"], p["name"]): p for p in listing["plugins"]}
     pgd = by_name["attack", "pgd"]
-    assert pgd["package"] == "arena" and pgd["version"] and "torchattacks" in pgd["description"]
+    assert pgd["package"] == DISTRIBUTION and pgd["version"] and "torchattacks" in pgd["description"]
     assert pgd["params"]["steps"] == "int = 10, >= 1"
     assert {("model", "cnn"), ("model", "cnn_lstm"), ("dataset", "cifar10"), ("defense", "none")} <= set(by_name)
     code, text, _ = run_cli(capsys, "plugins")

@@ -12,6 +12,7 @@ from conftest import REPO, run_cli, tiny, write_scenario
 from arena.registry import AUTOLOAD_ENV, load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import Store
+from arena.version import DISTRIBUTION
 
 EXAMPLE = REPO / "examples" / "arena-extras"
 
@@ -39,7 +40,7 @@ def test_the_example_package_is_discovered_through_its_entry_point(installed_exa
     assert code == 0 and listed["mifgsm"]["package"] == "arena-extras"
     assert listed["mifgsm"]["params"] == {"steps": "int = 10, >= 1", "decay": "float = 1.0, >= 0"}
     assert listed["mifgsm"]["description"].startswith("Momentum iterative FGSM")
-    assert listed["noise"]["package"] == "arena", "the built-in noise baseline"
+    assert listed["noise"]["package"] == DISTRIBUTION, "the built-in noise baseline"
 
 
 def test_autoload_off_keeps_only_the_builtins(installed_example, monkeypatch):
