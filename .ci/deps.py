@@ -1,7 +1,7 @@
 """The dependency checks CI runs, and the lock file they keep in sync (python .ci/deps.py --help).
 
-- ``audit``: no installed package older than the fix of an advisory in .ci/advisories.toml, and ``pip check`` finds
-  nothing but torchattacks' own requests pin (pyproject.toml says why it stays).
+- ``audit``: no installed package, and none that ``pip install -e .`` would install, older than the fix of an
+  advisory in .ci/advisories.toml; ``pip check`` finds nothing but torchattacks' own requests pin (see pyproject.toml).
 - ``lock``: write requirements.lock, the set pip resolves for ``.[test]`` plus torchattacks, one ``name==version`` each.
 - ``check-lock``: the lock is in sync with pyproject.toml (pip, constrained by the lock, resolves exactly the lock's
   set, nothing missing, nothing extra) and none of its pins is below an advisory's fix.
@@ -60,6 +60,8 @@ def audit() -> list[str]:
     advisories = _advisories()
     problems = [p for d in importlib.metadata.distributions()
                 if (p := _too_old(d.metadata["Name"], d.version, advisories))]
+    fresh = _resolve("-e", ".")  # what the README's first command would install today
+    problems += [f"pip install -e . would install {p}" for n, v in fresh.items() if (p := _too_old(n, v, advisories))]
     check = _pip("check")
     lines = [line.strip() for line in check.stdout.splitlines()]
     problems += [f"pip check: {line}" for line in lines
