@@ -8,13 +8,14 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
 import torchattacks
 from torch import nn
 
-from arena import Attack, Model, Param, hookimpl
+from arena import Attack, Model, Param, PluginError, hookimpl
 from arena_plugins.models import CNN, CNNLSTM
 
 ARCHITECTURES = {"cnn": CNN, "cnn_lstm": CNNLSTM}
@@ -53,7 +54,13 @@ class Checkpoint(Model):
 
     def build(self, num_classes: int) -> nn.Module:
         net = ARCHITECTURES[self.arch]().build(num_classes)
-        net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
+        try:  # weights_only: a pickle that would run code or build objects is refused, not executed
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise PluginError(f"checkpoint {self.path}: refused, it is not a plain state_dict (it would run code or "
+                              "build objects when loaded); save one with torch.save(model.state_dict(), path)"
+                              ) from None
+        net.load_state_dict(state)
         return net
 
     def identity(self) -> str:
