@@ -62,7 +62,7 @@ def test_a_name_claimed_twice_names_both_providers():
         register(Fgsm)
 
     clash = _module("clashing_plugin", arena_register_attacks=arena_register_attacks)
-    twice = r"attack 'fgsm' is registered twice: by fgsm \(arena .*\) and by clashing_plugin"
+    twice = rf"attack .fgsm. is registered twice: by fgsm \({DISTRIBUTION} .*\) and by clashing_plugin"
     with pytest.raises(PluginError, match=twice):
         load_registry(modules=[clash])
     assert load_registry(modules=[clash], blocked=["fgsm"]).get("attack", "fgsm").provider == "clashing_plugin"
