@@ -339,12 +339,18 @@ class _Resolver:
             info = self.registry.get(kind, ref.name)
             values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
             for key, spec in info.cls.params.items():  # file paths: relative to the scenario's folder
-                if spec.type is Path and values.get(key) is not None:
+                if values.get(key) is None:
+                    continue
+                if spec.type is Path:
                     values[key] = str((self.folder / values[key]).expanduser().resolve())
                     if not Path(values[key]).exists():
                         self.problems.add(loc + (key,), f"no such file {values[key]}; give a path relative to the "
                                                         "scenario's folder, or an absolute one")
                         return None
+                problem = spec.check(Path(values[key]) if spec.type is Path else values[key]) if spec.check else None
+                if problem:
+                    self.problems.add(loc + (key,), problem)
+                    return None
         except PluginError as exc:
             self.problems.add(loc + ("name",), str(exc))
         except pydantic.ValidationError as exc:

@@ -15,7 +15,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from arena import Attack, Model, Param, PluginError, hookimpl
+from arena import Attack, Model, Param, hookimpl
 from arena_plugins.models import CNN, CNNLSTM
 
 ARCHITECTURES = {"cnn": CNN, "cnn_lstm": CNNLSTM}
@@ -42,25 +42,31 @@ class MIFGSM(Attack):
         return self.attack(images, labels)
 
 
+def _refused(path: Path) -> str | None:
+    """Why ``path`` is no plain state_dict (checked when the scenario is validated), else None. ``weights_only``
+    refuses a pickle that would run code or build objects, without running it."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return (f"{path} is refused: not a plain state_dict (loading it would run code or build objects); save one "
+                "with torch.save(model.state_dict(), path), and load only checkpoints you trust")
+    return None
+
+
 class Checkpoint(Model):
     """An arena architecture with weights trained elsewhere, loaded from a ``state_dict`` file."""
 
     name = "checkpoint"
     pretrained = True
     params = {
-        "path": Param(Path, help="state_dict file (torch.save); a relative path is read from the scenario's folder"),
+        "path": Param(Path, help="state_dict file (torch.save); a relative path is read from the scenario's folder",
+                      check=_refused),
         "arch": Param(str, "cnn", choices=tuple(ARCHITECTURES)),
     }
 
     def build(self, num_classes: int) -> nn.Module:
         net = ARCHITECTURES[self.arch]().build(num_classes)
-        try:  # weights_only: a pickle that would run code or build objects is refused, not executed
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise PluginError(f"checkpoint {self.path}: refused, it is not a plain state_dict (it would run code or "
-                              "build objects when loaded); save one with torch.save(model.state_dict(), path)"
-                              ) from None
-        net.load_state_dict(state)
+        net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
         return net
 
     def identity(self) -> str:
