@@ -56,7 +56,8 @@ class Evaluation:
     clean_accuracy: float
     #: Robust accuracy per attack entry (``None`` when the matchup crashed or failed its audit).
     robust_accuracy: dict[str, float | None]
-    #: Per sample, over every valid attack: right clean and under every attack.
+    #: Per sample, over every valid attack: right clean and under every attack. Never clean accuracy alone:
+    #: ``evaluate`` raises when no attack finished, and ``flags`` name any attack left out.
     worst_case: float
     clean_correct: np.ndarray
     robust_correct: dict[str, np.ndarray | None]
@@ -88,8 +89,9 @@ def evaluate(
     ``{"name": "pgd", "steps": 20}``, ``"autoattack"``) inside ``threat``. ``defenses``: inference-time stages
     (``["art.jpeg"]``) composed around the model in order. ``results``: a results folder to store the run in, so
     ``arena leaderboard`` shows it; by default nothing is kept. ``runtime``: opt-in speed settings
-    (``arena.Runtime(precision="bf16", compile=True)``)."""
-    images, labels = images.detach().float().cpu(), labels.detach().long().cpu()
+    (``arena.Runtime(precision="bf16", compile=True)``). Raises an ``ArenaError`` naming the attacks when none
+    finished (each crashed or failed its audit), so no number is returned that no attack measured."""
+    images, labels = images.detach().float().cpu().contiguous(), labels.detach().long().cpu()
     if images.dim() != 4 or len(images) != len(labels) or not len(images):
         raise ArenaError(f"evaluate: images must be [N, C, H, W] with one label each; got {tuple(images.shape)} "
                          f"images and {tuple(labels.shape)} labels")
@@ -116,14 +118,23 @@ def evaluate(
             arena.store.close()
     [row] = rows(matchups, run)
     worst = worst_case(matchups)
-    if worst is None:  # no attack finished: nothing below clean accuracy is known
-        worst = matchups[0].clean_correct
+    if worst is None:
+        raise ArenaError(_none_finished(matchups, results))
     return Evaluation(
         clean_accuracy=row.clean_accuracy, worst_case=float(worst.mean()),
         robust_accuracy={m.attack: m.robust_accuracy for m in matchups},
         clean_correct=matchups[0].clean_correct, robust_correct={m.attack: m.robust_correct for m in matchups},
         worst_case_correct=worst, flags=row.flags, run=run, matchups=matchups,
     )
+
+
+def _none_finished(matchups: list[Matchup], results: str | Path | None) -> str:
+    """The message when no attack finished: each one's status and last line, and where the records are."""
+    failed = "; ".join(f"{m.attack} ({m.status}: {((m.detail or '').strip().splitlines() or ['?'])[-1]})"
+                       for m in matchups)
+    kept = f"their records are in {Path(results) / 'arena.db'}" if results is not None else \
+        "pass results=FOLDER to keep their records"
+    return f"evaluate: no attack finished, so there is no robust accuracy to report: {failed}; {kept}"
 
 
 class _Given:

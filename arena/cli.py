@@ -1,5 +1,5 @@
 """The ``arena`` command: ``run`` a scenario, print the ``leaderboard``, write a ``report``, export ``examples``, list
-``plugins``, ``validate`` a scenario."""
+``plugins`` and the bundled ``scenarios``, ``validate`` a scenario."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
 from arena.runtime import Runtime
-from arena.scenario import Scenario, declared_plugins
+from arena.scenario import Scenario, bundled, declared_plugins, find_scenario, read_text, read_yaml
 from arena.site import write_site
 from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
@@ -242,6 +242,16 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    """One line per bundled scenario: the name ``arena run`` takes, and the scenario's description."""
+    found = bundled()
+    width = max(map(len, found), default=0)
+    for name, path in found.items():
+        data, _ = read_yaml(read_text(path))
+        print(f"{name:{width}}  {data.get('description', '')}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = _registry(args)
     listing = [
@@ -289,7 +299,8 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", parents=[common, results], help="play every matchup of a scenario")
-    run.add_argument("scenario", type=Path)
+    run.add_argument("scenario", type=find_scenario, help="a scenario file, or a bundled scenario's name "
+                                                          "(`arena scenarios` lists them)")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     run.add_argument("--cache-dir", type=Path, default=None, help="trained-weights cache (default: $ARENA_CACHE_DIR "
                                                                   "or the user cache folder)")
@@ -311,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     validate = commands.add_parser("validate", parents=[common], help="check a scenario without running it")
-    validate.add_argument("scenario", type=Path)
+    validate.add_argument("scenario", type=find_scenario, help="a scenario file, or a bundled scenario's name")
     validate.set_defaults(func=cmd_validate)
 
     board = commands.add_parser("leaderboard", parents=[common, results], help="print a run's leaderboard")
@@ -356,6 +367,10 @@ def parser() -> argparse.ArgumentParser:
                           help=f"at most N examples per matchup (default: all for npz, {GALLERY_ROWS} for png)")
     examples.add_argument("--out", type=Path, required=True, help="folder to write into, one file per matchup")
     examples.set_defaults(func=cmd_examples)
+
+    scenarios = commands.add_parser("scenarios", parents=[quiet],
+                                    help="list the bundled scenarios, which `arena run NAME` takes")
+    scenarios.set_defaults(func=cmd_scenarios)
 
     listing = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their parameters")
     listing.add_argument("--json", action="store_true", help="machine-readable output")

@@ -7,6 +7,7 @@ with the validated values, which become attributes of the instance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -43,6 +44,9 @@ class Param:
     le: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+    #: Checked when the scenario is validated, before any work: the value (a resolved ``Path`` for a path) gives a
+    #: problem to report, or None. For what types cannot say, such as a checkpoint that is not a plain state_dict.
+    check: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.choices is not None:

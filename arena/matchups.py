@@ -74,9 +74,10 @@ class Data:
         return cls(dataset, scenario, images, labels)
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The evaluation images and labels on ``device``: moved there once per run, not once per batch."""
+        """The evaluation images and labels on ``device``: moved there once per run, not once per batch, and
+        contiguous whatever the dataset's layout (the original AutoAttack code ``view``s its inputs)."""
         if device not in self._moved:
-            self._moved[device] = (self.images.to(device), self.labels.to(device))
+            self._moved[device] = (self.images.to(device).contiguous(), self.labels.to(device).contiguous())
         return self._moved[device]
 
     def fingerprint(self) -> str:

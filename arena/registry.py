@@ -28,6 +28,7 @@ import pluggy
 from arena import hookspecs
 from arena.errors import ArenaError
 from arena.kinds import KINDS, Plugin
+from arena.version import DISTRIBUTION
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _load_entry_points(pm: pluggy.PluginManager, blocked: set[str], errors: list
     dists: dict[str, tuple[str, str]] = {}
     for dist in importlib.metadata.distributions():
         package = dist.metadata["Name"]
-        if builtin_only and package != "arena":
+        if builtin_only and package != DISTRIBUTION:
             continue
         for ep in dist.entry_points:
             if ep.group != ENTRY_POINT_GROUP or ep.name in blocked or pm.has_plugin(ep.name):

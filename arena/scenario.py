@@ -7,6 +7,7 @@ not one failed run per typo.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import importlib.util
 import math
 import os
@@ -342,12 +343,18 @@ class _Resolver:
             info = self.registry.get(kind, ref.name)
             values = _param_model(ref.name, info.cls.params).model_validate(ref.params).model_dump()
             for key, spec in info.cls.params.items():  # file paths: relative to the scenario's folder
-                if spec.type is Path and values.get(key) is not None:
+                if values.get(key) is None:
+                    continue
+                if spec.type is Path:
                     values[key] = str((self.folder / values[key]).expanduser().resolve())
                     if not Path(values[key]).exists():
                         self.problems.add(loc + (key,), f"no such file {values[key]}; give a path relative to the "
                                                         "scenario's folder, or an absolute one")
                         return None
+                problem = spec.check(Path(values[key]) if spec.type is Path else values[key]) if spec.check else None
+                if problem:
+                    self.problems.add(loc + (key,), problem)
+                    return None
         except PluginError as exc:
             self.problems.add(loc + ("name",), str(exc))
         except pydantic.ValidationError as exc:
@@ -513,10 +520,26 @@ def read_yaml(text: str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
+def bundled() -> dict[str, Path]:
+    """The scenarios shipped inside the package (the repository's ``scenarios/``), by file name without ``.yaml``."""
+    folder = Path(str(importlib.resources.files("arena.scenarios")))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def find_scenario(text: str | Path) -> Path:
+    """The scenario file ``text`` names: an existing path, else the bundled scenario of that name (``linf_0.1`` or
+    ``linf_0.1.yaml``), else the path as given, for ``read_text`` to report."""
+    path = Path(text)
+    if path.exists() or path.parent != Path("."):
+        return path
+    return bundled().get(path.name.removesuffix(".yaml"), path)
+
+
 def read_text(path: Path) -> str:
     """A scenario file's text; raises ``ScenarioError`` for a file that is missing, unreadable or not UTF-8."""
     if not path.is_file():
-        hint = "; shipped scenarios live in scenarios/" if not path.exists() else " (it is not a file)"
+        hint = f"; bundled scenarios, runnable by name: {', '.join(bundled())} (`arena scenarios` describes them)" \
+            if not path.exists() else " (it is not a file)"
         raise ScenarioError(f"{path}: scenario file not found{hint}")
     try:
         return path.read_text(encoding="utf-8")

@@ -294,7 +294,12 @@ class Store:
         """Open, read-only, a results folder that must already hold a store."""
         if not (Path(results_dir) / DB_NAME).exists():
             raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
-        return cls(results_dir, readonly=True)
+        store = cls(results_dir, readonly=True)
+        if not store.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+            store.close()  # an empty file, or a store whose creation never finished: nothing to read
+            raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
+                             f"--results {results_dir}` first, or pass another --results folder")
+        return store
 
     def start_run(
         self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = (),

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torchattacks
 from torch import nn
+
+try:
+    import torchattacks
+except ImportError:  # installed in a step of its own (README: its requests pin); say which
+    raise ImportError('torchattacks is not installed; pip install --no-deps "torchattacks>=3.5" (the README says '
+                      "why --no-deps)") from None
 
 from arena import Attack, Param, ThreatModel, hookimpl
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from arena.hookspecs import HOOKSPEC_VERSION
+from arena.version import DISTRIBUTION
 
 
 def test_plugins_lists_every_builtin_with_package_params_and_description(capsys):
@@ -15,7 +16,7 @@ def test_plugins_lists_every_builtin_with_package_params_and_description(capsys)
     assert code == 0 and listing["hookspec_version"] == HOOKSPEC_VERSION and listing["errors"] == []
     by_name = {(p["kind"], p["name"]): p for p in listing["plugins"]}
     pgd = by_name["attack", "pgd"]
-    assert pgd["package"] == "arena" and pgd["version"] and "torchattacks" in pgd["description"]
+    assert pgd["package"] == DISTRIBUTION and pgd["version"] and "torchattacks" in pgd["description"]
     assert pgd["params"]["steps"] == "int = 10, >= 1"
     assert {("model", "cnn"), ("model", "cnn_lstm"), ("dataset", "cifar10"), ("defense", "none")} <= set(by_name)
     code, text, _ = run_cli(capsys, "plugins")
@@ -32,3 +33,27 @@ def test_leaderboard_without_results_says_what_to_do(tmp_path, capsys):
     code, out, err = run_cli(capsys, "leaderboard", "--results", str(tmp_path / "none"))
     assert code == 2 and "no results store" in err and "arena run SCENARIO" in err
     assert not (tmp_path / "none").exists()
+
+
+def test_an_empty_store_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "arena.db").touch()  # a file with no tables, as an interrupted copy or `touch` leaves it
+    for command in ("report", "leaderboard", "examples"):
+        extra = ["--out", str(tmp_path / "x")] if command == "examples" else []
+        code, _, err = run_cli(capsys, command, "--results", str(tmp_path), *extra)
+        assert code == 2 and err.count("\n") == 1 and "holds no arena results (no runs table)" in err, err
+
+
+def test_bundled_scenarios_are_listed_and_run_by_name_from_any_folder(tmp_path, capsys, monkeypatch):
+    from arena.scenario import bundled
+
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "scenarios")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == len(bundled()) >= 4
+    assert any(line.startswith("linf_0.1 ") and "Seed study" in line for line in lines)
+    for name in ("linf_0.1", "quickstart.yaml", str(REPO / "scenarios" / "quickstart.yaml")):
+        code, out, err = run_cli(capsys, "validate", name)
+        assert code == 0 and ": valid;" in out, err
+    code, _, err = run_cli(capsys, "validate", "linf_01")
+    assert code == 2 and "scenario file not found; bundled scenarios, runnable by name: " in err
+    assert "linf_0.1" in err

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from conftest import REPO, run_cli, tiny, write_scenario
 from arena.registry import AUTOLOAD_ENV, load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import Store
+from arena.version import DISTRIBUTION
 
 EXAMPLE = REPO / "examples" / "arena-extras"
 
@@ -39,7 +43,7 @@ def test_the_example_package_is_discovered_through_its_entry_point(installed_exa
     assert code == 0 and listed["mifgsm"]["package"] == "arena-extras"
     assert listed["mifgsm"]["params"] == {"steps": "int = 10, >= 1", "decay": "float = 1.0, >= 0"}
     assert listed["mifgsm"]["description"].startswith("Momentum iterative FGSM")
-    assert listed["noise"]["package"] == "arena", "the built-in noise baseline"
+    assert listed["noise"]["package"] == DISTRIBUTION, "the built-in noise baseline"
 
 
 def test_autoload_off_keeps_only_the_builtins(installed_example, monkeypatch):
@@ -57,6 +61,27 @@ def test_its_parameters_are_validated(installed_example, tmp_path):
     message = str(error.value)
     assert "attacks[0].steps: Input should be greater than or equal to 1" in message
     assert "models[0].path: required field is missing" in message and "models[0].arch" in message
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it would run ``touch``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line_before_any_work(installed_example, tmp_path,
+                                                                                  capsys):
+    evil, marker = tmp_path / "evil.pt", tmp_path / "ran"
+    torch.save({"weight": _RunsCode(marker)}, evil)
+    scenario = write_scenario(tmp_path, tiny(models=[{"name": "checkpoint", "path": "evil.pt"}]))
+    code, out, err = run_cli(capsys, "run", str(scenario), "--results", str(tmp_path / "r"), "-q")
+    assert code == 2 and "Traceback" not in out + err and not marker.exists() and not (tmp_path / "r").exists()
+    assert re.search(r"models\[0\]\.path: .*evil\.pt is refused: not a plain state_dict .*torch\.save\(model\."
+                     r"state_dict\(\), path\)", err), err
 
 
 def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_example, tmp_path, capsys):

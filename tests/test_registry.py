@@ -13,6 +13,7 @@ import pytest
 from arena import Attack, hookimpl, hookspecs
 from arena.kinds import KINDS
 from arena.registry import AUTOLOAD_ENV, PluginError, load_registry
+from arena.version import DISTRIBUTION
 
 SPECS = {name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("arena_")}
 
@@ -27,7 +28,7 @@ def test_every_hookspec_is_implemented_by_the_builtins_loaded_through_entry_poin
     for kind in KINDS:
         infos = [registry.get(kind, name) for name in registry.names(kind)]
         assert infos, f"no built-in {kind}"
-        assert all(info.package == "arena" for info in infos), "built-ins must come through the arena entry points"
+        assert all(info.package == DISTRIBUTION for info in infos), "built-ins come through the arena entry points"
     assert {"cnn", "cnn_lstm"} <= set(registry.names("model"))
     assert {"fgsm", "pgd"} <= set(registry.names("attack"))
     assert registry.names("dataset") == ["cifar10"]
@@ -38,7 +39,7 @@ def test_a_plugin_registered_from_a_test_module_is_picked_up():
     registry = load_registry(modules=[arena_test_plugins])
     info = registry.get("attack", "cheat")
     assert info.cls is arena_test_plugins.Cheat and info.provider == "arena_test_plugins" and info.package is None
-    assert registry.get("attack", "fgsm").package == "arena"  # entry points still load beside it
+    assert registry.get("attack", "fgsm").package == DISTRIBUTION  # entry points still load beside it
 
 
 def test_modules_load_by_import_path_too():
@@ -61,7 +62,7 @@ def test_a_name_claimed_twice_names_both_providers():
         register(Fgsm)
 
     clash = _module("clashing_plugin", arena_register_attacks=arena_register_attacks)
-    twice = r"attack 'fgsm' is registered twice: by fgsm \(arena .*\) and by clashing_plugin"
+    twice = rf"attack .fgsm. is registered twice: by fgsm \({DISTRIBUTION} .*\) and by clashing_plugin"
     with pytest.raises(PluginError, match=twice):
         load_registry(modules=[clash])
     assert load_registry(modules=[clash], blocked=["fgsm"]).get("attack", "fgsm").provider == "clashing_plugin"

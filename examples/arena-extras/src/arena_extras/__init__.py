@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -41,13 +42,25 @@ class MIFGSM(Attack):
         return self.attack(images, labels)
 
 
+def _refused(path: Path) -> str | None:
+    """Why ``path`` is no plain state_dict (checked when the scenario is validated), else None. ``weights_only``
+    refuses a pickle that would run code or build objects, without running it."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return (f"{path} is refused: not a plain state_dict (loading it would run code or build objects); save one "
+                "with torch.save(model.state_dict(), path), and load only checkpoints you trust")
+    return None
+
+
 class Checkpoint(Model):
     """An arena architecture with weights trained elsewhere, loaded from a ``state_dict`` file."""
 
     name = "checkpoint"
     pretrained = True
     params = {
-        "path": Param(Path, help="state_dict file (torch.save); a relative path is read from the scenario's folder"),
+        "path": Param(Path, help="state_dict file (torch.save); a relative path is read from the scenario's folder",
+                      check=_refused),
         "arch": Param(str, "cnn", choices=tuple(ARCHITECTURES)),
     }
 
