@@ -98,15 +98,17 @@ class Float64(nn.Module):
 
 
 def recheck(original: type[Attack], early: type[Attack], net: nn.Module, threat: ThreatModel, images: torch.Tensor,
-            labels: torch.Tensor, differ: torch.Tensor) -> tuple[int, int]:
-    """The differing samples' batches rerun, as they were, with the network in float64: how many samples differ
-    there, and how many of the float32 differences remain."""
-    batches = sorted({int(i) // BATCH for i in differ.nonzero()})
+            labels: torch.Tensor, odd: torch.Tensor) -> str:
+    """The batches holding the ``odd`` samples (APGD: any difference; PGD: robust to ``early`` only) rerun as they
+    were with the network in float64: what differs there."""
+    batches = sorted({int(i) // BATCH for i in odd.nonzero()})
     index = torch.cat([torch.arange(b * BATCH, min((b + 1) * BATCH, len(images))) for b in batches])
     wide = Float64(net).eval()
     ra, _, _ = attack(original, wide, threat, images[index], labels[index])
     rb, _, _ = attack(early, wide, threat, images[index], labels[index])
-    return int((ra != rb).sum()), int(((ra != rb) & differ[index]).sum())
+    again = (ra != rb) if original is not PGD else (rb & ~ra)
+    return (f"the {int(odd.sum())} sample(s) rerun in their batches with the network in float64: {int(again.sum())} "
+            f"such sample(s) there, {int((again & odd[index]).sum())} of them the same")
 
 
 def options() -> argparse.Namespace:
@@ -144,11 +146,11 @@ def main() -> None:
                     f"{int((ra & ~rb).sum())} | {pa.forward / n:.1f} → {pb.forward / n:.1f} | "
                     f"{pa.backward / n:.1f} → {pb.backward / n:.1f} | {ratio:.2f} × | {ta:.1f} s → {tb:.1f} s |")
                 print(lines[-1], flush=True)
-                if (ra != rb).any() and original is not PGD:
-                    wide, remain = recheck(original, early, net, threat, data.images, data.labels, ra != rb)
-                    notes.append(f"{label}, {name}, {early.name}: the {int((ra != rb).sum())} differing sample(s) "
-                                 f"rerun in their batches with the network in float64: {wide} differ there, {remain} "
-                                 "of them the same sample(s).")
+                odd = (ra != rb) if original is not PGD else (rb & ~ra)
+                if odd.any():
+                    notes.append(f"{label}, {name}, {early.name}: "
+                                 + recheck(original, early, net, threat, data.images, data.labels, odd) + ".")
+                    print(notes[-1], flush=True)
     lines += ["", f"{n} CIFAR-10 test images, batches of {BATCH}, one thread; each pair on the same images with the "
               "same seed (PGD: 10 steps, step 2.5·ε/10; APGD: 100 iterations, APGD-T 9 target classes). *differ*: "
               "samples robust to one and broken by the other; *unbroken by original*: robust to the original's "
