@@ -4,6 +4,8 @@ sets, the same iterates until a sample exits, and exact pass counts."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,9 @@ def test_early_attacks_play_as_matchups(tmp_path, registry):
         attacked = int(m.attacked_mask.sum())
         steps = {"early_apgd_ce": 11, "early_apgd_t": 9 + 2 * 11, "early_pgd": 5}[m.attack]  # MALT: 9 backwards
         assert 0 < m.backward_passes < attacked * steps, "at ε = 0.1 samples break before the last step"
+
+
+def test_a_bad_early_exit_benchmark_option_is_one_line_and_exit_2():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.early_exit", "--models", "resnet+none"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False)
+    assert done.returncode == 2 and "--models: choose among cnn+none" in done.stderr and "Traceback" not in done.stderr
