@@ -62,7 +62,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=1000, help="test images (default: %(default)s)")
     parser.add_argument("--models", type=names, default=list(MODELS), help="comma-separated subset of the models")
     parser.add_argument("--threats", type=lambda t: [threat(x) for x in t.split(",")],
-                        default=[("linf", "8/255"), ("linf", "0.1"), ("l2", "0.5")], help="NORM:EPS, comma-separated")
+                        default=[("linf", "8/255"), ("linf", 0.1), ("l2", 0.5)], help="NORM:EPS, comma-separated")
     parser.add_argument("--l2-models", type=names, default=["cnn", "cnn_pgd_at"], help="models also run at L2")
     parser.add_argument("--recipe", choices=("full", "short"), default="full", help="training recipe")
     parser.add_argument("--targets", type=int, default=3, help="the fast suite's APGD-T target classes")
