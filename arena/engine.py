@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,10 +25,15 @@ from arena.records import Example, Matchup
 from arena.scenario import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 
-if TYPE_CHECKING:
-    from arena.matchups import Data
-
 log = logging.getLogger(__name__)
+
+
+class Data(Protocol):
+    """What the engine reads of a run's evaluation data (``arena.matchups.Data``): the images, and both on a device."""
+
+    images: torch.Tensor
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @torch.no_grad()

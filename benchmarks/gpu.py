@@ -63,8 +63,8 @@ def main() -> None:
     lines += ["", f"ResNet-18, {args.epochs} training epochs (PGD: as many, 3 steps), {args.samples} CIFAR-10 test "
                   f"images, L∞ 8/255, {name}; images/s = images / the suite's summed matchup time."]
     write("gpu", "The GPU path: images per second, fp32 and bf16",
-          f"python -m benchmarks.gpu --samples {args.samples} --epochs {args.epochs} --device {args.device.type}",
-          lines)
+          f"python -m benchmarks.gpu --samples {args.samples} --epochs {args.epochs} --device {args.device.type}"
+          + (f" --train-samples {args.train_samples}" if args.train_samples else ""), lines)
 
 
 if __name__ == "__main__":

@@ -38,12 +38,15 @@ MODELS: dict[str, tuple[str, Any, str]] = {
 SHORT = {"train": {"epochs": 2}, "train_samples": 5_000, "defense_epochs": 1}
 
 
-def threat(text: str) -> tuple[str, str]:
-    """``linf:8/255`` → (``linf``, ``8/255``), as a scenario writes them."""
+def threat(text: str) -> tuple[str, str | float]:
+    """``linf:8/255`` → (``linf``, ``8/255``) and ``linf:0.1`` → (``linf``, 0.1), as a scenario writes them."""
     norm, _, eps = text.partition(":")
     if norm not in ("linf", "l2") or not eps:
         raise argparse.ArgumentTypeError(f"{text!r}: write NORM:EPS, e.g. linf:8/255 or l2:0.5")
-    return norm, eps
+    try:
+        return norm, float(eps)
+    except ValueError:
+        return norm, eps
 
 
 def names(text: str) -> list[str]:
@@ -59,7 +62,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=1000, help="test images (default: %(default)s)")
     parser.add_argument("--models", type=names, default=list(MODELS), help="comma-separated subset of the models")
     parser.add_argument("--threats", type=lambda t: [threat(x) for x in t.split(",")],
-                        default=[("linf", "8/255"), ("linf", "0.1"), ("l2", "0.5")], help="NORM:EPS, comma-separated")
+                        default=[("linf", "8/255"), ("linf", 0.1), ("l2", 0.5)], help="NORM:EPS, comma-separated")
     parser.add_argument("--l2-models", type=names, default=["cnn", "cnn_pgd_at"], help="models also run at L2")
     parser.add_argument("--recipe", choices=("full", "short"), default="full", help="training recipe")
     parser.add_argument("--targets", type=int, default=3, help="the fast suite's APGD-T target classes")
@@ -73,7 +76,7 @@ def arguments() -> argparse.Namespace:
     return args
 
 
-def pair_scenario(key: str, norm: str, eps: str, args: argparse.Namespace) -> dict[str, Any]:
+def pair_scenario(key: str, norm: str, eps: str | float, args: argparse.Namespace) -> dict[str, Any]:
     """One model under one threat model, attacked by both suites (each cascades within itself)."""
     architecture, defense, version = MODELS[key]
     base = scenario("autoattack")
