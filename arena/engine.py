@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from arena import indicators
 from arena.audit import audit
-from arena.checks import convergence, probe, single_step
+from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended
 from arena.kinds import Attack
@@ -68,12 +69,13 @@ class Engine:
         desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
         try:
             attack, counted, record.gradient = attacker()
-            traces = []
+            traces, first, silent = [], None, 0
             for index, images, labels in self.batches(data, todo, desc):
                 if not record.checks:
                     counted.counting = False
                     record.checks.update(probe(target, counted.module, images, labels))
                     counted.counting = True
+                    first = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
                 counted.watch(labels)
                 violation = self.judge(attack, counted, target, images, labels, index, record.robust, record.norms,
                                        record.examples)
@@ -81,7 +83,15 @@ class Engine:
                 counted.watch(None)
                 if violation:
                     return record.finish("invalid", violation, counted.passes)
+                silent += indicators.silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
             record.checks["convergence"] = convergence(traces)
+            if first is not None:
+                counted.counting = False
+                record.checks.update(indicators.measure(attack, counted, target, *first, record.gradient,
+                                                        record.checks.get("zero_gradient", 0)))
+                counted.counting = True
+                if not record.gradient.get("source"):
+                    record.checks["silent_success"] = silent
             record.passes = counted.passes
             if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
                 counted.counting = False
