@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arena.active import PASS_SHARE
 from arena.indicators import UNCONSTRAINED_SHARE, UNSTABLE_SHARE
 from arena.records import Matchup
 
@@ -152,6 +153,8 @@ def _indicators(ok: list[Matchup]) -> list[str]:
                          "the ε (step size, iterations, loss, or gradients); fix its step size or iterations, add "
                          "`bpda: true` for a declared non-differentiable stage, or a gradient-free attack such as "
                          "`square` (the `fast` suite)")
+    for m in ok:
+        found += _binarization(m)
     shaky = [m for m in ok if m.checks.get("unstable", 0) > UNSTABLE_SHARE and m.white_box]
     if shaky and not any(m.gradient.get("eot_samples", 1) > 1 for m in ok):
         worst = max(shaky, key=lambda m: m.checks["unstable"])
@@ -159,6 +162,23 @@ def _indicators(ok: list[Matchup]) -> list[str]:
                      "change under uniform noise of radius ε/2, so one gradient is a poor guide; add `eot_samples: 20` "
                      "to the gradient attacks (declaring the noisy stage `randomized = True`)")
     return found
+
+
+def _binarization(m: Matchup) -> list[str]:
+    """The flag of a matchup's binarization test (``arena.active``): failed, or not run on this model."""
+    test = m.checks.get("binarization")
+    if not test:
+        return []
+    if "error" in test:
+        return [f"{m.attack}: binarization test not run: {test['error']}"]
+    valid = test["tested"] - test["setup_failed"]
+    if valid and test["passed"] < PASS_SHARE * valid:
+        return [f"{m.attack}: binarization test failed (Zimmermann et al.): it found the planted adversarial on "
+                f"{test['passed']} of {valid} samples ({test['setup_failed']} of {test['tested']} setups failed); the "
+                "attack misses adversarials known to exist, so its robust accuracy overstates: give it more steps or "
+                "restarts, `bpda: true` / `eot_samples: 20` where gradients are masked or random, or add `square` "
+                "(the `fast` suite)"]
+    return []
 
 
 def _weaker_iterative(ok: list[Matchup]) -> list[str]:

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from arena import indicators
+from arena.active import active_checks
 from arena.audit import audit
 from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
 from arena.cost import Counted, Passes
@@ -42,13 +43,16 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 @dataclass
 class Engine:
     """Plays matchups under one threat model: batches of ``batch_size`` on ``device``, up to ``examples`` successful
-    examples kept per matchup (None: all), with a progress bar unless ``progress`` is off."""
+    examples kept per matchup (None: all), with a progress bar unless ``progress`` is off, and the binarization
+    test on ``active_samples`` when asked."""
 
     threat: ThreatModel
     device: torch.device
     batch_size: int
     examples: int | None
     progress: bool = True
+    #: Samples each white-box matchup's binarization test (``arena.active``) runs on; 0: not asked, never run.
+    active_samples: int = 0
 
     def play(
         self, attacker: Callable[[], tuple[Attack, Counted, dict[str, Any]]], target: Defended, data: Data,
@@ -92,6 +96,11 @@ class Engine:
                 counted.counting = True
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent
+            if self.active_samples and first is not None and record.gradient.get("source") is None \
+                    and not record.gradient.get("gradient_free"):
+                chosen = torch.from_numpy(np.flatnonzero(todo)[:self.active_samples]).to(self.device)
+                images, labels = (t[chosen] for t in data.on(self.device))
+                record.checks["binarization"] = active_checks(attack, counted, images, labels, self.threat)
             record.passes = counted.passes
             if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
                 counted.counting = False

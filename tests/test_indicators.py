@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import matchup, play, tiny
+from conftest import matchup, play, run_cli, tiny, write_scenario
+from torch import nn
 
+from arena.active import ActiveTestError, binarization, last_linear
 from arena.checks import flags
 from arena.indicators import UNSTABLE_SHARE, silent_success, whole_box
 from arena.leaderboard import rows
+from arena.matchups import Arena, Data
 from arena.registry import load_registry
+from arena.scenario import load_scenario
+from arena.store import Store
 from arena.threat import ThreatModel
+from arena.training import WeightsCache
 
 
 @pytest.fixture(scope="module")
-def played(tmp_path_factory):
+def folder(tmp_path_factory):
+    """A folder whose weights cache the module's runs share (the same CNN, trained once)."""
+    return tmp_path_factory.mktemp("indicators")
+
+
+@pytest.fixture(scope="module")
+def played(folder):
     """One run: the CNN and the ×1000-logits CNN against no defense, undeclared rounding and undeclared noise, each
     attacked by a sound PGD, a PGD with a vanishing step and an attack that forgets its iterates."""
-    folder = tmp_path_factory.mktemp("indicators")
     scenario = tiny(
         models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
         defenses=["none", {"name": "hidden_mask", "label": "round"},
@@ -36,6 +47,7 @@ def played(tmp_path_factory):
 def test_a_sound_evaluation_raises_no_indicator(played):
     matchups, _ = played
     pgd = matchups["cnn", "none", "pgd"]
+    assert not any("binarization" in m.checks for m in matchups.values()), "the active test runs only when asked"
     assert pgd.checks["silent_success"] == 0
     assert pgd.checks["unconstrained"]["broken"] == pgd.checks["unconstrained"]["checked"] == 10
     assert pgd.checks["unconstrained"]["passes"] == 10 * 2 * 10, "10 samples × 10 steps × (forward + backward)"
@@ -103,3 +115,72 @@ def test_an_attack_refusing_the_whole_box_is_reported_not_lost():
     refused = matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"unconstrained": {"error": "ValueError: eps > 0.5"}})
     assert flags([refused]) == ["pgd: unconstrained attack not run (it refused an ε covering the whole box: "
                                 "ValueError: eps > 0.5)"]
+
+
+@pytest.fixture(scope="module")
+def binarized(folder):
+    """The binarization test of three attacks on the CNN's first 16 test images: APGD-CE and a PGD with a vanishing
+    step without defense, APGD-CE through the undeclared rounding."""
+    registry = load_registry(modules=["arena_test_plugins"])
+    scenario = load_scenario(write_scenario(folder, tiny(
+        defenses=["none", {"name": "hidden_mask", "label": "round"}],
+        attacks=[{"name": "apgd_ce", "n_iter": 20}, {"name": "pgd", "steps": 10, "step_size": 1e-5}],
+        dataset={"samples": 40, "train_samples": 2000}), "binarize.yaml"), registry)
+    arena = Arena(scenario, registry, folder / "results", cache=WeightsCache(folder / "cache"), progress=False,
+                  threat=scenario.threat)
+    data = Data.load(scenario, registry)
+    model, (plain, rounding), (apgd, pgd) = scenario.models[0], scenario.defenses, scenario.attacks
+    found = {}
+    for defense, attack in ((plain, apgd), (plain, pgd), (rounding, apgd)):
+        built, counted, _ = arena.attacker(data, model, defense, attack)
+        found[defense.key, attack.key] = binarization(built, counted.eval(), counted.module.net, data.images[:16],
+                                                      data.labels[:16], arena.threat)
+    return found
+
+
+def test_apgd_ce_on_the_plain_cnn_passes_the_binarization_test(binarized):
+    sound = binarized["none", "apgd_ce"]
+    assert sound.tested >= 4 and sound.setup_failed < sound.tested
+    assert sound.pass_rate >= 0.6, sound
+    assert sound.passes > 0
+
+
+def test_a_vanishing_step_and_an_undeclared_rounding_fail_the_binarization_test(binarized):
+    for key in (("none", "pgd"), ("round", "apgd_ce")):
+        failing = binarized[key]
+        assert failing.setup_failed < failing.tested, key
+        assert failing.pass_rate <= 0.3, (key, failing)
+    flagged = flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"binarization": {
+        "tested": 10, "passed": 0, "setup_failed": 2, "passes": 200}})])
+    assert flagged == [next(f for f in flagged if f.startswith("pgd: binarization test failed (Zimmermann et al.): "
+                                                              "it found the planted adversarial on 0 of 8 samples"))]
+    assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"binarization": {
+        "tested": 10, "passed": 8, "setup_failed": 1, "passes": 200}})]) == []
+
+
+def test_the_binarization_test_refuses_a_model_without_a_final_linear_layer():
+    no_head = nn.Sequential(nn.Conv2d(3, 10, 32), nn.Flatten())
+    with pytest.raises(ActiveTestError, match="needs the model's logits to come from a final nn.Linear"):
+        last_linear(no_head, torch.zeros(1, 3, 32, 32))
+
+
+def test_active_tests_run_when_the_cli_asks_and_the_leaderboard_says_so(folder, capsys):
+    scenario = write_scenario(folder, tiny(attacks=[{"name": "apgd_ce", "n_iter": 10}, "noise"], active_samples=4,
+                                           dataset={"samples": 40, "train_samples": 2000}), "active.yaml")
+    args = ("run", str(scenario), "--results", str(folder / "cli"), "--cache-dir", str(folder / "cache"), "-q",
+            "--no-report")
+    code, out, _ = run_cli(capsys, *args, "--active-tests")
+    assert code == 0, out
+    store = Store(folder / "cli")
+    run_id = store.run().id
+    apgd, noise = store.matchups(run_id)
+    assert apgd.checks["binarization"]["tested"] >= 1 and "binarization" not in noise.checks, "gradient attacks only"
+    [row] = rows(store.matchups(run_id), store.run(run_id))
+    assert "; binarization: apgd_ce " in row.evaluation
+    store.close()
+    assert run_cli(capsys, *args)[0] == 0
+    store = Store(folder / "cli")
+    later = store.run().id
+    assert later != run_id and not any("binarization" in m.checks for m in store.matchups(later)), \
+        "without the option the test does not run (and the earlier matchup is not reused)"
+    store.close()
