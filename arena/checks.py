@@ -139,7 +139,7 @@ def _indicators(ok: list[Matchup]) -> list[str]:
     for m in ok:
         attacked = int(m.attacked_mask.sum()) if m.attacked_mask is not None else 0
         silent = m.checks.get("silent_success", 0)
-        if silent and silent > TOLERANCE * attacked:
+        if silent > TOLERANCE * attacked and not m.gradient.get("randomized"):  # a random judge is no finding
             found.append(f"{m.attack}: silent success (Pintor et al.): {silent} samples were misclassified at some "
                          "step of the attack but not at the point it returned; it does not keep its best iterate: "
                          "add one that does (`apgd_ce`, the `fast` suite)")

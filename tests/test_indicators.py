@@ -184,3 +184,9 @@ def test_active_tests_run_when_the_cli_asks_and_the_leaderboard_says_so(folder, 
     assert later != run_id and not any("binarization" in m.checks for m in store.matchups(later)), \
         "without the option the test does not run (and the earlier matchup is not reused)"
     store.close()
+
+
+def test_silent_success_is_no_finding_when_the_judge_itself_is_random():
+    forgot = {"silent_success": 3}
+    assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot)])[0].startswith("pgd: silent success")
+    assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot, randomized=["noise"], eot_samples=10)]) == []
