@@ -115,9 +115,9 @@ def _planted(images: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
 
 
 def _fit(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-    """A logistic-regression head (balanced classes) separating every inner feature row from the planted one,
+    """A logistic-regression head (balanced classes) scoring the planted feature row above every inner one,
     calibrated so its boundary sits ``CLOSENESS`` of the way from the highest inner score to the planted point's;
-    None when no fit separates them."""
+    None when the fit leaves some inner row at or above the planted one."""
     mean, scale = inner.mean(0), inner.std(0).clamp_min(1e-6)
     x = torch.cat([inner, planted]).sub(mean).div(scale)
     y = torch.cat([torch.zeros(len(inner)), torch.ones(1)]).to(x.device)
@@ -138,7 +138,7 @@ def _fit(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, floa
     with torch.no_grad():
         scores = x @ w + b
         top, target = float(scores[:-1].max()), float(scores[-1])
-        if not (top < 0 < target):
+        if not top < target:  # no bias makes it 100 % accurate; the calibration below picks the bias
             return None
         weight = w / scale
         return weight.detach(), float(b) - float(mean @ weight) - (top + CLOSENESS * (target - top))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from arena import indicators
+from arena.indicators import measure, silent_success
 from arena.active import active_checks
 from arena.audit import audit
 from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
@@ -87,11 +87,11 @@ class Engine:
                 counted.watch(None)
                 if violation:
                     return record.finish("invalid", violation, counted.passes)
-                silent += indicators.silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
+                silent += silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
             record.checks["convergence"] = convergence(traces)
             if first is not None:
                 counted.counting = False
-                record.checks.update(indicators.measure(attack, counted, target, *first, record.gradient,
+                record.checks.update(measure(attack, counted, target, *first, record.gradient,
                                                         record.checks.get("zero_gradient", 0)))
                 counted.counting = True
                 if not record.gradient.get("source"):

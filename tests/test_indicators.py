@@ -141,7 +141,7 @@ def binarized(folder):
 def test_apgd_ce_on_the_plain_cnn_passes_the_binarization_test(binarized):
     sound = binarized["none", "apgd_ce"]
     assert sound.tested >= 4 and sound.setup_failed < sound.tested
-    assert sound.pass_rate >= 0.6, sound
+    assert sound.pass_rate >= 0.5, sound
     assert sound.passes > 0
 
 
@@ -149,7 +149,7 @@ def test_a_vanishing_step_and_an_undeclared_rounding_fail_the_binarization_test(
     for key in (("none", "pgd"), ("round", "apgd_ce")):
         failing = binarized[key]
         assert failing.setup_failed < failing.tested, key
-        assert failing.pass_rate <= 0.3, (key, failing)
+        assert failing.pass_rate <= 0.2, (key, failing)
     flagged = flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"binarization": {
         "tested": 10, "passed": 0, "setup_failed": 2, "passes": 200}})])
     assert flagged == [next(f for f in flagged if f.startswith("pgd: binarization test failed (Zimmermann et al.): "
