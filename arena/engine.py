@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from arena.indicators import measure, silent_success
 from arena.active import active_checks
 from arena.audit import audit
 from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended
+from arena.indicators import measure, silent_success
 from arena.kinds import Attack
 from arena.records import Example, Matchup
 from arena.scenario import AttackRef, DefenseRef, ModelRef
