@@ -190,3 +190,22 @@ def test_silent_success_is_no_finding_when_the_judge_itself_is_random():
     forgot = {"silent_success": 3}
     assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot)])[0].startswith("pgd: silent success")
     assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot, randomized=["noise"], eot_samples=10)]) == []
+
+
+def test_with_the_recommended_strong_attacks_each_masking_ends_near_the_undefended_worst_case(folder):
+    """APGD-CE, APGD-DLR and Square (the `fast` suite's core): the margin loss climbs the saturated softmax, Square
+    needs no gradient through the rounding, and the masked rows' worst cases fall to the undefended one's."""
+    scenario = tiny(
+        models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
+        defenses=["none", {"name": "hidden_mask", "label": "round"},
+                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
+        attacks=[{"name": "apgd_ce", "n_iter": 10}, {"name": "apgd_dlr", "n_iter": 10},
+                 {"name": "square", "n_queries": 100}],
+        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
+    store, run_id = play(folder, load_registry(modules=["arena_test_plugins"]), scenario)
+    table = {(r.model, r.defense): r for r in rows(store.matchups(run_id), store.run(run_id))}
+    undefended = table["cnn", "none"].worst_case
+    for key in (("cnn", "round"), ("hot_cnn", "none"), ("cnn", "noise")):
+        assert table[key].worst_case <= undefended + 0.1, (key, table[key].attacks)
+    for key in (("cnn", "round"), ("hot_cnn", "none")):
+        assert table[key].attacks["apgd_ce"] >= table[key].worst_case + 0.15, "the masking does mask APGD-CE"
