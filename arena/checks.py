@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arena.active import PASS_SHARE
+from arena.indicators import UNCONSTRAINED_SHARE, UNSTABLE_SHARE
 from arena.records import Matchup
 
 #: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
@@ -98,15 +100,18 @@ def flags(group: list[Matchup]) -> list[str]:
                      "softmax are weak; return logits")
     if any(m.checks.get("nondeterministic") for m in ok) and not any(m.gradient.get("eot_samples", 1) > 1 for m in ok):
         found.append(f"{DETERMINISM_PASSES} forward passes disagree (a randomized defense?) and no attack used EOT; "
-                     "declare the stage `randomized` or attack with eot_samples > 1")
+                     "declare the stage `randomized = True` (undeclared noise is never averaged), then add "
+                     "`eot_samples: 20` to the gradient attacks")
+    found += _indicators(ok)
     for m in ok:
         zero = m.checks.get("zero_gradient", 0)
         if zero and not m.gradient.get("masked"):
             found.append(f"{m.attack}: {zero} of {m.checks['checked']} attacked samples have a zero input gradient "
-                         "(masked gradients); use BPDA or a gradient-free attack")
+                         f"(unavailable gradients, Pintor et al.): {_zero_cause(m.checks)}")
         rise = m.checks.get("convergence")
         if rise and rise["late_rise"] > CONVERGENCE_SHARE * rise["rise"] and rise["late_rise"] > 1e-3 * rise["robust"]:
-            found.append(f"{m.attack} had not converged: the best margin of the samples it did not break still rose "
+            found.append(f"{m.attack} had not converged (incomplete optimisation, Pintor et al.): the best margin of "
+                         "the samples it did not break still rose "
                          f"by {rise['late_rise']:.3g} in its last 10% of {rise['calls']} steps ({rise['rise']:.3g} in "
                          "all); give it more iterations or restarts")
         leaked = m.checks.get("accuracy_all")
@@ -116,6 +121,64 @@ def flags(group: list[Matchup]) -> list[str]:
                          "understates its strength")
     found += _weaker_iterative(ok)
     return found
+
+
+def _zero_cause(checks: dict[str, Any]) -> str:
+    """What a zero input gradient comes from, told by the margin's gradient (``indicators.saturated``), and the fix."""
+    if checks.get("saturated"):
+        return (f"{checks['saturated']} of them have a nonzero margin gradient, so the softmax saturates (logits "
+                "scaled up at inference, a distilled model at temperature 1); add an attack with a margin loss "
+                "(`apgd_dlr`, the `fast` suite) or a gradient-free one such as `square`")
+    return ("a stage without a gradient (rounding, quantisation) that says it is differentiable; declare it "
+            "`differentiable = False` so that `bpda: true` crosses it, or add a gradient-free attack such as `square`")
+
+
+def _indicators(ok: list[Matchup]) -> list[str]:
+    """Flags from the indicators of attack failure measured with each matchup (``arena.indicators``)."""
+    found = []
+    for m in ok:
+        attacked = int(m.attacked_mask.sum()) if m.attacked_mask is not None else 0
+        silent = m.checks.get("silent_success", 0)
+        if silent > TOLERANCE * attacked and not m.gradient.get("randomized"):  # a random judge is no finding
+            found.append(f"{m.attack}: silent success (Pintor et al.): {silent} samples were misclassified at some "
+                         "step of the attack but not at the point it returned; it does not keep its best iterate: "
+                         "add one that does (`apgd_ce`, the `fast` suite)")
+        box = m.checks.get("unconstrained") or {}
+        if "error" in box:
+            found.append(f"{m.attack}: unconstrained attack not run (it refused an ε covering the whole box: "
+                         f"{box['error']})")
+        elif box and box["broken"] < UNCONSTRAINED_SHARE * box["checked"]:
+            found.append(f"{m.attack}: unconstrained attack failure (Pintor et al.): with an ε covering the whole "
+                         f"[0, 1] box it broke only {box['broken']} of {box['checked']} samples, so it fails whatever "
+                         "the ε (step size, iterations, loss, or gradients); fix its step size or iterations, add "
+                         "`bpda: true` for a declared non-differentiable stage, or a gradient-free attack such as "
+                         "`square` (the `fast` suite)")
+    for m in ok:
+        found += _binarization(m)
+    shaky = [m for m in ok if m.checks.get("unstable", 0) > UNSTABLE_SHARE and m.white_box]
+    if shaky and not any(m.gradient.get("eot_samples", 1) > 1 for m in ok):
+        worst = max(shaky, key=lambda m: m.checks["unstable"])
+        found.append(f"unstable predictions (Pintor et al.): {worst.checks['unstable']:.0%} of the predictions "
+                     "change under uniform noise of radius ε/2, so one gradient is a poor guide; add `eot_samples: 20` "
+                     "to the gradient attacks (declaring the noisy stage `randomized = True`)")
+    return found
+
+
+def _binarization(m: Matchup) -> list[str]:
+    """The flag of a matchup's binarization test (``arena.active``): failed, or not run on this model."""
+    test = m.checks.get("binarization")
+    if not test:
+        return []
+    if "error" in test:
+        return [f"{m.attack}: binarization test not run: {test['error']}"]
+    valid = test["tested"] - test["setup_failed"]
+    if valid and test["passed"] < PASS_SHARE * valid:
+        return [f"{m.attack}: binarization test failed (Zimmermann et al.): it found the planted adversarial on "
+                f"{test['passed']} of {valid} samples ({test['setup_failed']} of {test['tested']} setups failed); the "
+                "attack misses adversarials known to exist, so its robust accuracy overstates: give it more steps or "
+                "restarts, `bpda: true` / `eot_samples: 20` where gradients are masked or random, or add `square` "
+                "(the `fast` suite)"]
+    return []
 
 
 def _weaker_iterative(ok: list[Matchup]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from arena.active import ACTIVE_TESTS
 from arena.api import open_scenario
 from arena.conditions import SKIPPED
 from arena.errors import ArenaError
@@ -88,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for threat in scenario.threats:  # one run per ε of a sweep
         arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
                       fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
-                      runtime=Runtime(args.precision, args.compile, args.channels_last))
+                      runtime=Runtime(args.precision, args.compile, args.channels_last),
+                      active_tests=ACTIVE_TESTS if args.active_tests else ())
         run_id = arena.play(executor)
         store = arena.store
         try:
@@ -312,6 +314,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                      help="bf16: attack gradients under autocast (examples still audited and judged in float32)")
     run.add_argument("--compile", action="store_true", help="torch.compile each network once before attacking")
+    run.add_argument("--active-tests", action="store_true",
+                     help="run the binarization test (Zimmermann et al. 2022) with every white-box matchup, on the "
+                          "scenario's active_samples (default 100); costs about the attack's passes again per sample")
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     run.add_argument("--executor", choices=("local", "ray"), default=None,
                      help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from arena.active import active_checks
 from arena.audit import audit
-from arena.checks import convergence, probe, single_step
+from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended
+from arena.indicators import measure, silent_success
 from arena.kinds import Attack
 from arena.records import Example, Matchup
 from arena.scenario import AttackRef, DefenseRef, ModelRef
@@ -46,13 +48,16 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 @dataclass
 class Engine:
     """Plays matchups under one threat model: batches of ``batch_size`` on ``device``, up to ``examples`` successful
-    examples kept per matchup (None: all), with a progress bar unless ``progress`` is off."""
+    examples kept per matchup (None: all), with a progress bar unless ``progress`` is off, and the binarization
+    test on ``active_samples`` when asked."""
 
     threat: ThreatModel
     device: torch.device
     batch_size: int
     examples: int | None
     progress: bool = True
+    #: Samples each white-box matchup's binarization test (``arena.active``) runs on; 0: not asked, never run.
+    active_samples: int = 0
 
     def play(
         self, attacker: Callable[[], tuple[Attack, Counted, dict[str, Any]]], target: Defended, data: Data,
@@ -73,12 +78,13 @@ class Engine:
         desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
         try:
             attack, counted, record.gradient = attacker()
-            traces = []
+            traces, first, silent = [], None, 0
             for index, images, labels in self.batches(data, todo, desc):
                 if not record.checks:
                     counted.counting = False
                     record.checks.update(probe(target, counted.module, images, labels))
                     counted.counting = True
+                    first = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
                 counted.watch(labels)
                 violation = self.judge(attack, counted, target, images, labels, index, record.robust, record.norms,
                                        record.examples)
@@ -86,7 +92,20 @@ class Engine:
                 counted.watch(None)
                 if violation:
                     return record.finish("invalid", violation, counted.passes)
+                silent += silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
             record.checks["convergence"] = convergence(traces)
+            if first is not None:
+                counted.counting = False
+                record.checks.update(measure(attack, counted, target, *first, record.gradient,
+                                                        record.checks.get("zero_gradient", 0)))
+                counted.counting = True
+                if not record.gradient.get("source"):
+                    record.checks["silent_success"] = silent
+            if self.active_samples and first is not None and record.gradient.get("source") is None \
+                    and not record.gradient.get("gradient_free"):
+                chosen = torch.from_numpy(np.flatnonzero(todo)[:self.active_samples]).to(self.device)
+                images, labels = (t[chosen] for t in data.on(self.device))
+                record.checks["binarization"] = active_checks(attack, counted, images, labels, self.threat)
             record.passes = counted.passes
             if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
                 counted.counting = False

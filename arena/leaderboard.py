@@ -117,6 +117,14 @@ def _evaluation(group: list[Matchup]) -> str:
     return "full; cascade: " + ", ".join(suites) if suites else "mixed"
 
 
+def _actively_tested(group: list[Matchup]) -> str:
+    """``; binarization: <attack> passed/valid, ...`` for a row whose matchups ran the binarization test, else
+    ``''``."""
+    tested = [(m.attack, m.checks["binarization"]) for m in group if "tested" in m.checks.get("binarization", {})]
+    return ("; binarization: " + ", ".join(f"{a} {t['passed']}/{t['tested'] - t['setup_failed']}" for a, t in tested)
+            if tested else "")
+
+
 def _suites(group: list[Matchup]) -> dict[str, float | str]:
     """Each suite's worst case over its members, or the status of a member that did not finish."""
     members: dict[str, list[Matchup]] = {}
@@ -161,7 +169,8 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
             attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
                      **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
-            flags=flags, evaluation=_evaluation(group), suite=", ".join(sorted({m.suite for m in group if m.suite})),
+            flags=flags, evaluation=_evaluation(group) + _actively_tested(group),
+            suite=", ".join(sorted({m.suite for m in group if m.suite})),
             passes=_passes(group),
             attack_passes={m.attack: m.passes_per_sample for m in group},
             threat=str(run.threat) if run else "", run=run.id if run else "",

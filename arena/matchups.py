@@ -143,6 +143,8 @@ class Arena:
     report_to: tuple[str, ...] = ()
     #: Opt-in speed settings: bf16 attack gradients, ``torch.compile``, channels-last (``arena.runtime``).
     runtime: Runtime = field(default_factory=Runtime)
+    #: Opt-in active tests besides the scenario's ``active_tests`` (``arena run --active-tests``).
+    active_tests: tuple[str, ...] = ()
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     store: Store = field(init=False)
     #: Written when a run completes: its leaderboard rows, ``runs/<run id>.json`` and the report folder (None
@@ -273,7 +275,13 @@ class Arena:
     @property
     def engine(self) -> Engine:
         """The per-batch engine that plays this run's matchups."""
-        return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress)
+        return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
+                      self.scenario.active_samples if self.active else 0)
+
+    @property
+    def active(self) -> list[str]:
+        """The active tests this run asked for (scenario or command line); none unless asked."""
+        return sorted({*self.scenario.active_tests, *self.active_tests})
 
     def weights_key(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
         """The weights-cache key of a model under a defense entry, and the fields it hashes.
@@ -336,6 +344,8 @@ class Arena:
             **({"after": after} if after else {}),
             **({"when": attack_ref.when} if attack_ref.when else {}),
             **({"runtime": runtime} if runtime else {}),
+            # An active test adds to the matchup's record; asked for, it needs the matchup run again.
+            **({"active": [self.active, self.scenario.active_samples]} if self.active else {}),
             # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
             **({"examples": self.scenario.save_examples}
                if self.scenario.save_examples != DEFAULT_EXAMPLES else {}),

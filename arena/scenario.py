@@ -190,6 +190,10 @@ class Scenario(_Strict):
     save_examples: Annotated[int | Literal["all"], pydantic.BeforeValidator(_examples_count)] = Field(
         DEFAULT_EXAMPLES, description="successful adversarial examples kept per matchup (exact values, labels, "
                                       "predictions and confidences), for reports and `arena examples`; or all")
+    active_tests: list[Literal["binarization"]] = Field(
+        default_factory=list, description="opt-in active tests run with every white-box matchup: binarization "
+                                          "(Zimmermann et al. 2022; about 2 + the attack's passes per tested sample)")
+    active_samples: int = Field(100, ge=1, description="samples each active test runs on (the first attacked ones)")
     plugins: list[str] = Field(default_factory=list, description="plugin modules to load: import paths or .py files "
                                                                  "relative to the scenario file")
     _path: str = PrivateAttr("")

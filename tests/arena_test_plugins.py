@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from arena import Attack, Param, Preprocessor, Suite, hookimpl
+from arena import Attack, Model, Param, Preprocessor, Suite, hookimpl
+from arena_plugins.models import CNNNet
 
 
 class Cheat(Attack):
@@ -48,6 +49,23 @@ class WrongShape(Attack):
         return images[1:].clone()
 
 
+class Forgetful(Attack):
+    """Steps of sign-gradient ascent, then returns the clean images: the extreme of an attack that does not keep its
+    best iterate (silent success)."""
+
+    name = "forgetful"
+    params = {"steps": Param(int, 5, "gradient steps", ge=1)}
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = images.clone()
+        for _ in range(self.steps):
+            x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(self.model(x), labels), x)
+            x = (images + (x.detach() + self.threat.eps / 2 * grad.sign() - images).clamp(-self.threat.eps,
+                                                                                          self.threat.eps)).clamp(0, 1)
+        return images.clone()
+
+
 class HiddenMask(Preprocessor):
     """Rounds pixels to 8 levels but declares itself differentiable: every gradient through it is zero, which only
     the arena's own zero-gradient check can tell (masking the plugin did not declare)."""
@@ -56,6 +74,34 @@ class HiddenMask(Preprocessor):
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.round(images * 8) / 8
+
+
+class HiddenNoise(Preprocessor):
+    """Adds Gaussian noise but does not declare ``randomized = True``: EOT never averages it (undeclared
+    randomness), which only the arena's behavioural checks can tell."""
+
+    name = "hidden_noise"
+    params = {"sigma": Param(float, 0.1, "noise standard deviation", gt=0)}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images + self.sigma * torch.randn_like(images)).clamp(0, 1)
+
+
+class _Hot(CNNNet):
+    """The CNN whose logits are multiplied by 1000 outside training (distillation deployed at temperature 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        return logits if self.training else 1000 * logits
+
+
+class HotCNN(Model):
+    """The seed study's CNN, its logits scaled ×1000 at inference: the softmax saturates, gradients vanish."""
+
+    name = "hot_cnn"
+
+    def build(self, num_classes: int) -> torch.nn.Module:
+        return _Hot(num_classes, normalize=True)
 
 
 class WhenSuite(Suite):
@@ -70,6 +116,12 @@ class WhenSuite(Suite):
 @hookimpl
 def arena_register_defenses(register) -> None:
     register(HiddenMask)
+    register(HiddenNoise)
+
+
+@hookimpl
+def arena_register_models(register) -> None:
+    register(HotCNN)
 
 
 @hookimpl
@@ -79,5 +131,5 @@ def arena_register_suites(register) -> None:
 
 @hookimpl
 def arena_register_attacks(register) -> None:
-    for cls in (Cheat, ModeProbe, Explode, WrongShape):
+    for cls in (Cheat, ModeProbe, Explode, WrongShape, Forgetful):
         register(cls)

@@ -1,0 +1,211 @@
+"""Indicators of attack failure (Pintor et al. 2022) on a real CIFAR-10 slice: each fires on a hand-made failing
+evaluation, stays quiet on a sound one, and the three undeclared maskings (rounding left differentiable, logits
+scaled at inference, noise not declared randomized) end in a flag naming the cause and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import matchup, play, run_cli, tiny, write_scenario
+from torch import nn
+
+from arena.active import ActiveTestError, binarization, last_linear
+from arena.checks import flags
+from arena.indicators import UNSTABLE_SHARE, silent_success, whole_box
+from arena.leaderboard import rows
+from arena.matchups import Arena, Data
+from arena.registry import load_registry
+from arena.scenario import load_scenario
+from arena.store import Store
+from arena.threat import ThreatModel
+from arena.training import WeightsCache
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A folder whose weights cache the module's runs share (the same CNN, trained once)."""
+    return tmp_path_factory.mktemp("indicators")
+
+
+@pytest.fixture(scope="module")
+def played(folder):
+    """One run: the CNN and the ×1000-logits CNN against no defense, undeclared rounding and undeclared noise, each
+    attacked by a sound PGD, a PGD with a vanishing step and an attack that forgets its iterates."""
+    scenario = tiny(
+        models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
+        defenses=["none", {"name": "hidden_mask", "label": "round"},
+                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
+        attacks=[{"name": "pgd", "steps": 10}, {"name": "pgd", "steps": 10, "step_size": 1e-5, "label": "pgd_tiny"},
+                 {"name": "forgetful"}],
+        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
+    store, run_id = play(folder, load_registry(modules=["arena_test_plugins"]), scenario)
+    found = store.matchups(run_id)
+    return {(m.model, m.defense, m.attack): m for m in found}, {(r.model, r.defense): r for r in
+                                                                 rows(found, store.run(run_id))}
+
+
+def test_a_sound_evaluation_raises_no_indicator(played):
+    matchups, _ = played
+    pgd = matchups["cnn", "none", "pgd"]
+    assert not any("binarization" in m.checks for m in matchups.values()), "the active test runs only when asked"
+    assert pgd.checks["silent_success"] == 0
+    assert pgd.checks["unconstrained"]["broken"] == pgd.checks["unconstrained"]["checked"] == 10
+    assert pgd.checks["unconstrained"]["passes"] == 10 * 2 * 10, "10 samples × 10 steps × (forward + backward)"
+    assert pgd.checks["unstable"] < UNSTABLE_SHARE
+    assert flags([pgd]) == []
+
+
+def test_a_vanishing_step_fails_the_unconstrained_attack(played):
+    matchups, _ = played
+    tiny_step = matchups["cnn", "none", "pgd_tiny"]
+    assert tiny_step.checks["unconstrained"]["broken"] <= 2
+    assert any(f.startswith("pgd_tiny: unconstrained attack failure (Pintor et al.)") and "step size" in f
+               for f in flags([tiny_step]))
+
+
+def test_an_attack_returning_a_worse_point_than_an_iterate_is_a_silent_success(played):
+    matchups, _ = played
+    forgetful = matchups["cnn", "none", "forgetful"]
+    assert forgetful.checks["silent_success"] > 0
+    assert any(f.startswith("forgetful: silent success (Pintor et al.)") and "`apgd_ce`" in f
+               for f in flags([forgetful]))
+
+
+def test_undeclared_rounding_is_flagged_with_its_cause_and_fix(played):
+    _, table = played
+    row = table["cnn", "round"]
+    zero = [f for f in row.flags if f.startswith("pgd: ") and "unavailable gradients" in f]
+    assert zero and "`differentiable = False`" in zero[0] and "`square`" in zero[0], row.flags
+    assert any(f.startswith("pgd: unconstrained attack failure") for f in row.flags)
+
+
+def test_logits_scaled_at_inference_are_flagged_as_a_saturated_softmax(played):
+    matchups, table = played
+    assert matchups["hot_cnn", "none", "pgd"].checks["saturated"] > 0
+    assert matchups["cnn", "round", "pgd"].checks["saturated"] == 0, "rounding is not saturation"
+    flagged = [f for f in table["hot_cnn", "none"].flags if "softmax saturates" in f]
+    assert flagged and "`apgd_dlr`" in flagged[0], table["hot_cnn", "none"].flags
+    assert not any("softmax saturates" in f for f in table["cnn", "none"].flags)
+
+
+def test_undeclared_noise_is_flagged_as_unstable_predictions_needing_eot(played):
+    matchups, table = played
+    assert matchups["cnn", "noise", "pgd"].checks["unstable"] > UNSTABLE_SHARE
+    row = table["cnn", "noise"]
+    assert any(f.startswith("unstable predictions (Pintor et al.)") and "`eot_samples: 20`" in f for f in row.flags)
+    assert any("forward passes disagree" in f and "`randomized = True`" in f for f in row.flags), row.flags
+    assert not any("unstable predictions" in f for f in table["cnn", "none"].flags)
+
+
+def test_silent_success_ignores_samples_an_early_exit_attack_dropped():
+    trace = torch.tensor([[-1.0, float("nan"), -1.0], [0.5, float("nan"), -0.5]])
+    assert silent_success(trace, torch.tensor([True, True, True])) == 1
+    assert silent_success(trace, torch.tensor([False, True, True])) == 0
+    assert silent_success(torch.empty(0), torch.tensor([True])) == 0
+
+
+def test_the_whole_box_covers_every_image():
+    images = torch.zeros(2, 3, 32, 32)
+    assert whole_box(ThreatModel("linf", 8 / 255), images) == ThreatModel("linf", 1.0)
+    l2 = whole_box(ThreatModel("l2", 0.5), images)
+    assert l2.measure(torch.ones(1, 3, 32, 32))[0] <= l2.eps + 1e-3
+
+
+def test_an_attack_refusing_the_whole_box_is_reported_not_lost():
+    refused = matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"unconstrained": {"error": "ValueError: eps > 0.5"}})
+    assert flags([refused]) == ["pgd: unconstrained attack not run (it refused an ε covering the whole box: "
+                                "ValueError: eps > 0.5)"]
+
+
+@pytest.fixture(scope="module")
+def binarized(folder):
+    """The binarization test of three attacks on the CNN's first 16 test images: APGD-CE and a PGD with a vanishing
+    step without defense, APGD-CE through the undeclared rounding."""
+    registry = load_registry(modules=["arena_test_plugins"])
+    scenario = load_scenario(write_scenario(folder, tiny(
+        defenses=["none", {"name": "hidden_mask", "label": "round"}],
+        attacks=[{"name": "apgd_ce", "n_iter": 20}, {"name": "pgd", "steps": 10, "step_size": 1e-5}],
+        dataset={"samples": 40, "train_samples": 2000}), "binarize.yaml"), registry)
+    arena = Arena(scenario, registry, folder / "results", cache=WeightsCache(folder / "cache"), progress=False,
+                  threat=scenario.threat)
+    data = Data.load(scenario, registry)
+    model, (plain, rounding), (apgd, pgd) = scenario.models[0], scenario.defenses, scenario.attacks
+    found = {}
+    for defense, attack in ((plain, apgd), (plain, pgd), (rounding, apgd)):
+        built, counted, _ = arena.attacker(data, model, defense, attack)
+        found[defense.key, attack.key] = binarization(built, counted.eval(), counted.module.net, data.images[:16],
+                                                      data.labels[:16], arena.threat)
+    return found
+
+
+def test_apgd_ce_on_the_plain_cnn_passes_the_binarization_test(binarized):
+    sound = binarized["none", "apgd_ce"]
+    assert sound.tested >= 4 and sound.setup_failed < sound.tested
+    assert sound.pass_rate >= 0.5, sound
+    assert sound.passes > 0
+
+
+def test_a_vanishing_step_and_an_undeclared_rounding_fail_the_binarization_test(binarized):
+    for key in (("none", "pgd"), ("round", "apgd_ce")):
+        failing = binarized[key]
+        assert failing.setup_failed < failing.tested, key
+        assert failing.pass_rate <= 0.2, (key, failing)
+    flagged = flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"binarization": {
+        "tested": 10, "passed": 0, "setup_failed": 2, "passes": 200}})])
+    assert flagged == [next(f for f in flagged if f.startswith("pgd: binarization test failed (Zimmermann et al.): "
+                                                              "it found the planted adversarial on 0 of 8 samples"))]
+    assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"binarization": {
+        "tested": 10, "passed": 8, "setup_failed": 1, "passes": 200}})]) == []
+
+
+def test_the_binarization_test_refuses_a_model_without_a_final_linear_layer():
+    no_head = nn.Sequential(nn.Conv2d(3, 10, 32), nn.Flatten())
+    with pytest.raises(ActiveTestError, match="needs the model's logits to come from a final nn.Linear"):
+        last_linear(no_head, torch.zeros(1, 3, 32, 32))
+
+
+def test_active_tests_run_when_the_cli_asks_and_the_leaderboard_says_so(folder, capsys):
+    scenario = write_scenario(folder, tiny(attacks=[{"name": "apgd_ce", "n_iter": 10}, "noise"], active_samples=4,
+                                           dataset={"samples": 40, "train_samples": 2000}), "active.yaml")
+    args = ("run", str(scenario), "--results", str(folder / "cli"), "--cache-dir", str(folder / "cache"), "-q",
+            "--no-report")
+    code, out, _ = run_cli(capsys, *args, "--active-tests")
+    assert code == 0, out
+    store = Store(folder / "cli")
+    run_id = store.run().id
+    apgd, noise = store.matchups(run_id)
+    assert apgd.checks["binarization"]["tested"] >= 1 and "binarization" not in noise.checks, "gradient attacks only"
+    [row] = rows(store.matchups(run_id), store.run(run_id))
+    assert "; binarization: apgd_ce " in row.evaluation
+    store.close()
+    assert run_cli(capsys, *args)[0] == 0
+    store = Store(folder / "cli")
+    later = store.run().id
+    assert later != run_id and not any("binarization" in m.checks for m in store.matchups(later)), \
+        "without the option the test does not run (and the earlier matchup is not reused)"
+    store.close()
+
+
+def test_silent_success_is_no_finding_when_the_judge_itself_is_random():
+    forgot = {"silent_success": 3}
+    assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot)])[0].startswith("pgd: silent success")
+    assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot, randomized=["noise"], eot_samples=10)]) == []
+
+
+def test_with_the_recommended_strong_attacks_each_masking_ends_near_the_undefended_worst_case(folder):
+    """APGD-CE, APGD-DLR and Square (the `fast` suite's core): the margin loss climbs the saturated softmax, Square
+    needs no gradient through the rounding, and the masked rows' worst cases fall to the undefended one's."""
+    scenario = tiny(
+        models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
+        defenses=["none", {"name": "hidden_mask", "label": "round"},
+                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
+        attacks=[{"name": "apgd_ce", "n_iter": 10}, {"name": "apgd_dlr", "n_iter": 10},
+                 {"name": "square", "n_queries": 100}],
+        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
+    store, run_id = play(folder, load_registry(modules=["arena_test_plugins"]), scenario)
+    table = {(r.model, r.defense): r for r in rows(store.matchups(run_id), store.run(run_id))}
+    undefended = table["cnn", "none"].worst_case
+    for key in (("cnn", "round"), ("hot_cnn", "none"), ("cnn", "noise")):
+        assert table[key].worst_case <= undefended + 0.1, (key, table[key].attacks)
+    for key in (("cnn", "round"), ("hot_cnn", "none")):
+        assert table[key].attacks["apgd_ce"] >= table[key].worst_case + 0.15, "the masking does mask APGD-CE"
