@@ -13,6 +13,7 @@ from arena.version import __version__
 hookimpl = pluggy.HookimplMarker("arena")
 
 from arena.api import Evaluation, evaluate, open_scenario  # noqa: E402
+from arena.cost import Counted, Passes  # noqa: E402
 from arena.errors import ArenaError  # noqa: E402
 from arena.kinds import (  # noqa: E402
     Attack,
@@ -40,6 +41,7 @@ __all__ = [
     "Arena",
     "ArenaError",
     "Attack",
+    "Counted",
     "DataError",
     "Dataset",
     "Defense",
@@ -47,6 +49,7 @@ __all__ = [
     "Matchup",
     "Model",
     "Param",
+    "Passes",
     "Plugin",
     "PluginError",
     "Postprocessor",

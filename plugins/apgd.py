@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arena import Attack, Param, ThreatModel, hookimpl
-from arena.cost import Counted
+from arena import Attack, Counted, Param, ThreatModel, hookimpl
 from arena_plugins.autoattack import _APGD
 from arena_plugins.pgd import PGD
 
