@@ -96,8 +96,8 @@ class Engine:
             record.checks["convergence"] = convergence(traces)
             if first is not None:
                 counted.counting = False
-                record.checks.update(measure(attack, counted, target, *first, record.gradient,
-                                                        record.checks.get("zero_gradient", 0)))
+                record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
+                                             record.checks.get("zero_gradient", 0)))
                 counted.counting = True
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent

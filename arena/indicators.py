@@ -47,16 +47,16 @@ def whole_box(threat: ThreatModel, images: torch.Tensor) -> ThreatModel:
 
 
 def unconstrained(
-    attack: Attack, counted: Counted, target: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    attack: Attack, counted: Counted, target: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+    threat: ThreatModel,
 ) -> dict[str, Any]:
     """The attack rebuilt with the whole box as its ε (same parameters) on the first ``UNCONSTRAINED_SAMPLES``:
     ``checked``, ``broken`` (by the target's judgement) and ``passes`` (network passes it cost, not charged to the
     matchup)."""
     images, labels = images[:UNCONSTRAINED_SAMPLES], labels[:UNCONSTRAINED_SAMPLES]
-    values = {key: getattr(attack, key) for key in attack.params}
-    if "random_start" in values:  # a random start in the whole box is a random image: it would break most samples
-        values["random_start"] = False
-    unbounded = type(attack)(counted, whole_box(attack.threat, images), **values)
+    # a random start in the whole box is a random image: it would break most samples by itself
+    changes = {"random_start": False} if "random_start" in attack.params else {}
+    unbounded = attack.rebuilt(whole_box(threat, images), **changes)
     saved, counting = counted.passes, counted.counting
     counted.passes, counted.counting = type(saved)(), True
     try:
@@ -96,17 +96,17 @@ def saturated(attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -
 
 def measure(
     attack: Attack, counted: Counted, target: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-    gradient: dict[str, Any], zero_gradient: int,
+    threat: ThreatModel, gradient: dict[str, Any], zero_gradient: int,
 ) -> dict[str, Any]:
     """The cheap indicators of one matchup's first batch, run after the attack so they change none of its random
     draws: ``unstable``, ``saturated`` (when some gradient was zero) and, for a gradient attack on the target itself,
     ``unconstrained`` (or the reason it could not be rebuilt with the whole box as its ε)."""
-    found: dict[str, Any] = {"unstable": unstable(counted.module, images, labels, attack.threat.eps)}
+    found: dict[str, Any] = {"unstable": unstable(counted.module, images, labels, threat.eps)}
     if zero_gradient:
         found["saturated"] = saturated(counted.module, images, labels)
     if not gradient.get("source") and not gradient.get("gradient_free"):
         try:
-            found["unconstrained"] = unconstrained(attack, counted, target, images, labels)
+            found["unconstrained"] = unconstrained(attack, counted, target, images, labels, threat)
         except Exception as error:  # a plugin that refuses a huge ε: say so, keep the matchup
             found["unconstrained"] = {"error": f"{type(error).__name__}: {error}"}
     return found

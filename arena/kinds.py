@@ -193,6 +193,11 @@ class Attack(Plugin):
         """Adversarial versions of ``images`` (same shape, in [0, 1]) that try to make the model miss ``labels``."""
         raise NotImplementedError
 
+    def rebuilt(self, threat: ThreatModel, **changes: Any) -> Attack:
+        """The same attack on the same module with another threat model and some parameters changed (the
+        unconstrained-attack indicator runs it with ε covering the whole box)."""
+        return type(self)(self.model, threat, **{**{key: getattr(self, key) for key in self.params}, **changes})
+
 
 class Suite(Plugin):
     """Several attacks that a scenario names as one entry (``autoattack``) and that run as a cascade: each attack

@@ -217,13 +217,16 @@ def bare_attack(name: str, model: torch.nn.Module, sizes: Sizes, seed: int = 0,
 
 @dataclass
 class _Timed:
-    """An attack behind a timed call: the engine only calls it and reads its name."""
+    """An attack behind a timed call; everything else the engine reads (name, threat, ``rebuilt``) is the attack's."""
 
-    name: str
+    attack: arena.Attack
     call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.call(images, labels)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.attack, name)
 
 
 class Phases:
@@ -279,7 +282,7 @@ class Phases:
                 self.seeds[args[-1].key] = attack.seed
             # the engine turns pass counting off for the label-leak pass: those calls are a check, not the attack
             call = self._timed(lambda: "attack" if counted.counting else "checks", attack)
-            return _Timed(attack.name, call), counted, gradient
+            return _Timed(attack, call), counted, gradient
 
         return attacker
 

@@ -53,9 +53,12 @@ def test_compile_and_channels_last_give_the_same_predictions_and_gradients(train
         out = prepared(x)
         (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(out, labels[:64]), x)
         assert torch.equal(out.argmax(1), eager.argmax(1)), runtime
-        scale = float(reference.abs().max())  # fused kernels reorder float sums: compare relative to the gradient
         assert torch.allclose(out, eager, atol=1e-4), runtime
-        assert torch.allclose(grad, reference, rtol=1e-2, atol=1e-2 * scale), (runtime, (grad - reference).abs().max())
+        # Other kernels reorder float sums, and a rounding difference can flip a ReLU at its kink, which changes one
+        # sample's gradient by a few percent (seen: 2.6 % on one of 64 with two threads on an AMD EPYC, 6e-7 for the
+        # median): compare the typical sample and the whole direction, not every element.
+        error = (grad - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+        assert float(error.median()) < 1e-3, (runtime, error)
         assert torch.nn.functional.cosine_similarity(grad.flatten(), reference.flatten(), dim=0) > 0.999, runtime
 
 
