@@ -23,7 +23,7 @@ from arena.version import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class StoreError(ArenaError):
@@ -115,6 +115,9 @@ _MIGRATIONS: dict[int, list[tuple[str, str]]] = {
     4: [("examples", "codec TEXT NOT NULL DEFAULT 'raw'")],
     5: [("runs", column) for column in ("data_fingerprint TEXT", "runtime TEXT NOT NULL DEFAULT '{}'", "origin TEXT")],
 }
+#: Tables whose constraints a schema version changed (7: a matchup may be ``skipped``). SQLite cannot alter a CHECK,
+#: so such a table is rebuilt from the schema script and its rows copied over (SQLite's documented procedure).
+_REBUILDS: dict[int, list[str]] = {6: ["matchups"]}
 
 
 def _encode(image: np.ndarray) -> bytes:
@@ -255,32 +258,34 @@ class Store:
                 for table in tables:
                     self.db.execute(f'DROP TABLE "{table}"')
                 tables = []
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                self.db.execute(statement)
+            self._apply_schema()
             for step in range(version, SCHEMA_VERSION) if tables else ():
-                for table, column in _MIGRATIONS[step]:
+                for table, column in _MIGRATIONS.get(step, ()):
                     present = {row[1] for row in self.db.execute(f'PRAGMA table_info("{table}")')}
                     if column.split()[0] not in present:  # a table the schema script just made has it already
                         self.db.execute(f'ALTER TABLE "{table}" ADD COLUMN {column}')
-            self._allow_skipped()
+                for table in _REBUILDS.get(step, ()):
+                    self._rebuild(table)
+            self._apply_schema()  # the indexes a rebuilt table dropped
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self.db.commit()
         except BaseException:
             self.db.rollback()
             raise
 
-    def _allow_skipped(self) -> None:
-        """Let an older store record ``skipped`` matchups: loosening a CHECK leaves the file format as it is, so the
-        table's stored definition is edited in place (SQLite's documented procedure), not rebuilt."""
-        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'matchups'").fetchone()[0]
-        if "'skipped'" in sql:
-            return
-        self.db.execute("PRAGMA writable_schema = ON")
-        self.db.execute("UPDATE sqlite_master SET sql = replace(sql, \"'error')\", \"'error', 'skipped')\")"
-                        " WHERE type = 'table' AND name = 'matchups'")
-        cookie = self.db.execute("PRAGMA schema_version").fetchone()[0]
-        self.db.execute(f"PRAGMA schema_version = {cookie + 1}")  # every connection rereads the definition
-        self.db.execute("PRAGMA writable_schema = OFF")
+    def _apply_schema(self) -> None:
+        """Create whatever table or index of the schema script is missing (inside the caller's transaction)."""
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            self.db.execute(statement)
+
+    def _rebuild(self, table: str) -> None:
+        """Recreate ``table`` with the schema script's definition, keeping every row (ids included) and column."""
+        create = next(s for s in _SCHEMA.split(";") if f"TABLE IF NOT EXISTS {table} (" in s)
+        columns = ", ".join(f'"{row[1]}"' for row in self.db.execute(f'PRAGMA table_info("{table}")'))
+        self.db.execute(create.replace(f"IF NOT EXISTS {table} (", f'"{table}_rebuilt" ('))
+        self.db.execute(f'INSERT INTO "{table}_rebuilt" ({columns}) SELECT {columns} FROM "{table}"')
+        self.db.execute(f'DROP TABLE "{table}"')
+        self.db.execute(f'ALTER TABLE "{table}_rebuilt" RENAME TO "{table}"')
 
     def _mark_interrupted(self) -> None:
         """Runs left ``running`` by a process that is gone (killed, crashed) become ``interrupted``."""

@@ -111,12 +111,22 @@ def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeyp
 def test_an_older_store_learns_to_record_skipped_members(tmp_path):
     old = sqlite3.connect(tmp_path / "arena.db")
     old.executescript(_SCHEMA.replace("'error', 'skipped')", "'error')"))
-    old.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    old.execute("INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
+                " norm, eps, dataset, samples, device, status, started_at) VALUES ('r', 's', 'p', 'd', 't', '0', 0,"
+                " 'linf', 0.1, 'cifar10', 1, 'cpu', 'done', 'then')")
+    old.execute("INSERT INTO matchups (id, run_id, model, defense, attack, params, key, status, samples, wall_time_s,"
+                " finished_at) VALUES (41, 'r', 'm', 'd', 'a', '{}', 'k', 'ok', 1, 0, 'then')")
+    old.execute("PRAGMA user_version = 6")
     old.commit()
     old.close()
-    store = Store(tmp_path)
+    store = Store(tmp_path)  # schema 7 rebuilds the matchups table: SQLite cannot loosen a CHECK in place
     sql = store.db.execute("SELECT sql FROM sqlite_master WHERE name = 'matchups'").fetchone()[0]
     assert "'skipped'" in sql and store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [tuple(r) for r in store.db.execute("SELECT id, key, status FROM matchups")] == [(41, "k", "ok")]
+    assert store.db.execute("SELECT name FROM sqlite_master WHERE name = 'matchups_key'").fetchone()
+    insert = ("INSERT INTO matchups (run_id, model, defense, attack, params, key, status, samples, wall_time_s,"
+              " finished_at) VALUES ('r', 'm', 'd', ?, '{}', 'k', ?, 1, 0, 'now')")
+    assert store.db.execute(insert, ("b", "skipped")).lastrowid == 42  # AUTOINCREMENT carries on past the old ids
     with pytest.raises(sqlite3.IntegrityError):
-        store.db.execute("INSERT INTO matchups (run_id, model, defense, attack, params, key, status, samples,"
-                         " wall_time_s, finished_at) VALUES ('r', 'm', 'd', 'a', '{}', 'k', 'bogus', 1, 0, 'now')")
+        store.db.execute(insert, ("c", "bogus"))
