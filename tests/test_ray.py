@@ -98,6 +98,31 @@ def local(tmp_path_factory):
     return folder, per_sample(folder / "r")
 
 
+def test_the_driver_killed_and_run_again_resumes(local, tmp_path):
+    """First in the module: its `ray stop --force` ends every local cluster, so it runs before `cluster` starts one
+    in this process (a driver whose cluster is gone exits a minute later, taking a pytest-xdist worker with it)."""
+    folder, expected = local
+    path = scenario(tmp_path)
+    command = [sys.executable, "-m", "arena", "run", str(path), "--results", str(tmp_path / "r"), "--cache-dir",
+               str(folder / "cache"), "-q", "--no-report", "--executor", "ray", "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_matchups(tmp_path / "r" / "arena.db", 2, driver)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(60)
+    ray_cli = Path(sys.executable).with_name("ray")  # the killed driver's local cluster is left behind: stop it
+    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+    first = Store(tmp_path / "r", readonly=True).runs()[0]
+    kept = len(Store(tmp_path / "r", readonly=True).matchups(first.id))
+    assert first.status == "interrupted" and kept < 8
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    store = Store(tmp_path / "r", readonly=True)
+    latest = store.runs()[0]
+    assert per_sample(tmp_path / "r") == expected
+    assert sum(1 for m in store.matchups(latest.id) if m.reused_from == first.id) == kept
+
+
 def test_ray_stores_the_same_per_sample_results_as_one_process(cluster, local, tmp_path):
     folder, expected = local
     path = scenario(tmp_path)
@@ -122,29 +147,6 @@ def test_a_worker_killed_mid_task_is_retried_without_a_duplicate_row(cluster, lo
     assert sorted((m.defense, m.attack, m.status) for m in matchups) == [
         ("median", "dies_once", "ok"), ("median", "fgsm", "ok"), ("none", "dies_once", "ok"), ("none", "fgsm", "ok")]
     assert rows_per_matchup(tmp_path / "r") == [1] * 4
-
-
-def test_the_driver_killed_and_run_again_resumes(local, tmp_path):
-    folder, expected = local
-    path = scenario(tmp_path)
-    command = [sys.executable, "-m", "arena", "run", str(path), "--results", str(tmp_path / "r"), "--cache-dir",
-               str(folder / "cache"), "-q", "--no-report", "--executor", "ray", "--workers", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_matchups(tmp_path / "r" / "arena.db", 2, driver)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait(60)
-    ray_cli = Path(sys.executable).with_name("ray")  # the killed driver's local cluster is left behind: stop it
-    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
-    first = Store(tmp_path / "r", readonly=True).runs()[0]
-    kept = len(Store(tmp_path / "r", readonly=True).matchups(first.id))
-    assert first.status == "interrupted" and kept < 8
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    store = Store(tmp_path / "r", readonly=True)
-    latest = store.runs()[0]
-    assert per_sample(tmp_path / "r") == expected
-    assert sum(1 for m in store.matchups(latest.id) if m.reused_from == first.id) == kept
 
 
 def test_asking_for_ray_without_it_names_the_install_command(tmp_path, capsys, monkeypatch):
