@@ -39,7 +39,7 @@ def weights_problem(path: Path) -> str | None:
         try:  # the archive's directory is at its end: a truncated file has none
             zipfile.ZipFile(path).close()
         except (zipfile.BadZipFile, OSError) as exc:
-            return f"{path} is truncated or damaged ({size:,} bytes; {exc}); delete it and download it again"
+            return _damaged(path, size, exc)
         return None
     if head[0] != _PICKLE:
         return f"{path} is not a PyTorch checkpoint (it starts with {head[:16]!r}); save one with torch.save"
@@ -49,8 +49,13 @@ def weights_problem(path: Path) -> str | None:
         return (f"{path} is refused: it holds objects beyond tensors (loading it would build them or run code); "
                 "save a plain state_dict with torch.save(model.state_dict(), path)")
     except (EOFError, RuntimeError, OSError) as exc:
-        return f"{path} is truncated or damaged ({size:,} bytes; {exc}); delete it and download it again"
+        return _damaged(path, size, exc)
     return None
+
+
+def _damaged(path: Path, size: int, exc: Exception) -> str:
+    why = str(exc).strip() or type(exc).__name__
+    return f"{path} is truncated or damaged ({size:,} bytes; {why}); delete it and download it again"
 
 
 def files_hash(paths: Iterable[Path]) -> str:
