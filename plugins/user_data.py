@@ -109,22 +109,21 @@ class NPZ(Dataset):
     name = "npz"
     params = {
         "file": Param(Path, help="the .npz archive; relative to the scenario's folder"),
-        "classes": Param(int, None, "number of classes (default: the largest label + 1)", ge=1, nullable=True),
+        "num_classes": Param(int, None, "number of classes (default: the largest label + 1, read at load)", ge=1,
+                             nullable=True),
     }
-
-    def __init__(self, **values: Any) -> None:
-        super().__init__(**values)
-        self.num_classes = self.classes or 0  # set from the labels at load when not given
 
     def input_shape(self) -> tuple[int, ...] | None:
         found = npz_shape(self.file, "x_test")
-        if found is None or len(found) not in (3, 4):
-            return None  # load reports what is wrong with the archive
-        return (1, *found[1:]) if len(found) == 3 else (found[3], found[1], found[2])
+        if found is not None and len(found) == 3:
+            return 1, *found[1:]
+        if found is not None and len(found) == 4 and found[3] in (1, 3):
+            return found[3], found[1], found[2]
+        return None  # load reports what is wrong with the archive
 
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = read_npz(self.file, split, self.classes, None)
-        if not self.classes:
+        images, labels = read_npz(self.file, split, self.num_classes, None)
+        if self.num_classes is None:
             others = [read_npz(self.file, s, None, None)[1] for s in _SPLITS if s != split]
             self.num_classes = int(max(np.max(y, initial=-1) for y in (labels, *others))) + 1
         return to_tensors(images, labels)
