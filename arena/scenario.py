@@ -635,6 +635,19 @@ def check_declared(path: str | Path, declared: list[str], allow_outside: bool = 
         raise ScenarioError(f"{path}: plugins: {count}; nothing was loaded or run:\n  " + "\n  ".join(problems))
 
 
+def resolve_model(entry: str | dict[str, Any], registry: Registry, shown: str) -> ModelRef:
+    """One model entry, as a scenario's ``models:`` would hold it, validated as there (plugin parameters and their
+    checks); raises ``ScenarioError`` naming each problem, as ``shown``."""
+    problems = _Problems(shown, {})
+    try:
+        ref = _Resolver(registry, problems, Path.cwd()).model(ModelRef.model_validate(entry), ("model",))
+    except pydantic.ValidationError as exc:
+        problems.add_validation(exc, ("model",), known=_fields_at(ModelRef, ()))
+        ref = None
+    problems.raise_if_any()
+    return ref
+
+
 def load_scenario(path: str | Path, registry: Registry) -> Scenario:
     """Read and fully validate the scenario at ``path``; raises ``ScenarioError`` listing every problem."""
     path = Path(path)

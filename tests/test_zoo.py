@@ -129,3 +129,20 @@ def test_a_shadowed_or_overwritten_robustbench_is_one_line_and_exit_2(model_dir,
         assert process.returncode == 2 and "Traceback" not in out + err, err
         assert len(problems) == 1 and "models[0].name: " in problems[0] and expected[name] in problems[0], err
     assert "--force-reinstall robustbench==" in err
+
+
+def test_load_model_hands_evaluate_the_same_module_and_the_same_one_line_errors(model_dir, scenario_data_dir):
+    import arena
+    from arena_plugins.cifar10 import CIFAR10
+
+    model = arena.load_model({"name": "robustbench", "model": MODEL, "model_dir": str(model_dir)})
+    theirs = robustbench().load_model(MODEL, model_dir=str(model_dir), dataset="cifar10", threat_model="Linf")
+    images, labels = CIFAR10(download=False).load("test", scenario_data_dir)
+    images, labels = images[:8], labels[:8]
+    with torch.no_grad():
+        expected = theirs(images)
+        assert torch.equal(model(images), expected)
+    result = arena.evaluate(model, images, labels, ["fgsm"], arena.ThreatModel("linf", 8 / 255))
+    assert result.clean_accuracy == pytest.approx((expected.argmax(1) == labels).float().mean().item())
+    with pytest.raises(arena.ArenaError, match=r"model\.model: unknown RobustBench model .*'Wong2020Fast'\?"):
+        arena.load_model({"name": "robustbench", "model": "Wong2020Fats", "model_dir": str(model_dir)})
