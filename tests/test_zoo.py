@@ -146,3 +146,17 @@ def test_load_model_hands_evaluate_the_same_module_and_the_same_one_line_errors(
     assert result.clean_accuracy == pytest.approx((expected.argmax(1) == labels).float().mean().item())
     with pytest.raises(arena.ArenaError, match=r"model\.model: unknown RobustBench model .*'Wong2020Fast'\?"):
         arena.load_model({"name": "robustbench", "model": "Wong2020Fats", "model_dir": str(model_dir)})
+
+
+def test_the_readme_yaml_validates_with_the_checkpoint_in_robustbench_s_folder(tmp_path, capsys, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Any model, any data"):readme.index("## Python API")]
+    text = section.split("```yaml\n")[1].split("```")[0]
+    name = "Carmon2019Unlabeled"
+    assert f"model: {name}" in text and len(text.strip().splitlines()) == 4, "a name and three lines"
+    checkpoint = tmp_path / "models" / "cifar10" / "Linf" / f"{name}.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": zoo_entry("cifar10", "Linf", name)["model"]().state_dict()}, checkpoint)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "validate", str(write_scenario(tmp_path, text)))
+    assert code == 0 and ": valid;" in out, err
