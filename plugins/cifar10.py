@@ -26,6 +26,7 @@ class Torchvision(Dataset):
     npz_name: ClassVar[str]
     folder: ClassVar[str]
     title: ClassVar[str]
+    shape = (3, 32, 32)  # CIFAR-10, CIFAR-100 and SVHN alike: 32×32 colour images
     params = {"download": Param(bool, True, "download with torchvision when the data is not in the data folder")}
 
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,12 +57,13 @@ class CIFAR10(Torchvision):
     name = "cifar10"
     num_classes = 10
     sizes = {"train": 50_000, "test": 10_000}
-    shape = (3, 32, 32)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     npz_name, folder, title = NPZ_NAME, "cifar-10-batches-py", "CIFAR-10"
+    #: torchvision's class for it (CIFAR-100 shares the layout).
+    source: ClassVar[type] = torchvision.datasets.CIFAR10
 
     def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
-        data = torchvision.datasets.CIFAR10(root, train=split == "train", download=self.download)
+        data = self.source(root, train=split == "train", download=self.download)
         return data.data, np.asarray(data.targets)
 
 

@@ -17,7 +17,7 @@ from PIL import UnidentifiedImageError
 from torchvision import transforms
 
 from arena import DataError, Dataset, Param, hookimpl
-from arena_plugins.cifar10 import Torchvision, npz_shape, read_npz, to_tensors
+from arena_plugins.cifar10 import CIFAR10, Torchvision, npz_shape, read_npz, to_tensors
 
 _SPLITS = ("train", "test")
 #: ImageNet's evaluation convention: resize the short side to size / 0.875 (256 for 224), then crop the centre.
@@ -129,18 +129,14 @@ class NPZ(Dataset):
         return to_tensors(images, labels)
 
 
-class CIFAR100(Torchvision):
+class CIFAR100(CIFAR10):
     """CIFAR-100: 50,000 training and 10,000 test 32×32 colour images in 100 classes."""
 
     name = "cifar100"
     num_classes = 100
-    sizes = {"train": 50_000, "test": 10_000}
-    shape = (3, 32, 32)
+    classes = ()  # CIFAR-10's names do not apply; results name classes by index
     npz_name, folder, title = "cifar100.npz", "cifar-100-python", "CIFAR-100"
-
-    def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
-        data = torchvision.datasets.CIFAR100(root, train=split == "train", download=self.download)
-        return data.data, np.asarray(data.targets)
+    source = torchvision.datasets.CIFAR100
 
 
 class SVHN(Torchvision):
@@ -149,7 +145,6 @@ class SVHN(Torchvision):
     name = "svhn"
     num_classes = 10
     sizes = {"train": 73_257, "test": 26_032}
-    shape = (3, 32, 32)
     npz_name, folder, title = "svhn.npz", "train_32x32.mat / test_32x32.mat", "SVHN"
 
     def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
