@@ -53,6 +53,7 @@ def test_the_bundled_imagefolder_example_runs_end_to_end_at_224(tmp_path, capsys
     assert [m.status for m in matchups] == ["ok", "ok"] and run.samples == 4
     assert run.weights["timm/none"]["source"] == "pretrained" and run.threat.eps == pytest.approx(4 / 255)
     assert all(m.checks for m in matchups), "the checks ran on the first batch"
+    assert matchups[0].clean_accuracy > 0 and matchups[1].backward_passes > 0, "PGD ran at 224×224"
     assert {e.clean.shape for m in matchups for e in store.examples(m)} <= {(3, 224, 224)}
     assert (tmp_path / "r" / "runs" / f"{run.id}.json").is_file()
     code, out, err = run_cli(capsys, "leaderboard", "--results", str(tmp_path / "r"))
