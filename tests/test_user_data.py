@@ -56,6 +56,7 @@ def test_the_bundled_imagefolder_example_runs_end_to_end_at_224(tmp_path, capsys
     assert matchups[0].clean_accuracy > 0 and matchups[1].backward_passes > 0, "PGD ran at 224×224"
     assert {e.clean.shape for m in matchups for e in store.examples(m)} <= {(3, 224, 224)}
     assert (tmp_path / "r" / "runs" / f"{run.id}.json").is_file()
+    assert list((tmp_path / "r").rglob("leaderboard.html")) and list((tmp_path / "r").rglob("*.png")), "the report"
     code, out, err = run_cli(capsys, "leaderboard", "--results", str(tmp_path / "r"))
     assert code == 0 and "timm" in out, err
 
