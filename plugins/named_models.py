@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
@@ -106,6 +107,15 @@ class Named(Model):
                 f"data set gives {'×'.join(map(str, shape))}: set size and channels to match")
 
 
+def _timm() -> ModuleType:
+    """timm, imported when a scenario names it (an optional extra)."""
+    try:
+        import timm
+    except ImportError:
+        raise PluginError("timm is not installed; pip install 'adversarial-arena[timm]'") from None
+    return timm
+
+
 class Timm(Named):
     """A timm architecture by name (``arch``), at the stated input size, channels and normalisation."""
 
@@ -114,13 +124,10 @@ class Timm(Named):
 
     @classmethod
     def names(cls) -> list[str]:
-        import timm
-
-        return timm.list_models()
+        return _timm().list_models()
 
     def create(self, num_classes: int) -> nn.Module:
-        import timm
-
+        timm = _timm()
         config = timm.models.get_pretrained_cfg(self.arch)
         # Transformers are built for one input size: tell them this one (convolutional nets take any).
         sized = config is not None and config.fixed_input_size and tuple(config.input_size[1:]) != (self.size,) * 2
