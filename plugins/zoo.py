@@ -87,11 +87,15 @@ def robustbench() -> SimpleNamespace:
 
         sys.modules.setdefault("autoattack", pyautoattack)
         sys.modules.setdefault("autoattack.state", pyautoattack.state)
-    with warnings.catch_warnings():  # its loaders import the deprecated pkg_resources
-        warnings.simplefilter("ignore")
-        from robustbench.model_zoo import model_dicts
-        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-        from robustbench.utils import load_model
+    try:
+        with warnings.catch_warnings():  # its loaders import the deprecated pkg_resources
+            warnings.simplefilter("ignore")
+            from robustbench.model_zoo import model_dicts
+            from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+            from robustbench.utils import load_model
+    except Exception as exc:  # a dependency missing or broken: say so in one line
+        raise PluginError(f"robustbench cannot be imported ({type(exc).__name__}: {exc}); reinstall it: "
+                          f"{INSTALL}") from None
     return SimpleNamespace(model_dicts=model_dicts, Dataset=BenchmarkDataset, Threat=ThreatModel,
                            load_model=load_model)
 
