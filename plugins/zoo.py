@@ -138,9 +138,12 @@ class RobustBenchModel(Model):
             known = robustbench().model_dicts[robustbench().Dataset(dataset)].get(robustbench().Threat(threat), {})
             return {"model": did_you_mean(f"RobustBench model for {dataset} {threat}", model, known) +
                     "; pick one from robustbench.ai, or set dataset and threat to its leaderboard"}
-        if entry["gdrive_id"] is None:
-            return {"model": f"{model} is served through timm's hub, not RobustBench's model folder; the arena loads "
-                             "only models with a checkpoint file (use {name: timm, arch: ..., checkpoint: ...})"}
+        hub = "timm's" if entry["gdrive_id"] is None else "torchvision's" if (
+            dataset == "imagenet" and "Standard" in model) else None  # as load_model decides
+        if hub:
+            return {"model": f"robustbench loads {model} from {hub} hub, not from its model folder; the arena loads "
+                             "zoo models only from a checkpoint file (use {name: timm, ...} or {name: torchvision, "
+                             "...} with checkpoint: FILE)"}
         for path in checkpoints(Path(values["model_dir"]), dataset, threat, model, entry):
             if not path.exists() and values["download"]:
                 continue
