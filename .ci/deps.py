@@ -32,7 +32,9 @@ ALLOWED_CONFLICT = re.compile(r"torchattacks \S+ (has requirement requests~=2\.2
                               r"requires requests, which is not installed)\.?")
 HEADER = """\
 # Every package of a test install (.[test], then torchattacks with --no-deps), pinned; Linux x86-64, Python 3.11.
-# Install exactly this set:  pip install --no-deps -r requirements.lock && pip install --no-deps -e .
+# Install exactly this set:  pip install --no-deps -r requirements.lock
+#   && pip install --no-deps --force-reinstall robustbench==1.1.1 && pip install --no-deps -e .
+# (RobustBench again last: the torchattacks wheel ships an old robustbench that overwrites its files.)
 # Regenerate after changing dependencies:  python .ci/deps.py lock   (CI fails while it is out of sync)
 """
 

@@ -12,7 +12,7 @@ from arena.version import __version__
 #: Decorator for plugin hook implementations, as ``pytest.hookimpl`` or ``datasette.hookimpl``.
 hookimpl = pluggy.HookimplMarker("arena")
 
-from arena.api import Evaluation, evaluate, open_scenario  # noqa: E402
+from arena.api import Evaluation, evaluate, load_model, open_scenario  # noqa: E402
 from arena.cost import Counted, Passes  # noqa: E402
 from arena.errors import ArenaError  # noqa: E402
 from arena.kinds import (  # noqa: E402
@@ -68,5 +68,6 @@ __all__ = [
     "__version__",
     "evaluate",
     "hookimpl",
+    "load_model",
     "open_scenario",
 ]

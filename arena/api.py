@@ -27,7 +27,7 @@ from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import PluginError, Registry, load_registry
 from arena.runtime import Runtime
-from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario
+from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario, resolve_model
 from arena.threat import ThreatModel
 from arena.training import WeightsCache, fingerprint
 
@@ -47,6 +47,16 @@ def open_scenario(
     except PluginError as exc:
         raise PluginError(f"{path}: plugins: {exc}" if declared else str(exc)) from None
     return load_scenario(path, registry), registry
+
+
+def load_model(entry: str | dict[str, Any], num_classes: int = 10, plugins: Iterable[str] = ()) -> nn.Module:
+    """The module a scenario's model entry builds, in eval mode, for ``evaluate``: ``{"name": "robustbench", "model":
+    "Carmon2019Unlabeled"}`` or ``{"name": "timm", "arch": "resnet18", "checkpoint": "w.pt"}``. Validated as a scenario
+    is (relative paths from the working folder); raises an ``ArenaError`` naming each problem. ``num_classes`` sizes an
+    architecture's last layer where no checkpoint fixes it."""
+    registry = load_registry(modules=plugins)
+    ref = resolve_model(entry, registry, "load_model()")
+    return registry.build("model", ref).build(num_classes).eval()
 
 
 @dataclass

@@ -30,14 +30,16 @@ HOOKSPEC_VERSION = 3
 
 @hookspec
 def arena_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
-    """Register dataset classes: ``load(split, data_dir)`` returns float images in [0, 1] (NCHW) and int64 labels."""
+    """Register dataset classes: ``load(split, data_dir)`` returns float images in [0, 1] (NCHW, any size and channel
+    count) and int64 labels; ``input_shape()`` states one image's ``(C, H, W)`` before loading, when it can."""
 
 
 @hookspec
 def arena_register_models(register: Callable[[type[Model]], None]) -> None:
     """Register model classes: ``build(num_classes)`` returns a fresh ``nn.Module`` from [0, 1] images to
     ``num_classes`` logits, untrained unless the class sets ``pretrained = True`` (then ``identity()`` names its
-    weights and the arena never trains it, except under a training-time defense)."""
+    weights and the arena never trains it, except under a training-time defense). ``input_problem(shape)`` refuses,
+    when the scenario is validated, data of a shape the model cannot take."""
 
 
 @hookspec

@@ -84,6 +84,12 @@ class Plugin:
             setattr(self, key, Path(value) if spec and spec.type is Path and value is not None else value)
 
     @classmethod
+    def check_params(cls, values: dict[str, Any]) -> dict[str, str]:
+        """Problems of the validated parameters taken together, by parameter name (a checkpoint missing from the
+        folder a name points to, a name a zoo lacks); checked with the scenario, before any work. None by default."""
+        return {}
+
+    @classmethod
     def description(cls) -> str:
         """The first line of the class docstring, shown by ``arena plugins``."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
@@ -102,6 +108,11 @@ class Dataset(Plugin):
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(images, labels)`` of ``split``; ``data_dir`` is where the data is looked for or stored."""
         raise NotImplementedError
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One image's shape ``(C, H, W)`` as known before loading (``shape``, or what the parameters state), so
+        validation can refuse a model built for another size; None when unknown."""
+        return self.shape
 
 
 class Model(Plugin):
@@ -122,6 +133,10 @@ class Model(Plugin):
     def identity(self) -> str:
         """For a pretrained model, what its weights depend on beyond its parameters (e.g. the checkpoint's hash)."""
         return ""
+
+    def input_problem(self, shape: tuple[int, ...]) -> str | None:
+        """Why this model cannot take images of ``shape`` ``(C, H, W)`` (checked with the scenario), else None."""
+        return None
 
 
 class Defense(Plugin):

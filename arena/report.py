@@ -83,7 +83,10 @@ def gallery(examples: list[Example], classes: list[str], title: str, path: Path)
         captions = (f"clean: {label(e.predicted_before, e.confidence_before)} (true {label(e.label)})",
                     f"adversarial: {label(e.predicted_after, e.confidence_after)}", "perturbation (amplified)")
         for ax, picture, caption in zip(ax_row, (e.clean, e.adversarial, np.clip(delta, 0, 1)), captions):
-            ax.imshow(np.transpose(picture, (1, 2, 0)))
+            if picture.shape[0] == 1:  # a grey image: H×W on a fixed grey scale
+                ax.imshow(picture[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(np.transpose(picture, (1, 2, 0)))
             ax.set_title(caption, fontsize=8)
             ax.axis("off")
     fig.suptitle(title, fontsize=9)

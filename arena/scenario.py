@@ -340,6 +340,8 @@ class _Resolver:
 
     def __init__(self, registry: Registry, problems: _Problems, folder: Path) -> None:
         self.registry, self.problems, self.folder = registry, problems, folder
+        #: One image's shape ``(C, H, W)`` as the scenario's data set states it; each model is checked against it.
+        self.shape: tuple[int, ...] | None = None
 
     def plugin(self, kind: str, ref: PluginRef, loc: tuple) -> PluginRef | None:
         """``ref`` with its parameters validated and defaults filled in; None (and a problem) when it is wrong."""
@@ -359,6 +361,11 @@ class _Resolver:
                 if problem:
                     self.problems.add(loc + (key,), problem)
                     return None
+            together = info.cls.check_params(values)
+            for key, problem in together.items():
+                self.problems.add(loc + (key,), problem)
+            if together:
+                return None
         except PluginError as exc:
             self.problems.add(loc + ("name",), str(exc))
         except pydantic.ValidationError as exc:
@@ -372,6 +379,10 @@ class _Resolver:
         leaves a field unset."""
         resolved = self.plugin("model", ref, loc)
         if resolved is None:
+            return None
+        problem = self.registry.build("model", resolved).input_problem(self.shape) if self.shape else None
+        if problem:
+            self.problems.add(loc + ("name",), problem)
             return None
         recipe = self.registry.get("model", ref.name).cls.recipe
         given = ref.train.model_dump(include=ref.train.model_fields_set)
@@ -447,8 +458,10 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
         pass
     else:
         resolved["dataset"] = resolver.plugin("dataset", dataset, ("dataset",))
+        if resolved["dataset"] is not None:
+            resolver.shape = registry.build("dataset", resolved["dataset"]).input_shape()
         if dataset.name in registry.names("dataset"):
-            _check_sizes(data, dataset, registry.get("dataset", dataset.name).cls, problems)
+            _check_sizes(data, dataset, registry.get("dataset", dataset.name).cls, resolver.shape, problems)
     model_keys = [ref.key for _, ref in _entries(data, "models", ModelRef)]
     checks = {
         "models": (ModelRef, resolver.model),
@@ -554,7 +567,9 @@ def read_text(path: Path) -> str:
         raise ScenarioError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
 
 
-def _check_sizes(data: dict[str, Any], dataset: DatasetRef, cls: type[Dataset], problems: _Problems) -> None:
+def _check_sizes(
+    data: dict[str, Any], dataset: DatasetRef, cls: type[Dataset], shape: tuple[int, ...] | None, problems: _Problems
+) -> None:
     """What the data set's declared sizes rule out before any data is read: more samples than a split holds, and
     a budget that is no constraint at all (L∞ ε ≥ 1 on [0, 1] images; L2 ε above the input space's diameter)."""
     for field, split in (("samples", dataset.split), ("train_samples", "train")):
@@ -576,8 +591,8 @@ def _check_sizes(data: dict[str, Any], dataset: DatasetRef, cls: type[Dataset], 
             if threat.get("norm") == "linf" and eps >= 1:
                 problems.add(loc, f"L∞ ε = {eps:g} lets an attack reach any image in [0, 1]; use ε < 1 (the "
                                   "field's standard is 8/255)")
-            elif threat.get("norm") == "l2" and cls.shape and eps > math.sqrt(math.prod(cls.shape)):
-                diameter = math.sqrt(math.prod(cls.shape))
+            elif threat.get("norm") == "l2" and shape and eps > math.sqrt(math.prod(shape)):
+                diameter = math.sqrt(math.prod(shape))
                 problems.add(loc, f"L2 ε = {eps:g} is more than the diameter of the [0, 1] input space "
                                   f"({diameter:.4g} for {dataset.name}); use a smaller ε (the field's usual "
                                   "CIFAR-10 L2 budget is 0.5)")
@@ -618,6 +633,19 @@ def check_declared(path: str | Path, declared: list[str], allow_outside: bool = 
     if problems:
         count = f"{len(problems)} problem{'s' * (len(problems) > 1)}"
         raise ScenarioError(f"{path}: plugins: {count}; nothing was loaded or run:\n  " + "\n  ".join(problems))
+
+
+def resolve_model(entry: str | dict[str, Any], registry: Registry, shown: str) -> ModelRef:
+    """One model entry, as a scenario's ``models:`` would hold it, validated as there (plugin parameters and their
+    checks); raises ``ScenarioError`` naming each problem, as ``shown``."""
+    problems = _Problems(shown, {})
+    try:
+        ref = _Resolver(registry, problems, Path.cwd()).model(ModelRef.model_validate(entry), ("model",))
+    except pydantic.ValidationError as exc:
+        problems.add_validation(exc, ("model",), known=_fields_at(ModelRef, ()))
+        ref = None
+    problems.raise_if_any()
+    return ref
 
 
 def load_scenario(path: str | Path, registry: Registry) -> Scenario:

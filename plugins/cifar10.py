@@ -1,10 +1,14 @@
-"""CIFAR-10 through torchvision, or from ``cifar10.npz`` (uint8 NHWC arrays) for machines that cannot download."""
+"""CIFAR-10 through torchvision, or from ``cifar10.npz`` (uint8 NHWC arrays) for machines that cannot download.
+
+``Torchvision`` is the pattern for every such data set (CIFAR-100 and SVHN in ``arena_plugins.user_data``), and
+``read_npz`` the checks every ``.npz`` of images goes through.
+"""
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -15,40 +19,68 @@ from arena import DataError, Dataset, Param, hookimpl
 NPZ_NAME = "cifar10.npz"
 
 
-class CIFAR10(Dataset):
+class Torchvision(Dataset):
+    """A torchvision data set read from ``<data_dir>/<npz_name>`` when present, else through torchvision."""
+
+    #: The archive looked for first, torchvision's folder inside ``data_dir`` (named in messages), a title for them.
+    npz_name: ClassVar[str]
+    folder: ClassVar[str]
+    title: ClassVar[str]
+    shape = (3, 32, 32)  # CIFAR-10, CIFAR-100 and SVHN alike: 32×32 colour images
+    params = {"download": Param(bool, True, "download with torchvision when the data is not in the data folder")}
+
+    def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        npz = data_dir / self.npz_name
+        if npz.is_file():
+            images, labels = read_npz(npz, split, self.num_classes, self.shape)
+        else:
+            try:
+                images, labels = self.from_torchvision(split, str(data_dir))
+            except Exception as exc:
+                tried = "downloading failed" if self.download else "downloading is off (download: false)"
+                raise DataError(
+                    f"{self.title} not found: looked for {npz} and for torchvision's {data_dir / self.folder}, "
+                    f"and {tried} ({type(exc).__name__}: {exc}). Provide it by setting ARENA_DATA_DIR (or "
+                    f"dataset.data_dir in the scenario) to a folder holding {self.npz_name} with arrays x_train, "
+                    f"y_train, x_test, y_test (uint8, NHWC), or by allowing the download."
+                ) from None
+        return to_tensors(images, labels)
+
+    def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+        """``split`` as uint8 NHWC images and integer labels, through torchvision (downloading if allowed)."""
+        raise NotImplementedError
+
+
+class CIFAR10(Torchvision):
     """CIFAR-10: 50,000 training and 10,000 test 32×32 colour images in 10 classes."""
 
     name = "cifar10"
     num_classes = 10
     sizes = {"train": 50_000, "test": 10_000}
-    shape = (3, 32, 32)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-    params = {"download": Param(bool, True, "download with torchvision when the data is not in the data folder")}
+    npz_name, folder, title = NPZ_NAME, "cifar-10-batches-py", "CIFAR-10"
+    #: torchvision's class for it (CIFAR-100 shares the layout).
+    source: ClassVar[type] = torchvision.datasets.CIFAR10
 
-    def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        npz = data_dir / NPZ_NAME
-        if npz.is_file():
-            images, labels = _read_npz(npz, split, self.num_classes)
-        else:
-            try:
-                data = torchvision.datasets.CIFAR10(str(data_dir), train=split == "train", download=self.download)
-            except Exception as exc:
-                tried = "downloading failed" if self.download else "downloading is off (download: false)"
-                raise DataError(
-                    f"CIFAR-10 not found: looked for {npz} and for torchvision's {data_dir / 'cifar-10-batches-py'}, "
-                    f"and {tried} ({type(exc).__name__}: {exc}). Provide it by setting ARENA_DATA_DIR (or "
-                    f"dataset.data_dir in the scenario) to a folder holding {NPZ_NAME} with arrays x_train, y_train, "
-                    f"x_test, y_test (uint8, NHWC), or by allowing the download."
-                ) from exc
-            images, labels = data.data, np.asarray(data.targets)
-        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-        return images.contiguous(), torch.from_numpy(labels.astype(np.int64))
+    def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+        data = self.source(root, train=split == "train", download=self.download)
+        return data.data, np.asarray(data.targets)
 
 
-def _read_npz(npz: Path, split: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """``x_<split>`` and ``y_<split>`` of the archive, each checked: one message names the file, the array and what
-    is expected, instead of a traceback or, for images already scaled to [0, 1], a silent second division by 255."""
-    names = (f"x_{split}", f"y_{split}")
+def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NHWC images and integer labels as float NCHW images in [0, 1] and int64 labels."""
+    images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return images.contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+
+def read_npz(
+    npz: Path, split: str, classes: int | None, shape: tuple[int, ...] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``x_<split>`` (NHWC, or NHW for grey images) and ``y_<split>`` of the archive, each checked: one message names
+    the file, the array and what is expected, instead of a traceback or, for images already scaled to [0, 1], a
+    silent second division by 255. ``shape`` ``(C, H, W)`` is the one image shape allowed (None: any, with 1 or 3
+    channels); ``classes`` bounds the labels (None: any ≥ 0)."""
+    x, y = names = (f"x_{split}", f"y_{split}")
     try:
         with np.load(npz, allow_pickle=False) as arrays:
             missing = [name for name in names if name not in arrays.files]
@@ -61,19 +93,32 @@ def _read_npz(npz: Path, split: str, classes: int) -> tuple[np.ndarray, np.ndarr
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{npz}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); it may be "
                         "truncated or damaged: copy it again") from None
-    x, y = names
     if images.dtype != np.uint8:
         raise DataError(f"{npz}: {x} is {images.dtype}; expected uint8 pixel values 0-255 (images already scaled to "
                         "[0, 1] would be divided by 255 again)")
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise DataError(f"{npz}: {x} has shape {images.shape}; expected (N, 32, 32, 3), uint8 NHWC")
+    if images.ndim == 3 and shape is None:
+        images = images[..., None]  # grey images written N×H×W
+    wanted = f"(N, {shape[1]}, {shape[2]}, {shape[0]})" if shape else "(N, H, W, C) with C 1 or 3, or (N, H, W)"
+    if images.ndim != 4 or (images.shape[1:] != (*shape[1:], shape[0]) if shape else images.shape[3] not in (1, 3)):
+        raise DataError(f"{npz}: {x} has shape {images.shape}; expected {wanted}, uint8 NHWC")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{npz}: {y} has shape {labels.shape} and dtype {labels.dtype}; expected ({len(images)},) "
                         f"integer class indices, one per image of {x}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-        raise DataError(f"{npz}: {y} holds labels from {labels.min()} to {labels.max()}; expected class indices "
-                        f"0 to {classes - 1}")
+    if len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= classes)):
+        top = f"0 to {classes - 1}" if classes is not None else "from 0"
+        raise DataError(f"{npz}: {y} holds labels from {labels.min()} to {labels.max()}; expected class indices {top}")
     return images, labels
+
+
+def npz_shape(npz: Path, name: str) -> tuple[int, ...] | None:
+    """The shape of array ``name`` in the archive, read from its header without loading it; None if unreadable."""
+    try:
+        with zipfile.ZipFile(npz) as archive, archive.open(f"{name}.npy") as file:
+            version = np.lib.format.read_magic(file)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return header(file)[0]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 @hookimpl

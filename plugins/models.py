@@ -63,7 +63,18 @@ class CNNLSTMNet(nn.Module):
 _NORMALIZE = Param(bool, True, "standardise inputs with CIFAR-10 channel statistics inside the model")
 
 
-class CNN(Model):
+class _Seed(Model):
+    """The seed's architectures: built for CIFAR-10's 3×32×32 images (the classifier reads a 128×4×4 map)."""
+
+    def input_problem(self, shape: tuple[int, ...]) -> str | None:
+        if tuple(shape) == (3, 32, 32):
+            return None
+        return (f"{self.name} takes 3×32×32 images (its classifier reads the 128×4×4 map of a 32×32 colour image); "
+                f"the data set gives {'×'.join(map(str, shape))}: use a model built for that size ({{name: timm, "
+                "arch: ...}} or {name: torchvision, arch: ...}), or data of 32×32 colour images")
+
+
+class CNN(_Seed):
     """The seed study's CNN: six 3×3 conv layers with ReLU and BatchNorm, then a linear classifier."""
 
     name = "cnn"
@@ -73,7 +84,7 @@ class CNN(Model):
         return CNNNet(num_classes, self.normalize)
 
 
-class CNNLSTM(Model):
+class CNNLSTM(_Seed):
     """The seed study's CNN-LSTM: the CNN's trunk read as 16 steps of 128 features by a 3-layer LSTM."""
 
     name = "cnn_lstm"

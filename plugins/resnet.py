@@ -34,6 +34,12 @@ class ResNet18(Model):
     def build(self, num_classes: int) -> nn.Module:
         return cifar_resnet18(num_classes, self.normalize)
 
+    def input_problem(self, shape: tuple[int, ...]) -> str | None:
+        if shape[0] == 3:
+            return None
+        return (f"resnet18 takes colour images (3 channels, any size); the data set gives {shape[0]}-channel images: "
+                "use {name: timm, arch: resnet18, channels: 1} or {name: torchvision, arch: resnet18, channels: 1}")
+
 
 @hookimpl
 def arena_register_models(register) -> None:

@@ -31,7 +31,7 @@ def test_every_hookspec_is_implemented_by_the_builtins_loaded_through_entry_poin
         assert all(info.package == DISTRIBUTION for info in infos), "built-ins come through the arena entry points"
     assert {"cnn", "cnn_lstm"} <= set(registry.names("model"))
     assert {"fgsm", "pgd"} <= set(registry.names("attack"))
-    assert registry.names("dataset") == ["cifar10"]
+    assert registry.names("dataset") == ["cifar10", "cifar100", "imagefolder", "npz", "svhn"]
     assert {"none", "art.jpeg", "art.madry_pgd", "fgsm_augmentation"} <= set(registry.names("defense"))
 
 

@@ -1,0 +1,159 @@
+"""A user's own data (a folder of class subfolders, an ``.npz`` of arrays) and torchvision's CIFAR-100 and SVHN.
+
+Every image becomes a float tensor in [0, 1], ``[C, H, W]``, whatever its size and channel count; the models, attacks
+and checks downstream read the shape from the data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torchvision
+from PIL import UnidentifiedImageError
+from torchvision import transforms
+
+from arena import DataError, Dataset, Param, hookimpl
+from arena_plugins.cifar10 import CIFAR10, Torchvision, npz_shape, read_npz, to_tensors
+
+_SPLITS = ("train", "test")
+#: ImageNet's evaluation convention: resize the short side to size / 0.875 (256 for 224), then crop the centre.
+CROP_FRACTION = 0.875
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _split_root(root: Path, split: str) -> Path:
+    """``root/<split>`` when the folder holds both ``train/`` and ``test/``, else ``root`` itself for either split."""
+    return root / split if all((root / s).is_dir() for s in _SPLITS) else root
+
+
+class ImageFolder(Dataset):
+    """A folder of class subfolders (torchvision's ImageFolder layout), resized and centre-cropped to ``size``."""
+
+    name = "imagefolder"
+    params = {
+        "root": Param(Path, help="a folder with one subfolder of images per class (or train/ and test/ folders, each "
+                                 "laid out so); relative to the scenario's folder"),
+        "size": Param(int, 224, "the side of the square images the model gets", ge=8),
+        "resize": Param(int, None, "the short side is resized to this before the centre crop (default: size / "
+                                   "0.875, ImageNet's 256 for 224)", ge=8, nullable=True),
+        "channels": Param(int, 3, "3: colour (RGB); 1: grey", choices=(1, 3)),
+    }
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        self.classes = tuple(p.name for p in _class_folders(_split_root(self.root, "test")))
+        self.num_classes = len(self.classes)
+
+    @classmethod
+    def check_params(cls, values: dict[str, Any]) -> dict[str, str]:
+        root = Path(values["root"])
+        if not root.is_dir():
+            return {"root": f"{root} is not a folder; give a folder holding one subfolder of images per class"}
+        names = {split: [p.name for p in _class_folders(_split_root(root, split))] for split in _SPLITS}
+        if not names["test"]:
+            return {"root": f"{root} has no class subfolders; lay it out as {root}/<class>/<image> (one subfolder per "
+                            "class, as torchvision's ImageFolder reads it)"}
+        if names["train"] != names["test"]:
+            return {"root": f"{root}: train/ and test/ hold different class subfolders ({', '.join(names['train'])} "
+                            f"vs {', '.join(names['test'])}); give both the same classes"}
+        if values["resize"] is not None and values["resize"] < values["size"]:
+            return {"resize": f"{values['resize']} is smaller than size {values['size']}; the centre crop needs "
+                              "resize ≥ size"}
+        return {}
+
+    def input_shape(self) -> tuple[int, ...]:
+        return self.channels, self.size, self.size
+
+    def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images taken round-robin over the classes (each class's first image, then each second, ...), so that
+        ``samples: N`` covers every class rather than the first class of a sorted folder."""
+        folder = _split_root(self.root, split)
+        resize = self.resize or round(self.size / CROP_FRACTION)
+        steps = [transforms.Resize(resize), transforms.CenterCrop(self.size), transforms.ToTensor()]
+        if self.channels == 1:
+            steps.insert(0, transforms.Grayscale(1))
+        try:
+            data = torchvision.datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"{folder}: {exc}; put images (.jpg, .png, ...) in one subfolder per class") from None
+        if tuple(data.classes) != self.classes:
+            raise DataError(f"{folder}: its classes ({', '.join(data.classes)}) are not those of the test images "
+                            f"({', '.join(self.classes)}); give every split the same class subfolders")
+        seen: Counter[int] = Counter()
+        rank = []  # each image's index within its class
+        for target in data.targets:
+            rank.append(seen[target])
+            seen[target] += 1
+        order = sorted(range(len(rank)), key=lambda i: (rank[i], data.targets[i]))
+        images = []
+        for index in order:
+            path = data.samples[index][0]
+            try:
+                images.append(data[index][0])
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{path}: not a readable image ({exc}); remove it or replace it") from None
+        labels = torch.tensor([data.targets[i] for i in order], dtype=torch.int64)
+        return torch.stack(images), labels
+
+
+class NPZ(Dataset):
+    """A user's arrays in one ``.npz``: ``x_train, y_train, x_test, y_test``, uint8 NHWC (or NHW for grey)."""
+
+    name = "npz"
+    params = {
+        "file": Param(Path, help="the .npz archive; relative to the scenario's folder"),
+        "num_classes": Param(int, None, "number of classes (default: the largest label + 1, read at load)", ge=1,
+                             nullable=True),
+    }
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        found = npz_shape(self.file, "x_test")
+        if found is not None and len(found) == 3:
+            return 1, *found[1:]
+        if found is not None and len(found) == 4 and found[3] in (1, 3):
+            return found[3], found[1], found[2]
+        return None  # load reports what is wrong with the archive
+
+    def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = read_npz(self.file, split, self.num_classes, None)
+        if self.num_classes is None:
+            others = [read_npz(self.file, s, None, None)[1] for s in _SPLITS if s != split]
+            self.num_classes = int(max(np.max(y, initial=-1) for y in (labels, *others))) + 1
+        return to_tensors(images, labels)
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100: 50,000 training and 10,000 test 32×32 colour images in 100 classes."""
+
+    name = "cifar100"
+    num_classes = 100
+    classes = ()  # CIFAR-10's names do not apply; results name classes by index
+    npz_name, folder, title = "cifar100.npz", "cifar-100-python", "CIFAR-100"
+    source = torchvision.datasets.CIFAR100
+
+
+class SVHN(Torchvision):
+    """SVHN (street-view house numbers): 73,257 training and 26,032 test 32×32 colour digits in 10 classes."""
+
+    name = "svhn"
+    num_classes = 10
+    sizes = {"train": 73_257, "test": 26_032}
+    npz_name, folder, title = "svhn.npz", "train_32x32.mat / test_32x32.mat", "SVHN"
+
+    def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+        data = torchvision.datasets.SVHN(root, split=split, download=self.download)
+        return data.data.transpose(0, 2, 3, 1), np.asarray(data.labels)  # torchvision keeps SVHN as NCHW
+
+
+@hookimpl
+def arena_register_datasets(register) -> None:
+    for cls in (ImageFolder, NPZ, CIFAR100, SVHN):
+        register(cls)
+

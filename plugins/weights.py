@@ -1,0 +1,76 @@
+"""Weights files from elsewhere: what is wrong with one, said in one line before any work, and what identifies it.
+
+A PyTorch checkpoint is a zip archive (``torch.save`` since 1.6) or an older bare pickle. A download that went wrong
+leaves an HTML page (Google Drive's virus-scan or quota page, RobustBench #177) or a truncated file, which torch
+would only report deep inside ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+_ZIP, _PICKLE = b"PK\x03\x04", 0x80
+_HTML = (b"<!doctype html", b"<html", b"<head", b"<?xml")
+
+
+def weights_problem(path: Path) -> str | None:
+    """Why ``path`` is no loadable checkpoint (missing, empty, an HTML page, truncated, holding objects that loading
+    would have to build or run), else None. Reads the file's head, and a zip archive's directory; a bare pickle is
+    loaded with ``weights_only`` (which builds nothing)."""
+    if not path.is_file():
+        return f"{path} does not exist"
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(512)
+    if not head:
+        return f"{path} is empty (0 bytes): a download that failed; delete it and download it again"
+    if head.lstrip().lower().startswith(_HTML):
+        return (f"{path} is an HTML page ({size:,} bytes), not weights: the download saved a web page (Google Drive's "
+                "virus-scan or quota page, RobustBench #177); delete it and download it again, or save the file "
+                "from a browser to that path")
+    if head.startswith(_ZIP):
+        try:  # the archive's directory is at its end: a truncated file has none
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError) as exc:
+            return _damaged(path, size, exc)
+        return None
+    if head[0] != _PICKLE:
+        return f"{path} is not a PyTorch checkpoint (it starts with {head[:16]!r}); save one with torch.save"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return (f"{path} is refused: it holds objects beyond tensors (loading it would build them or run code); "
+                "save a plain state_dict with torch.save(model.state_dict(), path)")
+    except (EOFError, RuntimeError, OSError) as exc:
+        return _damaged(path, size, exc)
+    return None
+
+
+def _damaged(path: Path, size: int, exc: Exception) -> str:
+    why = str(exc).strip() or type(exc).__name__
+    return f"{path} is truncated or damaged ({size:,} bytes; {why}); delete it and download it again"
+
+
+def files_hash(paths: Iterable[Path]) -> str:
+    """The SHA-256 of the files' bytes in order: what a pretrained model's ``identity()`` reports."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def did_you_mean(what: str, name: str, names: Iterable[str]) -> str:
+    """``unknown timm architecture 'resnet81'; did you mean 'resnet18'?`` for long lists of names (not all shown)."""
+    names = sorted(names)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return f"unknown {what} {name!r}{hint} ({len(names)} known)"
