@@ -118,7 +118,7 @@ def _planted(images: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     return (images + delta).clamp(0, 1)
 
 
-def _fit(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+def fit_head(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, float] | None:
     """A logistic-regression head (balanced classes, float64) scoring the planted feature row above every inner one,
     calibrated so its boundary sits ``CLOSENESS`` of the way from the highest inner score to the planted point's and
     rescaled so the scores of all rows span 1 (the reference's fixed logit rescaling: a separable fit's weights grow
@@ -135,7 +135,7 @@ def _fit(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, floa
     weights = torch.cat([torch.full((len(inner),), 0.5 / len(inner)), torch.tensor([0.5])]).to(x)
     alpha = torch.zeros(len(x), dtype=x.dtype, device=x.device, requires_grad=True)
     b = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([alpha, b], max_iter=100, history_size=10, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([alpha, b], max_iter=20, history_size=10, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -179,7 +179,7 @@ def binarization(
                 counted.module(_planted(image, threat))
                 planted = head.features
             tested += 1
-            fitted = _fit(inner, planted)
+            fitted = fit_head(inner, planted)
             if fitted is None:
                 failed += 1
                 continue
