@@ -29,36 +29,40 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def played(folder):
-    """One run: the CNN against no defense, undeclared rounding and undeclared noise, each attacked by a sound PGD,
-    a PGD with a vanishing step, an attack that forgets its iterates and FGSM."""
-    scenario = tiny(
-        defenses=["none", {"name": "hidden_mask", "label": "round"},
-                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
-        attacks=[{"name": "pgd", "steps": 10}, {"name": "pgd", "steps": 10, "step_size": 1e-5, "label": "pgd_tiny"},
-                 {"name": "forgetful"}, "fgsm"],
-        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
-    return _tables(*play(folder, load_registry(modules=["arena_test_plugins"]), scenario))
+    """The CNN without defense attacked by a sound PGD, a PGD with a vanishing step, an attack that forgets its
+    iterates and FGSM; and by the sound PGD through undeclared rounding and undeclared noise."""
+    plain = [{"name": "pgd", "steps": 10}, {"name": "pgd", "steps": 10, "step_size": 1e-5, "label": "pgd_tiny"},
+             {"name": "forgetful"}, "fgsm"]
+    return _played(folder, [(CNN, ["none"], plain), (CNN, MASKINGS, [{"name": "pgd", "steps": 10}])])
 
 
 @pytest.fixture(scope="module")
 def strong(folder):
-    """The CNN and the ×1000-logits CNN against the same three defenses, attacked by the recommended strong attacks:
-    APGD-CE, APGD-DLR and Square (the `fast` suite's core)."""
-    scenario = tiny(
-        models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
-        defenses=["none", {"name": "hidden_mask", "label": "round"},
-                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
-        attacks=[{"name": "apgd_ce", "n_iter": 10}, {"name": "apgd_dlr", "n_iter": 10},
-                 {"name": "square", "n_queries": 100}],
-        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
-    return _tables(*play(folder, load_registry(modules=["arena_test_plugins"]), scenario))
+    """The CNN against no defense and the two undeclared maskings, and the ×1000-logits CNN undefended, attacked by
+    the recommended strong attacks: APGD-CE, APGD-DLR and Square (the `fast` suite's core)."""
+    attacks = [{"name": "apgd_ce", "n_iter": 10}, {"name": "apgd_dlr", "n_iter": 10},
+               {"name": "square", "n_queries": 100}]
+    return _played(folder, [(CNN, ["none", *MASKINGS], attacks), ({"name": "hot_cnn", "train": {"epochs": 1}},
+                                                                  ["none"], attacks)])
 
 
-def _tables(store: Store, run_id: str) -> tuple[dict, dict]:
-    """A run's matchups by (model, defense, attack) and its leaderboard rows by (model, defense)."""
-    found = store.matchups(run_id)
-    return {(m.model, m.defense, m.attack): m for m in found}, {(r.model, r.defense): r for r in
-                                                                 rows(found, store.run(run_id))}
+#: The CNN every run here trains once (the module's weights cache), and the undeclared rounding and noise.
+CNN = {"name": "cnn", "train": {"epochs": 1}}
+MASKINGS = [{"name": "hidden_mask", "label": "round"}, {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}]
+
+
+def _played(folder, grids: list[tuple[dict, list, list]]) -> tuple[dict, dict]:
+    """Runs, one per (model, defenses, attacks), on the first 40 test images, so that no matchup the tests do not
+    read is played; their matchups by (model, defense, attack) and leaderboard rows by (model, defense)."""
+    registry = load_registry(modules=["arena_test_plugins"])
+    matchups, table = {}, {}
+    for model, defenses, attacks in grids:
+        store, run_id = play(folder, registry, tiny(models=[model], defenses=defenses, attacks=attacks,
+                                                    dataset={"samples": 40, "train_samples": 2000}, batch_size=40))
+        found = store.matchups(run_id)
+        matchups.update({(m.model, m.defense, m.attack): m for m in found})
+        table.update({(r.model, r.defense): r for r in rows(found, store.run(run_id))})
+    return matchups, table
 
 
 def test_a_sound_evaluation_raises_no_indicator(played):
