@@ -4,7 +4,8 @@ adversarial example the attack must find.
 Per sample, the defended model's classifier head (its last ``nn.Linear``, the one whose output are the logits) is
 replaced by a binary head on the same penultimate features: class 0 for points inside (1 − gap)·ε of the clean image,
 class 1 for one planted point on the ε-sphere. The head is fitted (logistic regression) to separate them all, else the
-sample's setup failed, then calibrated so the boundary sits just before the planted point. The unchanged attack (same
+sample's setup failed, then calibrated as the paper's reference code does: the boundary sits just before the planted
+point and the logits span a unit range (unscaled, they saturate the attack's softmax). The unchanged attack (same
 module, so the same BPDA and EOT settings) then runs from the clean image: it passes when it returns a point of class
 1 within the threat model, which exists by construction. Written from the paper's description.
 """
