@@ -4,7 +4,8 @@ adversarial example the attack must find.
 Per sample, the defended model's classifier head (its last ``nn.Linear``, the one whose output are the logits) is
 replaced by a binary head on the same penultimate features: class 0 for points inside (1 − gap)·ε of the clean image,
 class 1 for one planted point on the ε-sphere. The head is fitted (logistic regression) to separate them all, else the
-sample's setup failed, then calibrated so the boundary sits just before the planted point. The unchanged attack (same
+sample's setup failed, then calibrated as the paper's reference code does: the boundary sits just before the planted
+point and the logits span a unit range (unscaled, they saturate the attack's softmax). The unchanged attack (same
 module, so the same BPDA and EOT settings) then runs from the clean image: it passes when it returns a point of class
 1 within the threat model, which exists by construction. Written from the paper's description.
 """
@@ -82,12 +83,16 @@ class _Head:
         self.features: torch.Tensor | None = None
         self.handle = layer.register_forward_hook(self._hook)
 
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """The binary head's class-1 logit, in float64: the calibrated margin of the planted point (about 1e-4 of
+        the unit logit range) must not drown in float32 rounding."""
+        return features.flatten(1).double() @ self.w + self.b
+
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        features = inputs[0].flatten(1)
         if self.w is None:
-            self.features = features.detach()
+            self.features = inputs[0].flatten(1).detach()
             return output
-        score = features.float() @ self.w + self.b
+        score = self.score(inputs[0])
         return torch.stack([torch.zeros_like(score), score], 1).to(output.dtype)
 
 
@@ -114,34 +119,43 @@ def _planted(images: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     return (images + delta).clamp(0, 1)
 
 
-def _fit(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-    """A logistic-regression head (balanced classes) scoring the planted feature row above every inner one,
-    calibrated so its boundary sits ``CLOSENESS`` of the way from the highest inner score to the planted point's;
-    None when the fit leaves some inner row at or above the planted one."""
-    mean, scale = inner.mean(0), inner.std(0).clamp_min(1e-6)
-    x = torch.cat([inner, planted]).sub(mean).div(scale)
-    y = torch.cat([torch.zeros(len(inner)), torch.ones(1)]).to(x.device)
-    weights = torch.cat([torch.full((len(inner),), 0.5 / len(inner)), torch.tensor([0.5])]).to(x.device)
-    w = torch.zeros(x.shape[1], device=x.device, requires_grad=True)
-    b = torch.zeros((), device=x.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], max_iter=100, line_search_fn="strong_wolfe")
+def fit_head(inner: torch.Tensor, planted: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+    """A logistic-regression head (balanced classes, float64) scoring the planted feature row above every inner one,
+    calibrated so its boundary sits ``CLOSENESS`` of the way from the highest inner score to the planted point's and
+    rescaled so the scores of all rows span 1 (the reference's fixed logit rescaling: a separable fit's weights grow
+    without bound, and logits of -100 or less saturate the attack's softmax to an exactly zero gradient); None when
+    the fit leaves some inner row at or above the planted one."""
+    rows = torch.cat([inner, planted]).double()
+    # standardised over all rows: a feature constant on the inner points but not at the planted one gets a finite scale
+    mean, scale = rows.mean(0), rows.std(0)
+    scale = scale.clamp_min(1e-6 * float(scale.max()) + 1e-12)
+    x = (rows - mean) / scale
+    # fitted in its dual form, w = xᵀα (the L2-penalised optimum lies in the rows' span): 200 unknowns, not thousands
+    gram = x @ x.T
+    y = torch.cat([torch.zeros(len(inner)), torch.ones(1)]).to(x)
+    weights = torch.cat([torch.full((len(inner),), 0.5 / len(inner)), torch.tensor([0.5])]).to(x)
+    alpha = torch.zeros(len(x), dtype=x.dtype, device=x.device, requires_grad=True)
+    b = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([alpha, b], max_iter=20, history_size=10, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = (F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none") * weights).sum()
-        loss = loss + 1e-4 * w.square().sum()
+        fitted = gram @ alpha
+        loss = (F.binary_cross_entropy_with_logits(fitted + b, y, reduction="none") * weights).sum()
+        loss = loss + 1e-4 * alpha @ fitted
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        scores = x @ w + b
+        scores = gram @ alpha + b
         top, target = float(scores[:-1].max()), float(scores[-1])
         if not top < target:  # no bias makes it 100 % accurate; the calibration below picks the bias
             return None
-        weight = w / scale
-        return weight.detach(), float(b) - float(mean @ weight) - (top + CLOSENESS * (target - top))
+        spread = target - float(scores.min())
+        weight = x.T @ alpha / scale / spread
+        return weight, (float(b) - (top + CLOSENESS * (target - top))) / spread - float(mean @ weight)
 
 
 def binarization(
@@ -166,15 +180,16 @@ def binarization(
                 counted.module(_planted(image, threat))
                 planted = head.features
             tested += 1
-            fitted = _fit(inner.float(), planted.float())
+            fitted = fit_head(inner, planted)
             if fitted is None:
                 failed += 1
                 continue
             head.w, head.b = fitted
             zero = torch.zeros(1, dtype=torch.long, device=image.device)
             with torch.no_grad():
-                if int(counted.module(image).argmax(1)) != 0:
-                    failed += 1  # the clean image is already on the planted side: nothing to find
+                # the clean image must be of class 0 and the planted point of class 1, as the attack will see them
+                if int(counted.module(image).argmax(1)) != 0 or not float(head.score(planted)) > 0:
+                    failed += 1
                     continue
             adversarial = attack(image, zero).detach()
             inside = bool(threat.measure(adversarial - image)[0] <= threat.eps * (1 + 1e-4) + 1e-6)

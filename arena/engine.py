@@ -96,8 +96,9 @@ class Engine:
             record.checks["convergence"] = convergence(traces)
             if first is not None:
                 counted.counting = False
+                iterative = not single_step(counted.passes.backward, int(todo.sum()), record.gradient)
                 record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
-                                             record.checks.get("zero_gradient", 0)))
+                                             record.checks.get("zero_gradient", 0), iterative))
                 counted.counting = True
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent

@@ -9,7 +9,7 @@ import torch
 from conftest import matchup, play, run_cli, tiny, write_scenario
 from torch import nn
 
-from arena.active import ActiveTestError, binarization, last_linear
+from arena.active import INNER_POINTS, PASS_SHARE, ActiveTestError, binarization, fit_head, last_linear
 from arena.checks import flags
 from arena.indicators import UNSTABLE_SHARE, silent_success, whole_box
 from arena.leaderboard import rows
@@ -29,19 +29,40 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def played(folder):
-    """One run: the CNN and the ×1000-logits CNN against no defense, undeclared rounding and undeclared noise, each
-    attacked by a sound PGD, a PGD with a vanishing step and an attack that forgets its iterates."""
-    scenario = tiny(
-        models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
-        defenses=["none", {"name": "hidden_mask", "label": "round"},
-                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
-        attacks=[{"name": "pgd", "steps": 10}, {"name": "pgd", "steps": 10, "step_size": 1e-5, "label": "pgd_tiny"},
-                 {"name": "forgetful"}],
-        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
-    store, run_id = play(folder, load_registry(modules=["arena_test_plugins"]), scenario)
-    found = store.matchups(run_id)
-    return {(m.model, m.defense, m.attack): m for m in found}, {(r.model, r.defense): r for r in
-                                                                 rows(found, store.run(run_id))}
+    """The CNN without defense attacked by a sound PGD, a PGD with a vanishing step, an attack that forgets its
+    iterates and FGSM; and by the sound PGD through undeclared rounding and undeclared noise."""
+    plain = [{"name": "pgd", "steps": 10}, {"name": "pgd", "steps": 10, "step_size": 1e-5, "label": "pgd_tiny"},
+             {"name": "forgetful"}, "fgsm"]
+    return _played(folder, [(CNN, ["none"], plain), (CNN, MASKINGS, [{"name": "pgd", "steps": 10}])])
+
+
+@pytest.fixture(scope="module")
+def strong(folder):
+    """The CNN against no defense and the two undeclared maskings, and the ×1000-logits CNN undefended, attacked by
+    the recommended strong attacks: APGD-CE, APGD-DLR and Square (the `fast` suite's core)."""
+    attacks = [{"name": "apgd_ce", "n_iter": 10}, {"name": "apgd_dlr", "n_iter": 10},
+               {"name": "square", "n_queries": 100}]
+    return _played(folder, [(CNN, ["none", *MASKINGS], attacks), ({"name": "hot_cnn", "train": {"epochs": 1}},
+                                                                  ["none"], attacks)])
+
+
+#: The CNN every run here trains once (the module's weights cache), and the undeclared rounding and noise.
+CNN = {"name": "cnn", "train": {"epochs": 1}}
+MASKINGS = [{"name": "hidden_mask", "label": "round"}, {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}]
+
+
+def _played(folder, grids: list[tuple[dict, list, list]]) -> tuple[dict, dict]:
+    """Runs, one per (model, defenses, attacks), on the first 40 test images, so that no matchup the tests do not
+    read is played; their matchups by (model, defense, attack) and leaderboard rows by (model, defense)."""
+    registry = load_registry(modules=["arena_test_plugins"])
+    matchups, table = {}, {}
+    for model, defenses, attacks in grids:
+        store, run_id = play(folder, registry, tiny(models=[model], defenses=defenses, attacks=attacks,
+                                                    dataset={"samples": 40, "train_samples": 2000}, batch_size=40))
+        found = store.matchups(run_id)
+        matchups.update({(m.model, m.defense, m.attack): m for m in found})
+        table.update({(r.model, r.defense): r for r in rows(found, store.run(run_id))})
+    return matchups, table
 
 
 def test_a_sound_evaluation_raises_no_indicator(played):
@@ -63,6 +84,15 @@ def test_a_vanishing_step_fails_the_unconstrained_attack(played):
                for f in flags([tiny_step]))
 
 
+def test_a_single_step_attack_is_not_judged_by_the_unconstrained_attack(played):
+    """One FGSM sign step across the whole box is a jump to a corner, not an optimisation given unlimited budget:
+    the indicator does not run for it (it broke 8 of 10 on this sound CNN and was flagged)."""
+    matchups, _ = played
+    fgsm = matchups["cnn", "none", "fgsm"]
+    assert "unconstrained" not in fgsm.checks and "unstable" in fgsm.checks, fgsm.checks
+    assert not any("unconstrained" in f for f in flags([fgsm]))
+
+
 def test_an_attack_returning_a_worse_point_than_an_iterate_is_a_silent_success(played):
     matchups, _ = played
     forgetful = matchups["cnn", "none", "forgetful"]
@@ -72,20 +102,20 @@ def test_an_attack_returning_a_worse_point_than_an_iterate_is_a_silent_success(p
 
 
 def test_undeclared_rounding_is_flagged_with_its_cause_and_fix(played):
-    _, table = played
+    matchups, table = played
     row = table["cnn", "round"]
     zero = [f for f in row.flags if f.startswith("pgd: ") and "unavailable gradients" in f]
     assert zero and "`differentiable = False`" in zero[0] and "`square`" in zero[0], row.flags
     assert any(f.startswith("pgd: unconstrained attack failure") for f in row.flags)
-
-
-def test_logits_scaled_at_inference_are_flagged_as_a_saturated_softmax(played):
-    matchups, table = played
-    assert matchups["hot_cnn", "none", "pgd"].checks["saturated"] > 0
     assert matchups["cnn", "round", "pgd"].checks["saturated"] == 0, "rounding is not saturation"
+
+
+def test_logits_scaled_at_inference_are_flagged_as_a_saturated_softmax(strong):
+    matchups, table = strong
+    assert matchups["hot_cnn", "none", "apgd_ce"].checks["saturated"] > 0
     flagged = [f for f in table["hot_cnn", "none"].flags if "softmax saturates" in f]
     assert flagged and "`apgd_dlr`" in flagged[0], table["hot_cnn", "none"].flags
-    assert not any("softmax saturates" in f for f in table["cnn", "none"].flags)
+    assert not any("softmax saturates" in f for f in table["cnn", "none"].flags + table["cnn", "round"].flags)
 
 
 def test_undeclared_noise_is_flagged_as_unstable_predictions_needing_eot(played):
@@ -119,35 +149,37 @@ def test_an_attack_refusing_the_whole_box_is_reported_not_lost():
 
 @pytest.fixture(scope="module")
 def binarized(folder):
-    """The binarization test of three attacks on the CNN's first 16 test images: APGD-CE and a PGD with a vanishing
-    step without defense, APGD-CE through the undeclared rounding."""
+    """The binarization test of four attacks on the CNN's first 16 test images: APGD-CE, PGD-50 and a PGD with a
+    vanishing step without defense, APGD-CE through the undeclared rounding."""
     registry = load_registry(modules=["arena_test_plugins"])
     scenario = load_scenario(write_scenario(folder, tiny(
         defenses=["none", {"name": "hidden_mask", "label": "round"}],
-        attacks=[{"name": "apgd_ce", "n_iter": 20}, {"name": "pgd", "steps": 10, "step_size": 1e-5}],
+        attacks=[{"name": "apgd_ce", "n_iter": 20}, {"name": "pgd", "steps": 50, "label": "pgd_50"},
+                 {"name": "pgd", "steps": 10, "step_size": 1e-5, "label": "pgd_tiny"}],
         dataset={"samples": 40, "train_samples": 2000}), "binarize.yaml"), registry)
     arena = Arena(scenario, registry, folder / "results", cache=WeightsCache(folder / "cache"), progress=False,
                   threat=scenario.threat)
     data = Data.load(scenario, registry)
-    model, (plain, rounding), (apgd, pgd) = scenario.models[0], scenario.defenses, scenario.attacks
+    model, (plain, rounding), (apgd, pgd, pgd_tiny) = scenario.models[0], scenario.defenses, scenario.attacks
     found = {}
-    for defense, attack in ((plain, apgd), (plain, pgd), (rounding, apgd)):
+    for defense, attack in ((plain, apgd), (plain, pgd), (plain, pgd_tiny), (rounding, apgd)):
         built, counted, _ = arena.attacker(data, model, defense, attack)
         found[defense.key, attack.key] = binarization(built, counted.eval(), counted.module.net, data.images[:16],
                                                       data.labels[:16], arena.threat)
     return found
 
 
-def test_apgd_ce_on_the_plain_cnn_passes_the_binarization_test(binarized):
-    sound = binarized["none", "apgd_ce"]
-    assert sound.tested >= 4 and sound.setup_failed < sound.tested
-    # 8 of 11 measured on this CPU, against 0 for the failing attacks below: a wide margin, not the flag's 80 % bar
-    assert sound.pass_rate >= 0.3, sound
-    assert sound.passes > 0
+def test_sound_attacks_on_the_plain_cnn_pass_the_binarization_test(binarized):
+    # all passed in every measurement here (11 of 11, 18 of 18 on 40 images); the flag's bar leaves two failures
+    for attack in ("apgd_ce", "pgd_50"):
+        sound = binarized["none", attack]
+        assert sound.tested >= 8 and sound.setup_failed <= 2, sound
+        assert sound.pass_rate >= PASS_SHARE, sound
+        assert sound.passes > 0
 
 
 def test_a_vanishing_step_and_an_undeclared_rounding_fail_the_binarization_test(binarized):
-    for key in (("none", "pgd"), ("round", "apgd_ce")):
+    for key in (("none", "pgd_tiny"), ("round", "apgd_ce")):
         failing = binarized[key]
         assert failing.setup_failed < failing.tested, key
         assert failing.pass_rate <= 0.2, (key, failing)
@@ -157,6 +189,19 @@ def test_a_vanishing_step_and_an_undeclared_rounding_fail_the_binarization_test(
                                                               "it found the planted adversarial on 0 of 8 samples"))]
     assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks={"binarization": {
         "tested": 10, "passed": 8, "setup_failed": 1, "passes": 200}})]) == []
+
+
+def test_the_binary_head_is_calibrated_to_a_unit_logit_range_just_below_the_planted_point():
+    """A separable logistic fit's weights grow without bound: uncalibrated, the clean image's logit sat at -100 to
+    -200,000 and the attack's cross-entropy gradient underflowed to exactly zero (APGD-CE passed 8 of 11)."""
+    generator = torch.Generator().manual_seed(0)
+    inner = torch.randn(INNER_POINTS, 2048, generator=generator).relu()
+    planted = inner[:1] + 0.3 * torch.randn(1, 2048, generator=generator)
+    weight, bias = fit_head(inner, planted)
+    scores = torch.cat([inner, planted]).double() @ weight + bias
+    assert 0 < float(scores[-1]) < 1e-3, "the planted point is of class 1, just past the boundary"
+    assert float(scores[:-1].max()) < 0 and float(scores.max() - scores.min()) == pytest.approx(1)
+    assert fit_head(inner, inner[:1]) is None, "a planted point among the inner ones cannot be separated: setup failed"
 
 
 def test_the_binarization_test_refuses_a_model_without_a_final_linear_layer():
@@ -193,18 +238,10 @@ def test_silent_success_is_no_finding_when_the_judge_itself_is_random():
     assert flags([matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0), checks=forgot, randomized=["noise"], eot_samples=10)]) == []
 
 
-def test_with_the_recommended_strong_attacks_each_masking_ends_near_the_undefended_worst_case(folder):
-    """APGD-CE, APGD-DLR and Square (the `fast` suite's core): the margin loss climbs the saturated softmax, Square
-    needs no gradient through the rounding, and the masked rows' worst cases fall to the undefended one's."""
-    scenario = tiny(
-        models=[{"name": "cnn", "train": {"epochs": 1}}, {"name": "hot_cnn", "train": {"epochs": 1}}],
-        defenses=["none", {"name": "hidden_mask", "label": "round"},
-                  {"name": "hidden_noise", "sigma": 0.3, "label": "noise"}],
-        attacks=[{"name": "apgd_ce", "n_iter": 10}, {"name": "apgd_dlr", "n_iter": 10},
-                 {"name": "square", "n_queries": 100}],
-        dataset={"samples": 40, "train_samples": 2000}, batch_size=40)
-    store, run_id = play(folder, load_registry(modules=["arena_test_plugins"]), scenario)
-    table = {(r.model, r.defense): r for r in rows(store.matchups(run_id), store.run(run_id))}
+def test_with_the_recommended_strong_attacks_each_masking_ends_near_the_undefended_worst_case(strong):
+    """The margin loss climbs the saturated softmax, Square needs no gradient through the rounding, and the masked
+    rows' worst cases fall to the undefended one's."""
+    _, table = strong
     undefended = table["cnn", "none"].worst_case
     for key in (("cnn", "round"), ("hot_cnn", "none"), ("cnn", "noise")):
         assert table[key].worst_case <= undefended + 0.1, (key, table[key].attacks)
