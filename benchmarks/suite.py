@@ -171,12 +171,17 @@ def main() -> None:
               f"{args.samples} CIFAR-10 test images, recipe `{args.recipe}`, fast suite targets={args.targets}, "
               f"probe_queries={args.probe_queries}; {torch.get_num_threads()} torch thread(s), CPU; "
               f"whole benchmark {time.perf_counter() - started:.0f} s including training."]
+    write("suite", "The fast suite against AutoAttack, per sample", command(args), lines)
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command that reproduces a run, with only the options that had an effect (``--l2-models`` only with an L2
+    threat)."""
     l2 = f" --l2-models {','.join(args.l2_models)}" if any(norm == "l2" for norm, _ in args.threats) else ""
     stored = f" --results {args.results}" if args.results else ""
-    command = (f"python -m benchmarks.suite --samples {args.samples} --models {','.join(args.models)} --threats "
-               f"{','.join(f'{a}:{b}' for a, b in args.threats)}{l2} --recipe {args.recipe} --targets {args.targets} "
-               f"--probe-queries {args.probe_queries} --threads {args.threads}{stored}")
-    write("suite", "The fast suite against AutoAttack, per sample", command, lines)
+    return (f"python -m benchmarks.suite --samples {args.samples} --models {','.join(args.models)} --threats "
+            f"{','.join(f'{a}:{b}' for a, b in args.threats)}{l2} --recipe {args.recipe} --targets {args.targets} "
+            f"--probe-queries {args.probe_queries} --threads {args.threads}{stored}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ never in the worst case; the ``fast`` suite's expansion; matchup keys of existin
 
 from __future__ import annotations
 
+import argparse
 import json
 import sqlite3
 
@@ -15,6 +16,7 @@ from arena.leaderboard import leaderboard_table, render, rows
 from arena.registry import load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import _SCHEMA, SCHEMA_VERSION, Store
+from benchmarks import suite
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,11 @@ def test_an_older_store_learns_to_record_skipped_members(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         store.db.execute("INSERT INTO matchups (run_id, model, defense, attack, params, key, status, samples,"
                          " wall_time_s, finished_at) VALUES ('r', 'm', 'd', 'a', '{}', 'k', 'bogus', 1, 0, 'now')")
+
+
+def test_the_suite_benchmark_prints_only_the_options_that_had_an_effect():
+    args = argparse.Namespace(samples=200, models=["cnn", "cnn_pgd_at"], threats=[suite.threat("linf:8/255")],
+                              l2_models=["cnn"], recipe="short", targets=3, probe_queries=100, threads=1, results=None)
+    assert "--l2-models" not in suite.command(args) and "--threats linf:8/255 --recipe short" in suite.command(args)
+    args.threats.append(suite.threat("l2:0.5"))
+    assert "--threats linf:8/255,l2:0.5 --l2-models cnn --recipe" in suite.command(args)
