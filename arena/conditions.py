@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+from arena.indicators import UNCONSTRAINED_SHARE
 from arena.records import Matchup
 
 #: ``gradients``: a gradient attack before it had a reason to doubt its gradients (zero input gradients, forward
 #: passes that disagree, probability outputs, a non-differentiable stage crossed by BPDA or not at all, a
-#: randomized stage averaged by EOT); ``black_box``: a gradient-free attack before it broke a sample that the
-#: gradient attacks before it had missed.
+#: randomized stage averaged by EOT, an unconstrained-attack failure of ``arena.indicators``); ``black_box``: a
+#: gradient-free attack before it broke a sample that the gradient attacks before it had missed.
 Condition = Literal["gradients", "black_box"]
 CONDITIONS: tuple[str, ...] = ("gradients", "black_box")
 SKIPPED = "skipped"
@@ -29,6 +30,10 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
             found.append(f"{m.attack}: forward passes disagree (randomness)")
         if checks.get("probabilities"):
             found.append(f"{m.attack}: the model returns probabilities")
+        box = checks.get("unconstrained") or {}
+        if "broken" in box and box["broken"] < UNCONSTRAINED_SHARE * box["checked"]:
+            found.append(f"{m.attack}: with an ε covering the whole box it broke only {box['broken']} of "
+                         f"{box['checked']} probed samples (unconstrained attack failure)")
         for name, what in (("bpda", "crossed by BPDA"), ("masked", "crossed with no gradient"),
                            ("randomized", "randomized, averaged by EOT")):
             if gradient.get(name):

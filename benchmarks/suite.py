@@ -4,16 +4,20 @@ and what each AutoAttack member added beyond the one before it (what skipping it
 
     python -m benchmarks.suite [--samples 1000] [--models cnn,cnn_pgd_at,...] [--threats linf:8/255,linf:0.1,l2:0.5]
                                [--l2-models cnn,cnn_pgd_at] [--recipe full|short] [--targets 3] [--threads 1]
+                               [--results DIR]
 
 Models are ``scenarios/autoattack.yaml``'s (the ``linf_0.1`` weights, reused from the cache) plus the ResNet-18;
 ``--recipe short`` trains every model for 2 epochs on 5,000 images (training-time defenses: 1 epoch) to fit a small
-CPU.
+CPU. ``--results DIR`` plays into that store and reuses every matchup already there under the same key (same
+weights, images, seed, attack and the members before it): rerun after a change to the ``fast`` suite, only its changed
+members are computed again, AutoAttack's are reused (the table marks reused wall times).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +72,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--targets", type=int, default=3, help="the fast suite's APGD-T target classes")
     parser.add_argument("--probe-queries", type=int, default=100, help="the fast suite's Square probe queries")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--results", type=Path, help="results store to play into, reusing the matchups it holds")
     args = parser.parse_args()
     if args.samples < 1 or args.threads < 1 or not 1 <= args.targets <= 9 or args.probe_queries < 1:
         parser.error("--samples, --threads and --probe-queries must be ≥ 1, --targets in 1..9")
@@ -101,6 +106,12 @@ def passes(members: list[Matchup]) -> float:
     return sum(m.passes_per_sample or 0.0 for m in members)
 
 
+def seconds(members: list[Matchup]) -> str:
+    """The members' wall time, marked when any of it was measured by an earlier run whose matchups were reused."""
+    reused = " (reused)" if any(m.reused_from for m in members) else ""
+    return f"{sum(m.wall_time_s for m in members):.0f} s{reused}"
+
+
 def added(m: Matchup) -> str:
     """What one member broke beyond the members before it, and its passes per sample (or why it did not run)."""
     if m.status != "ok":
@@ -113,7 +124,7 @@ def main() -> None:
     lines = ["| threat | model | clean | fast | AutoAttack | Δ | robust to fast only | robust to AA only | "
              "fast passes/sample | AA passes/sample | AA / fast | fast time | AA time |",
              "|" + " --- |" * 13]
-    design = ["| threat | model | fast: APGD-CE · APGD-T · probe · FAB-T · Square | "
+    design = ["| threat | model | fast: APGD-CE · APGD-T · FAB-T (1 target) · probe · Square | "
               "AutoAttack: APGD-CE · APGD-T · FAB-T · Square (or APGD-DLR) |", "| --- | --- | --- | --- |"]
     totals = {"fast": [0, 0.0, 0.0], "autoattack": [0, 0.0, 0.0]}  # robust samples, passes, seconds
     adversarially_trained = []
@@ -122,16 +133,16 @@ def main() -> None:
         for key in (args.l2_models if norm == "l2" else args.models):
             if norm == "l2" and key not in args.models:
                 continue
-            store, run_id = play(pair_scenario(key, norm, eps, args))
+            store, run_id = play(pair_scenario(key, norm, eps, args), results=args.results,
+                                 fresh=args.results is None)
             matchups = store.matchups(run_id)
             suites = {s: [m for m in matchups if m.suite == s] for s in ("fast", "autoattack")}
             masks = {s: robust(ms) for s, ms in suites.items()}
             cost = {s: passes(ms) for s, ms in suites.items()}
-            seconds = {s: sum(m.wall_time_s for m in ms) for s, ms in suites.items()}
             for s in totals:
                 totals[s][0] += int(masks[s].sum())
                 totals[s][1] += cost[s] * len(masks[s])
-                totals[s][2] += seconds[s]
+                totals[s][2] += sum(m.wall_time_s for m in suites[s])
             ratio = cost["autoattack"] / cost["fast"] if cost["fast"] else float("inf")
             if "_at" in key:
                 adversarially_trained.append((f"{key} {norm} {eps}", ratio))
@@ -140,7 +151,8 @@ def main() -> None:
                 f"| {norm} {eps} | {key} | {matchups[0].clean_accuracy:.1%} | {a:.1%} | {b:.1%} | "
                 f"{100 * (a - b):+.1f} pts | {int((masks['fast'] & ~masks['autoattack']).sum())} | "
                 f"{int((masks['autoattack'] & ~masks['fast']).sum())} | {cost['fast']:.0f} | "
-                f"{cost['autoattack']:.0f} | {ratio:.1f}× | {seconds['fast']:.0f} s | {seconds['autoattack']:.0f} s |")
+                f"{cost['autoattack']:.0f} | {ratio:.1f}× | {seconds(suites['fast'])} | "
+                f"{seconds(suites['autoattack'])} |")
             design.append(f"| {norm} {eps} | {key} | {' · '.join(added(m) for m in suites['fast'])} | "
                           f"{' · '.join(added(m) for m in suites['autoattack'])} |")
             store.close()
@@ -159,11 +171,17 @@ def main() -> None:
               f"{args.samples} CIFAR-10 test images, recipe `{args.recipe}`, fast suite targets={args.targets}, "
               f"probe_queries={args.probe_queries}; {torch.get_num_threads()} torch thread(s), CPU; "
               f"whole benchmark {time.perf_counter() - started:.0f} s including training."]
-    command = (f"python -m benchmarks.suite --samples {args.samples} --models {','.join(args.models)} --threats "
-               f"{','.join(f'{a}:{b}' for a, b in args.threats)} --l2-models {','.join(args.l2_models)} "
-               f"--recipe {args.recipe} --targets {args.targets} --probe-queries {args.probe_queries} "
-               f"--threads {args.threads}")
-    write("suite", "The fast suite against AutoAttack, per sample", command, lines)
+    write("suite", "The fast suite against AutoAttack, per sample", command(args), lines)
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command that reproduces a run, with only the options that had an effect (``--l2-models`` only with an L2
+    threat)."""
+    l2 = f" --l2-models {','.join(args.l2_models)}" if any(norm == "l2" for norm, _ in args.threats) else ""
+    stored = f" --results {args.results}" if args.results else ""
+    return (f"python -m benchmarks.suite --samples {args.samples} --models {','.join(args.models)} --threats "
+            f"{','.join(f'{a}:{b}' for a, b in args.threats)}{l2} --recipe {args.recipe} --targets {args.targets} "
+            f"--probe-queries {args.probe_queries} --threads {args.threads}{stored}")
 
 
 if __name__ == "__main__":

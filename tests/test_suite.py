@@ -3,6 +3,7 @@ never in the worst case; the ``fast`` suite's expansion; matchup keys of existin
 
 from __future__ import annotations
 
+import argparse
 import json
 import sqlite3
 
@@ -15,6 +16,7 @@ from arena.leaderboard import leaderboard_table, render, rows
 from arena.registry import load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import _SCHEMA, SCHEMA_VERSION, Store
+from benchmarks import suite
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +24,18 @@ def test_registry():
     return load_registry(modules=["arena_test_plugins"])
 
 
-def _conditional_run(tmp_path, registry):
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """One weights cache for the module: its scenarios train the same CNN, so it is trained once."""
+    return tmp_path_factory.mktemp("weights")
+
+
+def test_square_runs_where_a_check_fires_and_is_skipped_where_none_does(tmp_path, test_registry, weights):
     defenses = ["none", {"name": "art.jpeg", "quality": 50, "label": "jpeg"},
                 {"name": "hidden_mask", "label": "hidden"}]
-    scenario = tiny(attacks=["when_test"], defenses=defenses, dataset={"samples": 60, "train_samples": 2000},
+    scenario = tiny(attacks=["when_test"], defenses=defenses, dataset={"samples": 30, "train_samples": 2000},
                     batch_size=30)
-    return play(tmp_path, registry, scenario)
-
-
-def test_square_runs_where_a_check_fires_and_is_skipped_where_none_does(tmp_path, test_registry):
-    store, run_id = _conditional_run(tmp_path, test_registry)
+    store, run_id = play(tmp_path, test_registry, scenario, cache=weights)
     found = {(m.defense, m.attack): m for m in store.matchups(run_id)}
     plain, jpeg, hidden = (found[d, "when_test/square"] for d in ("none", "jpeg", "hidden"))
     assert plain.status == "skipped" and "none of its conditions (gradients)" in plain.detail
@@ -57,12 +61,13 @@ def test_square_runs_where_a_check_fires_and_is_skipped_where_none_does(tmp_path
         (d, "when_test", round(r.passes, 1)) for d, r in table.items()}
 
 
-def test_the_cli_exits_0_on_skipped_members_and_a_rerun_reuses_them(tmp_path, test_registry, capsys):
-    scenario = tiny(attacks=["when_test"], dataset={"samples": 30, "train_samples": 2000}, batch_size=30,
+def test_the_cli_exits_0_on_skipped_members_and_a_rerun_reuses_them(tmp_path, test_registry, capsys, weights):
+    scenario = tiny(attacks=["when_test"], dataset={"samples": 20, "train_samples": 2000}, batch_size=30,
                     plugins=["arena_test_plugins"])
     path = write_scenario(tmp_path, scenario)
     for _ in range(2):
-        code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "--no-report")
+        code, out, err = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "r"), "--no-report",
+                                 "--cache-dir", str(weights))
         assert code == 0, err
         assert "skipped" in out
     store = Store(tmp_path / "r", readonly=True)
@@ -76,6 +81,11 @@ def test_conditions_read_checks_and_black_box_wins():
     zero = matchup("apgd", (1, 0, 1, 0, 1, 0, 0, 0), checks={"zero_gradient": 2, "checked": 6})
     assert "2 of 6 probed samples have a zero input gradient" in conditions.reasons(["gradients"], [zero])[0]
     assert conditions.reasons(["gradients"], [matchup("apgd", (1,) * 6 + (0, 0), randomized=["noise"])])
+    boxed = matchup("apgd", (1, 0, 1, 0, 1, 0, 0, 0), checks={"unconstrained": {"checked": 10, "broken": 3}})
+    assert "broke only 3 of 10" in conditions.reasons(["gradients"], [boxed])[0], "unconstrained attack failure"
+    for box in ({"checked": 10, "broken": 10}, {"error": "refused"}):
+        assert conditions.reasons(["gradients"], [matchup("apgd", (1,) * 6 + (0, 0), checks={"unconstrained": box})]) \
+            == [], box
     probe = matchup("square_probe", (0, 0, 1, 0, 1, 0, 0, 0), attacked=(1, 0, 1, 0, 1, 0, 0, 0),
                     gradient_free=True)
     assert conditions.reasons(["black_box"], [sound, probe]) == ["square_probe broke 1 samples the gradient "
@@ -87,9 +97,10 @@ def test_the_fast_suite_expands_with_conditions(tmp_path, registry):
     scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fast", "targets": 2}])), registry)
     assert [(a.key, a.name, a.when) for a in scenario.attacks] == [
         ("fast/early_apgd_ce", "early_apgd_ce", []), ("fast/early_apgd_t", "early_apgd_t", []),
-        ("fast/square_probe", "square", []),
-        ("fast/fab_t", "fab_t", ["black_box"]), ("fast/square", "square", ["gradients", "black_box"])]
+        ("fast/fab_t", "fab_t", []), ("fast/square_probe", "square", []),
+        ("fast/square", "square", ["gradients", "black_box"])]
     assert scenario.attacks[1].params["n_target_classes"] == 2 and scenario.attacks[1].params["ranking"] == "malt"
+    assert scenario.attacks[2].params["n_target_classes"] == 1, "FAB-T on its first target class only"
     with pytest.raises(ScenarioError, match=r"attacks\[0\]\.when\[0\]"):
         load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fgsm", "when": ["always"]}])), registry)
 
@@ -104,8 +115,7 @@ def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeyp
     arena.weights_key = lambda *refs: ("weights", {})
     arena.matchup_keys(None, scenario.models[0], scenario.defenses[0])
     legacy = {"weights", "model", "defense", "attack", "source", "adaptive", "threat", "eval", "batch_size"}
-    assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after", "when"},
-                                                 {"after", "when"}]
+    assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after"}, {"after", "when"}]
 
 
 def test_an_older_store_learns_to_record_skipped_members(tmp_path):
@@ -130,3 +140,11 @@ def test_an_older_store_learns_to_record_skipped_members(tmp_path):
     assert store.db.execute(insert, ("b", "skipped")).lastrowid == 42  # AUTOINCREMENT carries on past the old ids
     with pytest.raises(sqlite3.IntegrityError):
         store.db.execute(insert, ("c", "bogus"))
+
+
+def test_the_suite_benchmark_prints_only_the_options_that_had_an_effect():
+    args = argparse.Namespace(samples=200, models=["cnn", "cnn_pgd_at"], threats=[suite.threat("linf:8/255")],
+                              l2_models=["cnn"], recipe="short", targets=3, probe_queries=100, threads=1, results=None)
+    assert "--l2-models" not in suite.command(args) and "--threats linf:8/255 --recipe short" in suite.command(args)
+    args.threats.append(suite.threat("l2:0.5"))
+    assert "--threats linf:8/255,l2:0.5 --l2-models cnn --recipe" in suite.command(args)
