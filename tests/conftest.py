@@ -31,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if data:
         os.environ["ARENA_DATA_DIR"] = str(Path(data).resolve())
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0))
-    if workers:  # pytest-xdist: share the cores among the workers (and the processes a test starts), never oversubscribe
+    if workers:  # pytest-xdist: the workers (and the processes a test starts) share the cores, never oversubscribe
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         torch.set_num_threads(int(threads))
