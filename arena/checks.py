@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arena.active import PASS_SHARE
-from arena.indicators import UNCONSTRAINED_SHARE, UNSTABLE_SHARE
+from arena.indicators import UNSTABLE_SHARE, unconstrained_failed
 from arena.records import Matchup
 
 #: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
@@ -147,7 +147,7 @@ def _indicators(ok: list[Matchup]) -> list[str]:
         if "error" in box:
             found.append(f"{m.attack}: unconstrained attack not run (it refused an ε covering the whole box: "
                          f"{box['error']})")
-        elif box and box["broken"] < UNCONSTRAINED_SHARE * box["checked"]:
+        elif unconstrained_failed(m.checks):
             found.append(f"{m.attack}: unconstrained attack failure (Pintor et al.): with an ε covering the whole "
                          f"[0, 1] box it broke only {box['broken']} of {box['checked']} samples, so it fails whatever "
                          "the ε (step size, iterations, loss, or gradients); fix its step size or iterations, add "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from arena.indicators import UNCONSTRAINED_SHARE
+from arena.indicators import unconstrained_failed
 from arena.records import Matchup
 
 #: ``gradients``: a gradient attack before it had a reason to doubt its gradients (zero input gradients, forward
@@ -30,8 +30,8 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
             found.append(f"{m.attack}: forward passes disagree (randomness)")
         if checks.get("probabilities"):
             found.append(f"{m.attack}: the model returns probabilities")
-        box = checks.get("unconstrained") or {}
-        if "broken" in box and box["broken"] < UNCONSTRAINED_SHARE * box["checked"]:
+        if unconstrained_failed(checks):
+            box = checks["unconstrained"]
             found.append(f"{m.attack}: with an ε covering the whole box it broke only {box['broken']} of "
                          f"{box['checked']} probed samples (unconstrained attack failure)")
         for name, what in (("bpda", "crossed by BPDA"), ("masked", "crossed with no gradient"),

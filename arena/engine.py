@@ -94,11 +94,11 @@ class Engine:
                     return record.finish("invalid", violation, counted.passes)
                 silent += silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
             record.checks["convergence"] = convergence(traces)
+            one_step = single_step(counted.passes.backward, int(todo.sum()), record.gradient)
             if first is not None:
                 counted.counting = False
-                iterative = not single_step(counted.passes.backward, int(todo.sum()), record.gradient)
                 record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
-                                             record.checks.get("zero_gradient", 0), iterative))
+                                             record.checks.get("zero_gradient", 0), not one_step))
                 counted.counting = True
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent
@@ -108,7 +108,7 @@ class Engine:
                 images, labels = (t[chosen] for t in data.on(self.device))
                 record.checks["binarization"] = active_checks(attack, counted, images, labels, self.threat)
             record.passes = counted.passes
-            if not before and single_step(counted.passes.backward, int(todo.sum()), record.gradient):
+            if not before and one_step:
                 counted.counting = False
                 fixed = np.zeros(len(todo), dtype=bool)
                 for index, images, labels in self.batches(data, ~clean_correct, desc + " (label-leak check)"):

@@ -236,9 +236,9 @@ def curves(store: Store, run: Run) -> dict[tuple[str, str], list[tuple[float, fl
     return points
 
 
-def board(store: Store, run: Run) -> list[Row]:
-    """A run's rows with every trust flag, the ε-sweep one included."""
-    table = rows(store.matchups(run.id), run)
+def board(store: Store, run: Run, matchups: list[Matchup] | None = None) -> list[Row]:
+    """A run's rows with every trust flag, the ε-sweep one included (from ``matchups`` when already loaded)."""
+    table = rows(store.matchups(run.id) if matchups is None else matchups, run)
     clean = {(row.model, row.defense): row.clean_accuracy for row in table}
     flagged = sweep_flags(curves(store, run), clean, run.threat.norm)
     for row in table:

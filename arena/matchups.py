@@ -156,6 +156,8 @@ class Arena:
     _prepared: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
     _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
+    #: A pretrained model's identity (its checkpoint's hash), read once a run rather than once per key.
+    _identities: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     def play(self, executor: Executor | None = None) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded. The
@@ -301,7 +303,9 @@ class Arena:
         }
         model = self._model(model_ref)
         if model.pretrained:
-            fields["pretrained"] = model.identity()
+            if model_ref.key not in self._identities:
+                self._identities[model_ref.key] = model.identity()
+            fields["pretrained"] = self._identities[model_ref.key]
         return content_key(fields), fields
 
     def _training(self, defense_ref: DefenseRef) -> PluginRef | None:

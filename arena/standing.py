@@ -249,9 +249,10 @@ def standing(stores: list[Store], reported: list[Entry] = ()) -> dict[Threat, li
     groups: dict[tuple[Threat, str, str], list[_Part]] = {}
     for store, run in load(stores):
         threat = Threat.of(run.dataset, run.threat.norm, run.threat.eps)
-        flags = {(row.model, row.defense): row.flags for row in board(store, run)}
+        loaded = store.matchups(run.id)
+        flags = {(row.model, row.defense): row.flags for row in board(store, run, loaded)}
         by_pair: dict[tuple[str, str], list[Matchup]] = {}
-        for m in store.matchups(run.id):
+        for m in loaded:
             by_pair.setdefault((m.model, m.defense), []).append(m)
         for (model, defense), matchups in by_pair.items():
             identity = _identity(run, matchups[0])[0]

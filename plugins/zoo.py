@@ -100,10 +100,15 @@ def robustbench() -> SimpleNamespace:
                            load_model=load_model)
 
 
-def zoo_entry(dataset: str, threat: str, model: str) -> dict[str, Any] | None:
-    """RobustBench's entry of ``model`` (architecture and checkpoint ids), None when the zoo has no such model."""
+def zoo_models(dataset: str, threat: str) -> dict[str, dict[str, Any]]:
+    """RobustBench's zoo for one data set and threat: each model's entry (architecture and checkpoint ids)."""
     rb = robustbench()
-    return rb.model_dicts[rb.Dataset(dataset)].get(rb.Threat(threat), {}).get(model)
+    return rb.model_dicts[rb.Dataset(dataset)].get(rb.Threat(threat), {})
+
+
+def zoo_entry(dataset: str, threat: str, model: str) -> dict[str, Any] | None:
+    """RobustBench's entry of ``model``, None when the zoo has no such model."""
+    return zoo_models(dataset, threat).get(model)
 
 
 def checkpoints(model_dir: Path, dataset: str, threat: str, model: str, entry: dict[str, Any]) -> list[Path]:
@@ -135,8 +140,8 @@ class RobustBenchModel(Model):
         dataset, threat, model = values["dataset"], values["threat"], values["model"]
         entry = zoo_entry(dataset, threat, model)
         if entry is None:
-            known = robustbench().model_dicts[robustbench().Dataset(dataset)].get(robustbench().Threat(threat), {})
-            return {"model": did_you_mean(f"RobustBench model for {dataset} {threat}", model, known) +
+            return {"model": did_you_mean(f"RobustBench model for {dataset} {threat}", model,
+                                          zoo_models(dataset, threat)) +
                     "; pick one from robustbench.ai, or set dataset and threat to its leaderboard"}
         hub = "timm's" if entry["gdrive_id"] is None else "torchvision's" if (
             dataset == "imagenet" and "Standard" in model) else None  # as load_model decides
