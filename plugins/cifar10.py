@@ -80,19 +80,8 @@ def read_npz(
     the file, the array and what is expected, instead of a traceback or, for images already scaled to [0, 1], a
     silent second division by 255. ``shape`` ``(C, H, W)`` is the one image shape allowed (None: any, with 1 or 3
     channels); ``classes`` bounds the labels (None: any ≥ 0)."""
-    x, y = names = (f"x_{split}", f"y_{split}")
-    try:
-        with np.load(npz, allow_pickle=False) as arrays:
-            missing = [name for name in names if name not in arrays.files]
-            if missing:
-                raise DataError(f"{npz}: no array {', '.join(missing)} (it has: {', '.join(arrays.files) or 'none'}); "
-                                "expected x_train, y_train, x_test, y_test")
-            images, labels = (arrays[name] for name in names)
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{npz}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); it may be "
-                        "truncated or damaged: copy it again") from None
+    x = f"x_{split}"
+    images, labels = _arrays(npz, split, x, f"y_{split}")
     if images.dtype != np.uint8:
         raise DataError(f"{npz}: {x} is {images.dtype}; expected uint8 pixel values 0-255 (images already scaled to "
                         "[0, 1] would be divided by 255 again)")
@@ -101,13 +90,45 @@ def read_npz(
     wanted = f"(N, {shape[1]}, {shape[2]}, {shape[0]})" if shape else "(N, H, W, C) with C 1 or 3, or (N, H, W)"
     if images.ndim != 4 or (images.shape[1:] != (*shape[1:], shape[0]) if shape else images.shape[3] not in (1, 3)):
         raise DataError(f"{npz}: {x} has shape {images.shape}; expected {wanted}, uint8 NHWC")
-    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{npz}: {y} has shape {labels.shape} and dtype {labels.dtype}; expected ({len(images)},) "
+    _check_labels(npz, split, labels, len(images), classes)
+    return images, labels
+
+
+def read_labels(npz: Path, split: str) -> np.ndarray:
+    """``y_<split>`` of the archive without its images (what counting the classes needs), checked as ``read_npz``
+    checks it; its length is compared with the one in ``x_<split>``'s header."""
+    [labels] = _arrays(npz, split, f"y_{split}")
+    found = npz_shape(npz, f"x_{split}")
+    _check_labels(npz, split, labels, found[0] if found else labels.size, None)
+    return labels
+
+
+def _arrays(npz: Path, split: str, *wanted: str) -> list[np.ndarray]:
+    """The arrays ``wanted`` of the archive, and only those (``np.load`` reads an .npz array by array, when asked),
+    once it is known to hold both of ``split``'s: one message for a missing array and for an unreadable archive."""
+    try:
+        with np.load(npz, allow_pickle=False) as arrays:
+            missing = [name for name in (f"x_{split}", f"y_{split}") if name not in arrays.files]
+            if missing:
+                raise DataError(f"{npz}: no array {', '.join(missing)} (it has: {', '.join(arrays.files) or 'none'}); "
+                                "expected x_train, y_train, x_test, y_test")
+            return [arrays[name] for name in wanted]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{npz}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); it may be "
+                        "truncated or damaged: copy it again") from None
+
+
+def _check_labels(npz: Path, split: str, labels: np.ndarray, count: int, classes: int | None) -> None:
+    """One message when ``y_<split>`` is not ``count`` integer class indices (below ``classes`` when given)."""
+    x, y = f"x_{split}", f"y_{split}"
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{npz}: {y} has shape {labels.shape} and dtype {labels.dtype}; expected ({count},) "
                         f"integer class indices, one per image of {x}")
     if len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= classes)):
         top = f"0 to {classes - 1}" if classes is not None else "from 0"
         raise DataError(f"{npz}: {y} holds labels from {labels.min()} to {labels.max()}; expected class indices {top}")
-    return images, labels
 
 
 def npz_shape(npz: Path, name: str) -> tuple[int, ...] | None:

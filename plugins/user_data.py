@@ -17,7 +17,7 @@ from PIL import UnidentifiedImageError
 from torchvision import transforms
 
 from arena import DataError, Dataset, Param, hookimpl
-from arena_plugins.cifar10 import CIFAR10, Torchvision, npz_shape, read_npz, to_tensors
+from arena_plugins.cifar10 import CIFAR10, Torchvision, npz_shape, read_labels, read_npz, to_tensors
 
 _SPLITS = ("train", "test")
 #: ImageNet's evaluation convention: resize the short side to size / 0.875 (256 for 224), then crop the centre.
@@ -124,7 +124,7 @@ class NPZ(Dataset):
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = read_npz(self.file, split, self.num_classes, None)
         if self.num_classes is None:
-            others = [read_npz(self.file, s, None, None)[1] for s in _SPLITS if s != split]
+            others = [read_labels(self.file, s) for s in _SPLITS if s != split]
             self.num_classes = int(max(np.max(y, initial=-1) for y in (labels, *others))) + 1
         return to_tensors(images, labels)
 

@@ -121,6 +121,7 @@ def test_a_users_grey_npz_runs_end_to_end_with_a_timm_model(tmp_path, capsys):
     ({"x_test": np.zeros((12, 28, 28), np.float32)}, "x_test is float32; expected uint8"),
     ({"x_test": np.zeros((12, 28, 28, 5), np.uint8)}, "expected (N, H, W, C) with C 1 or 3"),
     ({"y_test": np.arange(11)}, "y_test has shape (11,)"),
+    ({"y_train": np.arange(23)}, "y_train has shape (23,)"),  # read alone, to count the classes
 ])
 def test_a_malformed_npz_is_one_line_and_exit_2(arrays, expected, tmp_path, capsys):
     grey_npz(tmp_path / "bad.npz", **arrays)
