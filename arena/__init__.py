@@ -30,7 +30,7 @@ from arena.kinds import (  # noqa: E402
 )
 from arena.matchups import Arena  # noqa: E402
 from arena.records import Matchup, Run  # noqa: E402
-from arena.registry import PluginError, Registry  # noqa: E402
+from arena.registry import PluginError, Registry, unknown_name_message  # noqa: E402
 from arena.runtime import Runtime  # noqa: E402
 from arena.scenario import Scenario, ScenarioError  # noqa: E402
 from arena.store import StoreError  # noqa: E402
@@ -70,4 +70,5 @@ __all__ = [
     "hookimpl",
     "load_model",
     "open_scenario",
+    "unknown_name_message",
 ]

@@ -123,12 +123,15 @@ class Registry:
             yield from (self.plugins[kind][name] for name in self.names(kind))
 
 
-def unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
-    """``unknown attack 'fsgm'; did you mean 'fgsm'? (known: fgsm, pgd)``."""
+def unknown_name_message(what: str, name: str, known: Iterable[str], suggestions: int = 1,
+                         list_known: bool = True) -> str:
+    """``unknown attack 'fsgm'; did you mean 'fgsm'? (known: fgsm, pgd)``: up to ``suggestions`` close names, then
+    the known names, or only their number (``list_known=False``, for a library's long list)."""
     known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {what} {name!r}{hint} (known: {', '.join(known) or 'none'})"
+    close = difflib.get_close_matches(name, known, n=suggestions)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    listed = f"known: {', '.join(known) or 'none'}" if list_known else f"{len(known)} known"
+    return f"unknown {what} {name!r}{hint} ({listed})"
 
 
 def make_manager() -> pluggy.PluginManager:

@@ -18,9 +18,9 @@ import torch
 import torchvision
 from torch import nn
 
-from arena import Model, Param, PluginError, hookimpl
+from arena import Model, Param, PluginError, hookimpl, unknown_name_message
 from arena_plugins.models import Normalize
-from arena_plugins.weights import did_you_mean, files_hash, weights_problem
+from arena_plugins.weights import files_hash, weights_problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -65,7 +65,8 @@ class Named(Model):
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, str]:
         if values["arch"] not in cls.names():
-            return {"arch": did_you_mean(f"{cls.library} architecture", values["arch"], cls.names())}
+            return {"arch": unknown_name_message(f"{cls.library} architecture", values["arch"], cls.names(),
+                                                 suggestions=3, list_known=False)}
         problems = {}
         for key in ("mean", "std"):
             given = values[key]

@@ -7,7 +7,6 @@ would only report deep inside ``torch.load``.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import pickle
 import zipfile
@@ -67,10 +66,3 @@ def files_hash(paths: Iterable[Path]) -> str:
                 digest.update(block)
     return digest.hexdigest()
 
-
-def did_you_mean(what: str, name: str, names: Iterable[str]) -> str:
-    """``unknown timm architecture 'resnet81'; did you mean 'resnet18'?`` for long lists of names (not all shown)."""
-    names = sorted(names)
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    return f"unknown {what} {name!r}{hint} ({len(names)} known)"

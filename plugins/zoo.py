@@ -25,8 +25,8 @@ from typing import Any
 
 from torch import nn
 
-from arena import Model, Param, PluginError, hookimpl
-from arena_plugins.weights import did_you_mean, files_hash, weights_problem
+from arena import Model, Param, PluginError, hookimpl, unknown_name_message
+from arena_plugins.weights import files_hash, weights_problem
 
 #: Each data set's classes and image shape ``(C, H, W)`` in RobustBench.
 DATASETS = {"cifar10": (10, (3, 32, 32)), "cifar100": (100, (3, 32, 32)), "imagenet": (1000, (3, 224, 224))}
@@ -49,8 +49,10 @@ def _recorded(path: Path, value: str) -> bool:
     return digest == value
 
 
+@cache
 def package_problem() -> str | None:
-    """Why ``import robustbench`` would not give RobustBench's own package, else None; found without importing it."""
+    """Why ``import robustbench`` would not give RobustBench's own package, else None; found without importing it,
+    once a process (it hashes the package's files against their RECORD)."""
     spec = importlib.util.find_spec("robustbench") if "robustbench" not in sys.modules else sys.modules[
         "robustbench"].__spec__
     if spec is None or spec.origin is None:
@@ -140,8 +142,8 @@ class RobustBenchModel(Model):
         dataset, threat, model = values["dataset"], values["threat"], values["model"]
         entry = zoo_entry(dataset, threat, model)
         if entry is None:
-            return {"model": did_you_mean(f"RobustBench model for {dataset} {threat}", model,
-                                          zoo_models(dataset, threat)) +
+            return {"model": unknown_name_message(f"RobustBench model for {dataset} {threat}", model,
+                                                  zoo_models(dataset, threat), suggestions=3, list_known=False) +
                     "; pick one from robustbench.ai, or set dataset and threat to its leaderboard"}
         hub = "timm's" if entry["gdrive_id"] is None else "torchvision's" if (
             dataset == "imagenet" and "Standard" in model) else None  # as load_model decides
