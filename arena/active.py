@@ -166,10 +166,8 @@ def binarization(
     ``net``) on each of ``images`` whose clean prediction is right; ``labels`` are their true classes."""
     layer = last_linear(net, images)
     head = _Head(layer)
-    saved = counted.passes
-    counted.passes = type(saved)()
     tested = passed = failed = 0
-    try:
+    with head.handle, counted.apart() as passes:  # the hook's handle removes it on the way out
         for image, label in zip(images.split(1), labels.split(1)):
             head.w = None
             with torch.no_grad():
@@ -195,11 +193,7 @@ def binarization(
             inside = bool(threat.measure(adversarial - image)[0] <= threat.eps * (1 + 1e-4) + 1e-6)
             with torch.no_grad():
                 passed += int(inside and int(counted.module(adversarial).argmax(1)) == 1)
-        cost = counted.passes.forward + counted.passes.backward
-    finally:
-        head.handle.remove()
-        counted.passes = saved
-    return Binarization(tested=tested, passed=passed, setup_failed=failed, passes=cost)
+    return Binarization(tested=tested, passed=passed, setup_failed=failed, passes=passes.forward + passes.backward)
 
 
 def active_checks(

@@ -10,6 +10,8 @@ it left out get NaN.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +56,17 @@ class Counted(nn.Module):
         """Network passes per sample in one forward call: the EOT draws of a randomized defended module."""
         draws = getattr(self.module, "draws", None)
         return draws() if callable(draws) else 1
+
+    @contextmanager
+    def apart(self) -> Iterator[Passes]:
+        """Count the block's passes on their own, out of ``passes`` (counting on inside, as it was after): what an
+        auxiliary computation costs, kept out of the matchup's count. Yields the block's count."""
+        saved, counting = self.passes, self.counting
+        self.passes, self.counting = Passes(), True
+        try:
+            yield self.passes
+        finally:
+            self.passes, self.counting = saved, counting
 
     def watch(self, labels: torch.Tensor | None) -> None:
         """Trace the margins of a batch with these labels (None stops tracing)."""

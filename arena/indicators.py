@@ -57,13 +57,9 @@ def unconstrained(
     # a random start in the whole box is a random image: it would break most samples by itself
     changes = {"random_start": False} if "random_start" in attack.params else {}
     unbounded = attack.rebuilt(whole_box(threat, images), **changes)
-    saved, counting = counted.passes, counted.counting
-    counted.passes, counted.counting = type(saved)(), True
-    try:
+    with counted.apart() as passes:
         adversarial = unbounded(images, labels)
-        cost = counted.passes.forward + counted.passes.backward
-    finally:
-        counted.passes, counted.counting = saved, counting
+    cost = passes.forward + passes.backward
     with torch.no_grad():
         broken = int((target(adversarial).argmax(1) != labels).sum())
     return {"checked": len(images), "broken": broken, "passes": cost}

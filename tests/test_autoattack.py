@@ -158,6 +158,23 @@ def test_pass_counts_are_exact_on_a_tiny_model():
     assert counted.passes.forward == 36, "a prediction is one draw"
 
 
+def test_passes_counted_apart_stay_out_of_the_count():
+    """An auxiliary computation (the unconstrained attack, the binarization test) counts its passes apart, even
+    while the matchup's counting is off, and leaves the matchup's count and counting as they were."""
+    net, images, labels = tiny_net(), torch.rand(6, 3, 32, 32), torch.arange(6)
+    counted = Counted(Defended(net))
+    FGSM(counted, LINF)(images, labels)
+    counted.counting = False
+    with counted.apart() as passes:
+        torchattacks.PGD(counted, eps=LINF.eps, alpha=0.01, steps=4)(images, labels)
+    assert (passes.forward, passes.backward) == (24, 24)
+    assert (counted.passes.forward, counted.passes.backward) == (6, 6) and counted.counting is False
+    with pytest.raises(RuntimeError), counted.apart():
+        FGSM(counted, LINF)(images, labels)
+        raise RuntimeError("an attack that fails halfway")
+    assert (counted.passes.forward, counted.passes.backward) == (6, 6) and counted.counting is False
+
+
 class _Softmax(nn.Module):
     def __init__(self, net):
         super().__init__()
