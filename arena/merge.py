@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arena.standing import disagreements
-from arena.store import Store, StoreError
+from arena.store import Store, StoreError, results_folder
 
 
 @dataclass
@@ -25,11 +25,6 @@ class MergeResult:
     known: list[str] = field(default_factory=list)
     matchups: int = 0
     failures: list[str] = field(default_factory=list)
-
-
-def _folder(path: Path) -> Path:
-    """The results folder of ``path``: the folder itself, or the one holding an ``arena.db`` file."""
-    return path.parent if path.is_file() and path.suffix == ".db" else path
 
 
 def _columns(db: sqlite3.Connection, table: str) -> list[str]:
@@ -46,7 +41,7 @@ def _insert(db: sqlite3.Connection, table: str, values: dict) -> int:
 def merge(target: Path, other: Path) -> MergeResult:
     """Import every run of the store at ``other`` (a results folder or its ``arena.db``) into the store at
     ``target``; the columns a side lacks (an older schema) take their defaults."""
-    source_dir = _folder(other)
+    source_dir = results_folder(other)
     if source_dir.resolve() == Path(target).resolve():
         raise StoreError(f"{other}: is the --results store itself; pass another results folder to merge")
     source = Store.open_existing(source_dir)
@@ -55,6 +50,7 @@ def merge(target: Path, other: Path) -> MergeResult:
     try:
         columns = {t: _columns(store.db, t) for t in ("runs", "matchups", "examples")}
         origin = str(source.results_dir.resolve())
+        kept = source.has_table("examples")  # a store older than examples kept none
         for run in source.runs():
             row = dict(source.db.execute("SELECT * FROM runs WHERE id = ?", (run.id,)).fetchone())
             have = {(r["model"], r["defense"], r["attack"]): (r["clean_correct"], r["robust_correct"])
@@ -80,7 +76,7 @@ def merge(target: Path, other: Path) -> MergeResult:
                         continue
                     new_id = _insert(store.db, "matchups",
                                      {k: v for k, v in m.items() if k in columns["matchups"] and k != "id"})
-                    for example in _examples(source, m["id"]):
+                    for example in _examples(source, m["id"]) if kept else []:
                         _insert(store.db, "examples", {**{k: v for k, v in example.items()
                                                           if k in columns["examples"]}, "matchup_id": new_id})
                     added += 1
@@ -95,8 +91,5 @@ def merge(target: Path, other: Path) -> MergeResult:
 
 
 def _examples(store: Store, matchup_id: int) -> list[dict]:
-    """The examples a matchup kept (none in a store older than examples)."""
-    if not store.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'examples'").fetchone()[0]:
-        return []
+    """The examples a matchup kept."""
     return [dict(r) for r in store.db.execute("SELECT * FROM examples WHERE matchup_id = ?", (matchup_id,))]
-

@@ -18,7 +18,7 @@ import numpy as np
 
 from arena.leaderboard import Table, board
 from arena.records import Matchup, Run
-from arena.store import Store
+from arena.store import Store, results_folder
 
 
 def eps_text(eps: float) -> str:
@@ -300,4 +300,4 @@ def as_json(board_: dict[Threat, list[Entry]]) -> str:
 
 def open_stores(folders: list[Path]) -> list[Store]:
     """Read-only stores of the folders (or their ``arena.db`` files), each refused clearly when it is not one."""
-    return [Store.open_existing(f.parent if f.name.endswith(".db") and f.is_file() else f) for f in folders]
+    return [Store.open_existing(results_folder(f)) for f in folders]

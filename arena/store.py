@@ -26,6 +26,12 @@ DB_NAME = "arena.db"
 SCHEMA_VERSION = 7
 
 
+def results_folder(path: Path) -> Path:
+    """The results folder ``path`` names: the folder itself, or the one holding it when it is its ``.db`` file."""
+    path = Path(path)
+    return path.parent if path.suffix == ".db" and path.is_file() else path
+
+
 class StoreError(ArenaError):
     """A results store or run that does not exist; the message says what does."""
 
@@ -300,7 +306,7 @@ class Store:
         if not (Path(results_dir) / DB_NAME).exists():
             raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
         store = cls(results_dir, readonly=True)
-        if not store.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+        if not store.has_table("runs"):
             store.close()  # an empty file, or a store whose creation never finished: nothing to read
             raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
                              f"--results {results_dir}` first, or pass another --results folder")
@@ -363,10 +369,15 @@ class Store:
                  for e in m.examples],
             )
 
+    def has_table(self, name: str) -> bool:
+        """Whether the store holds the table ``name`` (an older store lacks the newer tables)."""
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() \
+            is not None
+
     def examples(self, m: Matchup) -> list[Example]:
         """The examples kept for a matchup: its own, or for a reused one those of the run that computed it (none in
         a store older than examples)."""
-        if not self.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'examples'").fetchone()[0]:
+        if not self.has_table("examples"):
             return []
         rows = self.db.execute(
             "SELECT examples.* FROM examples JOIN matchups ON matchups.id = examples.matchup_id"
