@@ -432,12 +432,14 @@ def _per_sample(results: Path) -> dict[tuple[str, str, str], list[bool]]:
     return {(m.model, m.defense, m.attack): m.robust_correct.tolist() for m in store.matchups(run.id)}
 
 
+#: Four matchups, each PGD one slow enough (50 steps of batch 20) for a signal sent after the first to land mid-run.
 SLOW = tiny(
+    dataset={"name": "cifar10", "split": "test", "samples": 100, "train_samples": 2000},
     attacks=[
         "fgsm",
-        {"name": "pgd", "steps": 20, "label": "pgd_a"},
-        {"name": "pgd", "steps": 20, "label": "pgd_b"},
-        {"name": "pgd", "steps": 20, "label": "pgd_c"},
+        {"name": "pgd", "steps": 10, "label": "pgd_a"},
+        {"name": "pgd", "steps": 10, "label": "pgd_b"},
+        {"name": "pgd", "steps": 10, "label": "pgd_c"},
     ],
     batch_size=20,
 )
