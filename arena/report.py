@@ -6,27 +6,35 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from arena.leaderboard import Row, curves, leaderboard_table, render  # noqa: E402
-from arena.records import Example, Run  # noqa: E402
-from arena.scenario import DEFAULT_EXAMPLES  # noqa: E402
-from arena.store import Store  # noqa: E402
+from arena.leaderboard import Row, curves, leaderboard_table, render
+from arena.records import Example, Run
+from arena.scenario import DEFAULT_EXAMPLES
+from arena.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, on the file-only backend; imported at the first picture, not with ``arena``: it takes
+    half a second, which every command would pay (startup time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def bar_chart(table: list[Row], path: Path) -> Path:
     """Clean and worst-case robust accuracy of every row, best first."""
     labels = [f"{r.model}\n{r.defense}" for r in table]
     x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 4))
+    fig, ax = _pyplot().subplots(figsize=(max(6, 0.9 * len(table)), 4))
     ax.bar(x - 0.2, [100 * (r.clean_accuracy or 0) for r in table], 0.4, label="clean", color="#9bb7d4")
     ax.bar(x + 0.2, [100 * (r.worst_case or 0) for r in table], 0.4, label="worst case", color="#c0392b")
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
@@ -41,7 +49,7 @@ def curve_chart(
 ) -> Path:
     """Worst-case accuracy against ε per model × defense, starting from the clean accuracy at ε = 0."""
     clean = {(r.model, r.defense): r.clean_accuracy for r in table}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     for key, series in sorted(points.items()):
         series = sorted(([(0.0, clean[key])] if clean.get(key) is not None else []) + series)
         ax.plot([e for e, _ in series], [100 * a for _, a in series], marker="o", label="+".join(key))
@@ -75,7 +83,7 @@ def gallery(examples: list[Example], classes: list[str], title: str, path: Path)
         name = classes[index] if index < len(classes) else str(index)
         return name if confidence is None else f"{name} {confidence:.0%}"
 
-    fig, axes = plt.subplots(len(examples), 3, figsize=(6, 2 * len(examples) + 0.3), squeeze=False,
+    fig, axes = _pyplot().subplots(len(examples), 3, figsize=(6, 2 * len(examples) + 0.3), squeeze=False,
                              layout="constrained")  # room for the title above the first row, at any height
     for ax_row, e in zip(axes, examples):
         delta = e.adversarial - e.clean
@@ -98,7 +106,7 @@ def _save(fig: Any, path: Path) -> Path:
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 

@@ -7,30 +7,19 @@ batching, so the recipe's epochs, batch size and optimizer are used but its flip
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from functools import cache
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
-from art.defences.postprocessor import HighConfidence, ReverseSigmoid
-from art.defences.preprocessor import (
-    FeatureSqueezing,
-    GaussianAugmentation,
-    JpegCompression,
-    SpatialSmoothingPyTorch,
-    TotalVarMin,
-)
-from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
-from art.defences.trainer import (
-    AdversarialTrainer,
-    AdversarialTrainerFBFPyTorch,
-    AdversarialTrainerMadryPGD,
-    AdversarialTrainerTRADESPyTorch,
-)
-from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 from arena import Param, Postprocessor, Preprocessor, Trainer, TrainingDefense, hookimpl
+
+# ART is imported where a defense is built or run, never at the top: importing it takes about a second, and
+# registering, listing and validating use none of it (startup time).
+if TYPE_CHECKING:
+    from art.estimators.classification import PyTorchClassifier
 
 _EPOCHS = Param(int, None, nullable=True, ge=1, help="training epochs; the model's recipe when unset")
 _STEP = Param(float, None, nullable=True, gt=0, help="attack step size; 2.5 * eps / max_iter when unset")
@@ -38,10 +27,12 @@ _STEP = Param(float, None, nullable=True, gt=0, help="attack step size; 2.5 * ep
 
 def art_classifier(
     model: nn.Module, trainer: Trainer, optimizer: torch.optim.Optimizer | None = None,
-    cls: type[PyTorchClassifier] = PyTorchClassifier,
+    cls: type[PyTorchClassifier] | None = None,
 ) -> PyTorchClassifier:
     """``model`` as an ART estimator on [0, 1] CIFAR-shaped inputs, with the recipe's optimizer unless given one."""
-    return cls(
+    from art.estimators.classification import PyTorchClassifier
+
+    return (cls or PyTorchClassifier)(
         model=model.to(trainer.device), loss=nn.CrossEntropyLoss(), optimizer=optimizer or trainer.optimizer(model),
         input_shape=(3, 32, 32), nb_classes=trainer.num_classes, clip_values=(0.0, 1.0),
         device_type="gpu" if trainer.device.type == "cuda" else "cpu",
@@ -54,8 +45,9 @@ class _ArtTrainer(TrainingDefense):
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
         raise NotImplementedError
 
-    #: The ART estimator class the model is wrapped in.
-    classifier_class: ClassVar[type[PyTorchClassifier]] = PyTorchClassifier
+    def classifier_class(self) -> type[PyTorchClassifier] | None:
+        """The ART estimator class the model is wrapped in; None: ART's PyTorchClassifier."""
+        return None
 
     def optimizer(self, model: nn.Module, trainer: Trainer) -> torch.optim.Optimizer:
         """The optimizer ART trains with; the recipe's by default."""
@@ -66,7 +58,7 @@ class _ArtTrainer(TrainingDefense):
         return self.eps_step or 2.5 * self.eps / max_iter
 
     def train(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trainer: Trainer) -> None:
-        classifier = art_classifier(model, trainer, self.optimizer(model, trainer), self.classifier_class)
+        classifier = art_classifier(model, trainer, self.optimizer(model, trainer), self.classifier_class())
         one_hot = np.eye(trainer.num_classes, dtype=np.float32)[labels.numpy()]
         self.art_trainer(classifier, trainer).fit(
             images.numpy(), one_hot, nb_epochs=self.epochs or trainer.config.epochs,
@@ -83,6 +75,8 @@ class MadryPGD(_ArtTrainer):
               "num_random_init": Param(int, 1, ge=0), "epochs": _EPOCHS}
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        from art.defences.trainer import AdversarialTrainerMadryPGD
+
         art = AdversarialTrainerMadryPGD(
             classifier, eps=self.eps, eps_step=self.step(self.max_iter), max_iter=self.max_iter,
             num_random_init=self.num_random_init,
@@ -91,12 +85,21 @@ class MadryPGD(_ArtTrainer):
         return art
 
 
-class _TrainModeClassifier(PyTorchClassifier):
-    """ART's FBF trainer takes its FGSM step with ``loss_gradient``, which leaves the model in eval mode, so the weight
-    update after it would run on frozen BatchNorm statistics; FBF's reference code stays in train mode throughout."""
+@cache
+def _train_mode_classifier() -> type[PyTorchClassifier]:
+    """ART's PyTorchClassifier with ``loss_gradient`` in train mode, defined on first use (ART's class is imported
+    only then)."""
+    from art.estimators.classification import PyTorchClassifier
 
-    def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = True, **kwargs: Any) -> np.ndarray:
-        return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+    class TrainModeClassifier(PyTorchClassifier):
+        """ART's FBF trainer takes its FGSM step with ``loss_gradient``, which leaves the model in eval mode, so the
+        weight update after it would run on frozen BatchNorm statistics; FBF's reference code stays in train mode
+        throughout."""
+
+        def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = True, **kwargs: Any) -> np.ndarray:
+            return super().loss_gradient(x, y, training_mode=training_mode, **kwargs)
+
+    return TrainModeClassifier
 
 
 class FastFGSM(_ArtTrainer):
@@ -107,12 +110,16 @@ class FastFGSM(_ArtTrainer):
 
     name = "art.fbf"
     params = {"eps": Param(float, 0.1, gt=0), "epochs": _EPOCHS}
-    classifier_class = _TrainModeClassifier
+
+    def classifier_class(self) -> type[PyTorchClassifier]:
+        return _train_mode_classifier()
 
     def optimizer(self, model: nn.Module, trainer: Trainer) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        from art.defences.trainer import AdversarialTrainerFBFPyTorch
+
         return AdversarialTrainerFBFPyTorch(classifier, eps=self.eps)
 
 
@@ -124,6 +131,9 @@ class Trades(_ArtTrainer):
               "beta": Param(float, 6.0, gt=0), "epochs": _EPOCHS}
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        from art.attacks.evasion import ProjectedGradientDescent
+        from art.defences.trainer import AdversarialTrainerTRADESPyTorch
+
         attack = ProjectedGradientDescent(
             classifier, eps=self.eps, eps_step=self.step(self.max_iter), max_iter=self.max_iter,
             batch_size=trainer.config.batch_size, verbose=False,
@@ -144,6 +154,9 @@ class FGSMAugmentation(_ArtTrainer):
               "epochs": _EPOCHS}
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
+        from art.attacks.evasion import FastGradientMethod
+        from art.defences.trainer import AdversarialTrainer
+
         crafted_on = classifier if self.mode == "on_the_fly" else art_classifier(trainer.baseline(), trainer)
         fgsm = FastGradientMethod(crafted_on, norm=np.inf, eps=self.eps, batch_size=256)
         return AdversarialTrainer(classifier, fgsm, ratio=self.ratio)
@@ -165,6 +178,8 @@ class _ArtPreprocessor(Preprocessor):
         return self._tool
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+
         if isinstance(self.tool, PreprocessorPyTorch):
             return self.tool.forward(images)[0]
         return torch.from_numpy(self.tool(images.cpu().numpy())[0]).to(images.device)
@@ -182,6 +197,8 @@ class Jpeg(_ArtPreprocessor):
     params = {"quality": Param(int, 50, ge=1, le=95)}
 
     def art(self) -> Any:
+        from art.defences.preprocessor import JpegCompression
+
         return JpegCompression(clip_values=(0.0, 1.0), quality=self.quality, channels_first=True)
 
 
@@ -192,6 +209,8 @@ class SpatialSmoothing(_ArtPreprocessor):
     params = {"window_size": Param(int, 3, ge=1)}
 
     def art(self) -> Any:
+        from art.defences.preprocessor import SpatialSmoothingPyTorch
+
         device = "gpu" if torch.cuda.is_available() else "cpu"
         return SpatialSmoothingPyTorch(window_size=self.window_size, channels_first=True, clip_values=(0.0, 1.0),
                                        device_type=device)
@@ -205,6 +224,8 @@ class Squeezing(_ArtPreprocessor):
     params = {"bit_depth": Param(int, 4, ge=1, le=8)}
 
     def art(self) -> Any:
+        from art.defences.preprocessor import FeatureSqueezing
+
         return FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=self.bit_depth)
 
 
@@ -217,6 +238,8 @@ class TotalVariation(_ArtPreprocessor):
     params = {"prob": Param(float, 0.3, gt=0, le=1), "lamb": Param(float, 0.5, gt=0), "max_iter": Param(int, 10, ge=1)}
 
     def art(self) -> Any:
+        from art.defences.preprocessor import TotalVarMin
+
         return TotalVarMin(prob=self.prob, lamb=self.lamb, max_iter=self.max_iter, clip_values=(0.0, 1.0))
 
 
@@ -229,6 +252,8 @@ class GaussianNoise(_ArtPreprocessor):
     params = {"sigma": Param(float, 0.1, gt=0)}
 
     def art(self) -> Any:
+        from art.defences.preprocessor import GaussianAugmentation
+
         return GaussianAugmentation(sigma=self.sigma, augmentation=False, apply_fit=False, apply_predict=True,
                                     clip_values=(0.0, 1.0))
 
@@ -236,10 +261,13 @@ class GaussianNoise(_ArtPreprocessor):
 class _ArtPostprocessor(Postprocessor):
     """Runs an ART postprocessor on NumPy copies of the probabilities."""
 
-    tool_class: ClassVar[type]
+    #: The ART postprocessor's class name in ``art.defences.postprocessor``.
+    tool_class: ClassVar[str]
 
     def __call__(self, probabilities: torch.Tensor) -> torch.Tensor:
-        tool = self.tool_class(**{key: getattr(self, key) for key in self.params})
+        import art.defences.postprocessor
+
+        tool = getattr(art.defences.postprocessor, self.tool_class)(**{key: getattr(self, key) for key in self.params})
         return torch.from_numpy(tool(probabilities.cpu().numpy())).to(probabilities.device, probabilities.dtype)
 
 
@@ -247,7 +275,7 @@ class ReverseSigmoidPost(_ArtPostprocessor):
     """Reverse sigmoid perturbation of the output probabilities (ART ReverseSigmoid); keeps the top class."""
 
     name = "art.reverse_sigmoid"
-    tool_class = ReverseSigmoid
+    tool_class = "ReverseSigmoid"
     params = {"beta": Param(float, 1.0, gt=0), "gamma": Param(float, 0.1, gt=0)}
 
 
@@ -255,7 +283,7 @@ class HighConfidencePost(_ArtPostprocessor):
     """Zeroes probabilities under a cutoff (ART HighConfidence)."""
 
     name = "art.high_confidence"
-    tool_class = HighConfidence
+    tool_class = "HighConfidence"
     params = {"cutoff": Param(float, 0.25, ge=0, le=1)}
 
 

@@ -9,15 +9,19 @@ another schedule (torchattacks issue #196). Every default below is the original 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
-from pyautoattack.fab_pt import FABAttack_PT
-from pyautoattack.square import SquareAttack
 from torch import nn
 
 from arena import Attack, Param, Suite, ThreatModel, hookimpl
+
+# pyautoattack is imported in each ``build``, not here: registering, listing and validating need none of it (startup
+# time).
+if TYPE_CHECKING:
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.fab_pt import FABAttack_PT
+    from pyautoattack.square import SquareAttack
 
 NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -56,6 +60,8 @@ class APGDCE(_Original):
     loss: ClassVar[str] = "ce"
 
     def build(self, norm: str) -> APGDAttack:
+        from pyautoattack.autopgd_base import APGDAttack
+
         return APGDAttack(self.model, n_iter=self.n_iter, norm=norm, n_restarts=self.n_restarts, eps=self.threat.eps,
                           seed=self.seed, loss=self.loss, eot_iter=self.eot_iter, rho=self.rho)
 
@@ -74,6 +80,8 @@ class APGDT(_Original):
     params = {**_APGD, "n_target_classes": Param(int, 9, "target classes tried, most likely first", ge=1)}
 
     def build(self, norm: str) -> APGDAttack_targeted:
+        from pyautoattack.autopgd_base import APGDAttack_targeted
+
         return APGDAttack_targeted(self.model, n_iter=self.n_iter, norm=norm, n_restarts=self.n_restarts,
                                    eps=self.threat.eps, seed=self.seed, eot_iter=self.eot_iter, rho=self.rho,
                                    n_target_classes=self.n_target_classes)
@@ -93,6 +101,8 @@ class FABT(_Original):
     }
 
     def build(self, norm: str) -> FABAttack_PT:
+        from pyautoattack.fab_pt import FABAttack_PT
+
         return FABAttack_PT(self.model, norm=norm, n_restarts=self.n_restarts, n_iter=self.n_iter,
                             eps=self.threat.eps, alpha_max=self.alpha_max, eta=self.eta, beta=self.beta,
                             seed=self.seed, targeted=True, n_target_classes=self.n_target_classes)
@@ -112,6 +122,8 @@ class Square(_Original):
     }
 
     def build(self, norm: str) -> SquareAttack:
+        from pyautoattack.square import SquareAttack
+
         return SquareAttack(self.model, norm=norm, n_queries=self.n_queries, eps=self.threat.eps, p_init=self.p_init,
                             n_restarts=self.n_restarts, seed=self.seed, resc_schedule=self.resc_schedule)
 

@@ -12,7 +12,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-import torchvision
 
 from arena import DataError, Dataset, Param, hookimpl
 
@@ -59,11 +58,14 @@ class CIFAR10(Torchvision):
     sizes = {"train": 50_000, "test": 10_000}
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     npz_name, folder, title = NPZ_NAME, "cifar-10-batches-py", "CIFAR-10"
-    #: torchvision's class for it (CIFAR-100 shares the layout).
-    source: ClassVar[type] = torchvision.datasets.CIFAR10
+    #: torchvision's class for it, by name in ``torchvision.datasets`` (CIFAR-100 shares the layout).
+    source: ClassVar[str] = "CIFAR10"
 
     def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
-        data = self.source(root, train=split == "train", download=self.download)
+        # Imported here, not at the top: ``import torchvision`` takes seconds (startup time).
+        import torchvision
+
+        data = getattr(torchvision.datasets, self.source)(root, train=split == "train", download=self.download)
         return data.data, np.asarray(data.targets)
 
 

@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
-import torchvision
 from torch import nn
 
 from arena import Model, Param, PluginError, hookimpl, unknown_name_message
@@ -144,9 +143,13 @@ class TorchvisionModel(Named):
 
     @classmethod
     def names(cls) -> list[str]:
+        import torchvision.models  # here, not at the top: it takes seconds to import (startup time)
+
         return torchvision.models.list_models(module=torchvision.models)
 
     def create(self, num_classes: int) -> nn.Module:
+        import torchvision.models  # here, not at the top: startup time
+
         return torchvision.models.get_model(self.arch, weights=None, num_classes=num_classes)
 
     def adapters(self) -> list[nn.Module]:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import nn
 
-try:
-    import torchattacks
-except ImportError:  # installed in a step of its own (README: its requests pin); say which
-    raise ImportError('torchattacks is not installed; pip install --no-deps "torchattacks>=3.5" (the README says '
-                      "why --no-deps)") from None
-
 from arena import Attack, Param, ThreatModel, hookimpl
+
+# torchattacks is imported when the attack is built, not here: importing it takes about a second (startup time).
+# It is installed in a step of its own (README: its requests pin); without it this plugin does not load, and says why.
+if importlib.util.find_spec("torchattacks") is None:
+    raise ImportError('torchattacks is not installed; pip install --no-deps "torchattacks>=3.5" (the README says '
+                      "why --no-deps)")
 
 
 class PGD(Attack):
@@ -25,6 +27,8 @@ class PGD(Attack):
     }
 
     def __init__(self, model: nn.Module, threat: ThreatModel, **values) -> None:
+        import torchattacks
+
         super().__init__(model, threat, **values)
         alpha = self.step_size or 2.5 * threat.eps / self.steps
         cls = torchattacks.PGD if threat.norm == "linf" else torchattacks.PGDL2

@@ -7,7 +7,6 @@ stride-1 stem and no max-pool, so 32×32 inputs keep their resolution into the f
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from arena import Model, Param, hookimpl
 from arena_plugins.models import CIFAR10_MEAN, CIFAR10_STD, Normalize
@@ -15,6 +14,9 @@ from arena_plugins.models import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 def cifar_resnet18(num_classes: int, normalize: bool) -> nn.Sequential:
     """torchvision's ResNet-18 with the CIFAR stem (3×3, stride 1, no max-pool), after an optional ``Normalize``."""
+    # Imported here, not at the top: importing torchvision.models takes seconds (startup time).
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()

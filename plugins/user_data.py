@@ -12,9 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torchvision
 from PIL import UnidentifiedImageError
-from torchvision import transforms
 
 from arena import DataError, Dataset, Param, hookimpl
 from arena_plugins.cifar10 import CIFAR10, Torchvision, npz_shape, read_labels, read_npz, to_tensors
@@ -74,6 +72,10 @@ class ImageFolder(Dataset):
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
         """The images taken round-robin over the classes (each class's first image, then each second, ...), so that
         ``samples: N`` covers every class rather than the first class of a sorted folder."""
+        # Imported here, not at the top: ``import torchvision`` takes seconds (startup time).
+        import torchvision
+        from torchvision import transforms
+
         folder = _split_root(self.root, split)
         resize = self.resize or round(self.size / CROP_FRACTION)
         steps = [transforms.Resize(resize), transforms.CenterCrop(self.size), transforms.ToTensor()]
@@ -136,7 +138,7 @@ class CIFAR100(CIFAR10):
     num_classes = 100
     classes = ()  # CIFAR-10's names do not apply; results name classes by index
     npz_name, folder, title = "cifar100.npz", "cifar-100-python", "CIFAR-100"
-    source = torchvision.datasets.CIFAR100
+    source = "CIFAR100"
 
 
 class SVHN(Torchvision):
@@ -148,6 +150,8 @@ class SVHN(Torchvision):
     npz_name, folder, title = "svhn.npz", "train_32x32.mat / test_32x32.mat", "SVHN"
 
     def from_torchvision(self, split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+        import torchvision  # here, not at the top: startup time
+
         data = torchvision.datasets.SVHN(root, split=split, download=self.download)
         return data.data.transpose(0, 2, 3, 1), np.asarray(data.labels)  # torchvision keeps SVHN as NCHW
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
 import sys
 import types
 
@@ -89,3 +91,29 @@ def test_registering_something_that_is_not_a_plugin_class_is_explained():
 def test_unknown_names_get_a_did_you_mean(registry):
     with pytest.raises(PluginError, match=r"unknown attack 'fsgm'; did you mean 'fgsm'\?"):
         registry.get("attack", "fsgm")
+
+
+#: Toolkits a plugin uses only when it is built or run; importing them costs seconds (torchvision pulls in
+#: torch._dynamo), which every command would otherwise pay at startup.
+TOOLKITS = ("torchattacks", "art", "torchvision", "pyautoattack", "timm", "robustbench", "matplotlib", "mlflow", "ray")
+
+
+def test_registering_listing_validating_and_help_import_no_toolkit():
+    script = """
+import contextlib, io, json, sys
+from arena.cli import main
+from arena.registry import load_registry
+load_registry()
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    codes = [main(["plugins"]), main(["plugins", "--json"]), main(["validate", "autoattack"]),
+             main(["validate", "quickstart"])]
+    with contextlib.suppress(SystemExit):
+        main(["--help"])
+print(json.dumps({"codes": codes, "modules": sorted(sys.modules)}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["codes"] == [0, 0, 0, 0]
+    assert "arena_plugins.art_defenses" in found["modules"] and "arena_plugins.pgd" in found["modules"]
+    imported = sorted({m.split(".")[0] for m in found["modules"]} & set(TOOLKITS))
+    assert not imported, f"imported at startup, before any plugin is built: {imported}"

@@ -12,7 +12,6 @@ import pickle
 from pathlib import Path
 
 import torch
-import torchattacks
 from torch import nn
 
 from arena import Attack, Model, Param, hookimpl
@@ -34,6 +33,10 @@ class MIFGSM(Attack):
         super().__init__(model, threat, **values)
         if threat.norm != "linf":
             raise ValueError(f"mifgsm is an L∞ attack; this threat model is {threat}; use pgd for L2")
+        # Imported here, not at the top: importing torchattacks takes a second, which every arena command (listing
+        # the plugins, validating a scenario) would pay otherwise.
+        import torchattacks
+
         # The paper's step: ε / steps, so the last iterate can reach the boundary.
         self.attack = torchattacks.MIFGSM(model, eps=threat.eps, alpha=threat.eps / self.steps, steps=self.steps,
                                           decay=self.decay)
