@@ -141,16 +141,19 @@ def make_manager() -> pluggy.PluginManager:
 
 
 def _load_entry_points(pm: pluggy.PluginManager, blocked: set[str], errors: list[str]) -> dict[str, tuple[str, str]]:
-    """Register every entry point of the group; one that fails to import is reported, the others still load."""
+    """Register every entry point of the group; one that fails to import is reported (once, even when its
+    distribution is found twice on the path), the others still load."""
     builtin_only = os.environ.get(AUTOLOAD_ENV, "").strip() not in ("", "0")
     dists: dict[str, tuple[str, str]] = {}
+    tried: set[str] = set()
     for dist in importlib.metadata.distributions():
         package = dist.metadata["Name"]
         if builtin_only and package != DISTRIBUTION:
             continue
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP or ep.name in blocked or pm.has_plugin(ep.name):
+            if ep.group != ENTRY_POINT_GROUP or ep.name in blocked or ep.name in tried or pm.has_plugin(ep.name):
                 continue
+            tried.add(ep.name)
             try:
                 pm.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken plugin must not take the others down

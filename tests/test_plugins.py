@@ -110,14 +110,17 @@ def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_exa
     assert mifgsm.backward_passes == 5 * int(round(mifgsm.clean_accuracy * mifgsm.samples)), "5 steps per sample"
 
 
-def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_load(installed_example, capsys):
-    broken = installed_example / "arena_broken-1.0.dist-info"
-    broken.mkdir()
-    (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-broken\nVersion: 1.0\n")
-    (broken / "entry_points.txt").write_text("[arena]\nbroken = arena_broken_missing_module\n")
+def test_a_plugin_that_fails_to_import_is_reported_once_and_the_rest_load(installed_example, tmp_path, monkeypatch,
+                                                                          capsys):
+    for site in (installed_example, tmp_path / "stale"):  # found twice on the path, as a stale egg-info can be
+        broken = site / "arena_broken-1.0.dist-info"
+        broken.mkdir(parents=True)
+        (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-broken\nVersion: 1.0\n")
+        (broken / "entry_points.txt").write_text("[arena]\nbroken = arena_broken_missing_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "stale"))
     registry = load_registry()
-    assert any("broken = arena_broken_missing_module (arena-broken)" in e and "ModuleNotFoundError" in e
-               for e in registry.load_errors)
+    assert sum("broken = arena_broken_missing_module (arena-broken)" in e and "ModuleNotFoundError" in e
+               for e in registry.load_errors) == 1, registry.load_errors
     assert "mifgsm" in registry.names("attack") and "fgsm" in registry.names("attack")
     code, out, _ = run_cli(capsys, "plugins", "--json")
     assert code == 0 and json.loads(out)["errors"] == registry.load_errors
