@@ -11,17 +11,25 @@ from arena.records import Matchup
 
 #: ``gradients``: a gradient attack before it had a reason to doubt its gradients (zero input gradients, forward
 #: passes that disagree, probability outputs, a non-differentiable stage crossed by BPDA or not at all, a
-#: randomized stage averaged by EOT, an unconstrained-attack failure of ``arena.indicators``); ``black_box``: a
-#: gradient-free attack before it broke a sample that the gradient attacks before it had missed.
+#: randomized stage averaged by EOT, an unconstrained-attack failure of ``arena.indicators`` that no earlier
+#: attack's success across the whole box contradicts); ``black_box``: a gradient-free attack before it broke a
+#: sample that the gradient attacks before it had missed.
 Condition = Literal["gradients", "black_box"]
 CONDITIONS: tuple[str, ...] = ("gradients", "black_box")
 SKIPPED = "skipped"
 
 
 def gradient_doubts(before: list[Matchup]) -> list[str]:
-    """Why the gradients the earlier white-box attacks followed may be unreliable, one reason per finding."""
+    """Why the gradients the earlier white-box attacks followed may be unreliable, one reason per finding.
+
+    An unconstrained-attack failure doubts the gradients only when no earlier white-box attack broke its whole
+    unconstrained probe: once the gradients carried one attack across the box, another's failure there is its own
+    optimiser's (FAB-T toward one class on the CNN-LSTM, README), not evidence against the gradients."""
+    white_box = [m for m in before if m.status == "ok" and m.white_box]
+    crossed = any("broken" in (m.checks.get("unconstrained") or {}) and not unconstrained_failed(m.checks)
+                  for m in white_box)
     found = []
-    for m in (m for m in before if m.status == "ok" and m.white_box):
+    for m in white_box:
         checks, gradient = m.checks, m.gradient
         if checks.get("zero_gradient"):
             found.append(f"{m.attack}: {checks['zero_gradient']} of {checks['checked']} probed samples have a zero "
@@ -30,7 +38,7 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
             found.append(f"{m.attack}: forward passes disagree (randomness)")
         if checks.get("probabilities"):
             found.append(f"{m.attack}: the model returns probabilities")
-        if unconstrained_failed(checks):
+        if unconstrained_failed(checks) and not crossed:
             box = checks["unconstrained"]
             found.append(f"{m.attack}: with an ε covering the whole box it broke only {box['broken']} of "
                          f"{box['checked']} probed samples (unconstrained attack failure)")

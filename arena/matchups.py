@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from arena import conditions
 from arena.conditions import SKIPPED, reasons, skip_reason
 from arena.cost import Counted
 from arena.defended import Defended, describe_gradient
@@ -38,6 +39,8 @@ from arena.threat import ThreatModel
 from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
+#: A hash of ``arena/conditions.py``: results of conditional entries decided by older rules are not reused.
+CONDITIONS_CODE = hashlib.sha256(Path(conditions.__file__).read_bytes()).hexdigest()[:16]
 
 
 
@@ -346,7 +349,8 @@ class Arena:
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
             **({"after": after} if after else {}),
-            **({"when": attack_ref.when} if attack_ref.when else {}),
+            # a conditional entry's result also depends on the rules that decide whether it runs
+            **({"when": [attack_ref.when, CONDITIONS_CODE]} if attack_ref.when else {}),
             **({"runtime": runtime} if runtime else {}),
             # An active test adds to the matchup's record; asked for, it needs the matchup run again.
             **({"active": [self.active, self.scenario.active_samples]} if self.active else {}),

@@ -83,6 +83,11 @@ def test_conditions_read_checks_and_black_box_wins():
     assert conditions.reasons(["gradients"], [matchup("apgd", (1,) * 6 + (0, 0), randomized=["noise"])])
     boxed = matchup("apgd", (1, 0, 1, 0, 1, 0, 0, 0), checks={"unconstrained": {"checked": 10, "broken": 3}})
     assert "broke only 3 of 10" in conditions.reasons(["gradients"], [boxed])[0], "unconstrained attack failure"
+    fab = matchup("fab_t", (1, 0, 1, 0, 1, 0, 0, 0), checks={"unconstrained": {"checked": 10, "broken": 9}})
+    crossed = matchup("apgd", (1, 0, 1, 0, 1, 0, 0, 0), checks={"unconstrained": {"checked": 10, "broken": 10}})
+    assert conditions.reasons(["gradients"], [crossed, fab]) == [], "the gradients carried an attack across the box"
+    alone = conditions.reasons(["gradients"], [fab])
+    assert alone and alone[0].startswith("fab_t: with an ε covering the whole box it broke only 9 of 10"), alone
     for box in ({"checked": 10, "broken": 10}, {"error": "refused"}):
         assert conditions.reasons(["gradients"], [matchup("apgd", (1,) * 6 + (0, 0), checks={"unconstrained": box})]) \
             == [], box
@@ -116,6 +121,7 @@ def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeyp
     arena.matchup_keys(None, scenario.models[0], scenario.defenses[0])
     legacy = {"weights", "model", "defense", "attack", "source", "adaptive", "threat", "eval", "batch_size"}
     assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after"}, {"after", "when"}]
+    assert hashed[-1]["when"] == [["gradients", "black_box"], matchups.CONDITIONS_CODE], "with the rules' code"
 
 
 def test_an_older_store_learns_to_record_skipped_members(tmp_path):
