@@ -33,8 +33,9 @@ def weights(tmp_path_factory):
 def test_square_runs_where_a_check_fires_and_is_skipped_where_none_does(tmp_path, test_registry, weights):
     defenses = ["none", {"name": "art.jpeg", "quality": 50, "label": "jpeg"},
                 {"name": "hidden_mask", "label": "hidden"}]
+    # a small ε, so that PGD leaves samples for Square to cost passes on, whatever the machine's numerics
     scenario = tiny(attacks=["when_test"], defenses=defenses, dataset={"samples": 30, "train_samples": 2000},
-                    batch_size=30)
+                    batch_size=30, threat_model={"norm": "linf", "eps": "2/255"})
     store, run_id = play(tmp_path, test_registry, scenario, cache=weights)
     found = {(m.defense, m.attack): m for m in store.matchups(run_id)}
     plain, jpeg, hidden = (found[d, "when_test/square"] for d in ("none", "jpeg", "hidden"))
