@@ -30,7 +30,7 @@ from arena.errors import ArenaError
 from arena.kinds import Attack, DataError, Dataset, Model
 from arena.leaderboard import Row, board, write_summary
 from arena.records import Matchup
-from arena.registry import PluginError, Registry
+from arena.registry import PluginError, Registry, source_hash
 from arena.report import write_report
 from arena.runtime import Runtime
 from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
@@ -40,7 +40,7 @@ from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed
 
 log = logging.getLogger(__name__)
 #: A hash of ``arena/conditions.py``: results of conditional entries decided by older rules are not reused.
-CONDITIONS_CODE = hashlib.sha256(Path(conditions.__file__).read_bytes()).hexdigest()[:16]
+CONDITIONS_CODE = source_hash(conditions.__file__)
 
 
 

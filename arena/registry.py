@@ -56,7 +56,7 @@ class PluginInfo:
     @cached_property
     def code_hash(self) -> str:
         """A hash of the file defining the plugin, so results computed by older plugin code are not reused."""
-        return hashlib.sha256(Path(inspect.getfile(self.cls)).read_bytes()).hexdigest()[:16]
+        return source_hash(inspect.getfile(self.cls))
 
     @property
     def source(self) -> str:
@@ -123,6 +123,11 @@ class Registry:
             yield from (self.plugins[kind][name] for name in self.names(kind))
 
 
+def source_hash(path: str | Path) -> str:
+    """A short hash of a source file, for keys that must change when the code behind a result changes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def unknown_name_message(what: str, name: str, known: Iterable[str], suggestions: int = 1,
                          list_known: bool = True) -> str:
     """``unknown attack 'fsgm'; did you mean 'fgsm'? (known: fgsm, pgd)``: up to ``suggestions`` close names, then
@@ -151,7 +156,7 @@ def _load_entry_points(pm: pluggy.PluginManager, blocked: set[str], errors: list
         if builtin_only and package != DISTRIBUTION:
             continue
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP or ep.name in blocked or ep.name in tried or pm.has_plugin(ep.name):
+            if ep.group != ENTRY_POINT_GROUP or ep.name in blocked or ep.name in tried:
                 continue
             tried.add(ep.name)
             try:
