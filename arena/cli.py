@@ -9,11 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from arena.active import ACTIVE_TESTS
 from arena.api import open_scenario
-from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
@@ -22,11 +18,12 @@ from arena.hookspecs import HOOKSPEC_VERSION
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
-from arena.matchups import REPORTERS, Arena
+from arena.matchups import REPORTERS
 from arena.merge import merge
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
+from arena.running import Played, resolve_device, run_scenario
 from arena.runtime import Runtime
 from arena.scenario import Scenario, bundled, declared_plugins, find_scenario, read_text, read_yaml
 from arena.site import write_site
@@ -57,51 +54,25 @@ def _scenario(args: argparse.Namespace) -> tuple[Scenario, Registry]:
     return scenario, _warn(registry)
 
 
-def device_option(name: str) -> torch.device:
-    """The ``--device`` option, refused before any work when it names no device this machine has (the benchmarks
-    take it too)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ArenaError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ArenaError(f"--device {name}: no CUDA GPU is visible to torch on this machine; use --device cpu "
-                         "(or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ArenaError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0 "
-                         f"to cuda:{torch.cuda.device_count() - 1}")
-    if device.type not in ("cpu", "cuda"):
-        raise ArenaError(f"--device {name}: the arena runs on cpu or cuda; use one of those, or auto")
-    return device
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    device = device_option(args.device)
+    device = resolve_device(args.device)
     cache = WeightsCache(args.cache_dir)
     cache.check()
     if args.executor == "ray":
         require_ray()
     scenario, registry = _scenario(args)
+
+    def show(played: Played) -> None:
+        print(render(leaderboard_table(played.run, played.table)))
+        print(f"\nresults: {played.store_path} (run {played.run.id}); summary: {played.summary_path}"
+              + (f"; report: {played.report_path}" if played.report_path else ""))
+
     executor = _executor(args, scenario)
-    failed = []
-    for threat in scenario.threats:  # one run per ε of a sweep
-        arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
-                      fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
-                      runtime=Runtime(args.precision, args.compile, args.channels_last),
-                      active_tests=ACTIVE_TESTS if args.active_tests else ())
-        run_id = arena.play(executor)
-        store = arena.store
-        try:
-            run = store.run(run_id)
-            print(render(leaderboard_table(run, arena.table)))
-            failed += [m for m in store.matchups(run_id) if m.status not in ("ok", SKIPPED)]
-        finally:
-            store.close()
-        report = arena.report_path / "leaderboard.html" if arena.report_path else None
-        print(f"\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
-              + (f"; report: {report}" if report else ""))
+    runs = run_scenario(scenario, registry, args.results, device=device, cache=cache, executor=executor,
+                        progress=not args.quiet, fresh=args.fresh, report=not args.no_report, report_to=args.report_to,
+                        runtime=Runtime(args.precision, args.compile, args.channels_last),
+                        active_tests=args.active_tests, on_played=show)
+    failed = [m for played in runs for m in played.failed]
     for m in failed:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
               file=sys.stderr)

@@ -11,9 +11,10 @@ import argparse
 
 import torch
 
-from arena.cli import device_option, positive
+from arena.cli import positive
 from arena.errors import ArenaError
 from arena.leaderboard import rows
+from arena.running import resolve_device
 from arena.runtime import Runtime
 from benchmarks.common import data_dir, play, write
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to try it out")
     args = parser.parse_args()
     try:
-        args.device = device_option(args.device)
+        args.device = resolve_device(args.device)
     except ArenaError as exc:
         parser.error(str(exc))
     data_dir()

@@ -28,10 +28,11 @@ from pyautoattack.square import SquareAttack
 
 import arena
 from arena import engine, matchups
-from arena.cli import device_option, positive
+from arena.cli import positive
 from arena.cost import Counted
 from arena.errors import ArenaError
 from arena.records import Matchup
+from arena.running import resolve_device
 from arena_plugins.art_defenses import MadryPGD
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN
@@ -499,7 +500,7 @@ def main() -> None:
     parser.add_argument("--threads", type=positive, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     try:
-        device = device_option(args.device)
+        device = resolve_device(args.device)
     except ArenaError as exc:
         parser.error(str(exc))
     torch.set_num_threads(args.threads)
