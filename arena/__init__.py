@@ -31,6 +31,7 @@ from arena.kinds import (  # noqa: E402
 from arena.matchups import Arena  # noqa: E402
 from arena.records import Matchup, Run  # noqa: E402
 from arena.registry import PluginError, Registry, unknown_name_message  # noqa: E402
+from arena.running import Played, resolve_device, run_scenario  # noqa: E402
 from arena.runtime import Runtime  # noqa: E402
 from arena.scenario import Scenario, ScenarioError  # noqa: E402
 from arena.store import StoreError  # noqa: E402
@@ -50,6 +51,7 @@ __all__ = [
     "Model",
     "Param",
     "Passes",
+    "Played",
     "Plugin",
     "PluginError",
     "Postprocessor",
@@ -70,5 +72,7 @@ __all__ = [
     "hookimpl",
     "load_model",
     "open_scenario",
+    "resolve_device",
+    "run_scenario",
     "unknown_name_message",
 ]

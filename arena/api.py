@@ -8,7 +8,9 @@ results can be written to a results store where the leaderboard shows them.
 
 from __future__ import annotations
 
+import math
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +22,25 @@ import torch
 import yaml
 from torch import nn
 
+from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.kinds import Dataset, Model
 from arena.leaderboard import rows, worst_case
-from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import PluginError, Registry, load_registry
+from arena.running import Played, resolve_device, run_scenario
 from arena.runtime import Runtime
-from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario, resolve_model
+from arena.scenario import (
+    Scenario,
+    ScenarioError,
+    check_declared,
+    declared_plugins,
+    fraction,
+    load_scenario,
+    resolve_model,
+    validate_scenario,
+)
+from arena.store import Store
 from arena.threat import ThreatModel
 from arena.training import WeightsCache, fingerprint
 
@@ -59,19 +72,37 @@ def load_model(entry: str | dict[str, Any], num_classes: int = 10, plugins: Iter
     return registry.build("model", ref).build(num_classes).eval()
 
 
+#: Scenario fields as ``evaluate`` names them, for its error messages (longest first).
+_ARGUMENTS = {
+    "models[0].label": "name", "models[0]": "model", "dataset.samples": "n_examples", "dataset.data_dir": "data_dir",
+    "dataset.name": "dataset", "dataset": "dataset", "threat_model.eps": "threat", "threat_model": "threat",
+    "defenses[0].chain": "defenses", "defenses[0].name": "defenses[0]",
+}
+#: The norms ``evaluate`` accepts, as the arena, RobustBench and AutoAttack spell them.
+_NORMS = {"linf": "linf", "l2": "l2"}
+
+
 @dataclass
 class Evaluation:
-    """What ``evaluate`` found: accuracies over all samples, per-sample arrays, trust flags and the stored records."""
+    """What ``evaluate`` found: accuracies over all samples, per-sample arrays, the worst-case adversarial images,
+    the attacks skipped or failed, trust flags and the stored records."""
 
     clean_accuracy: float
-    #: Robust accuracy per attack entry (``None`` when the matchup crashed or failed its audit).
-    robust_accuracy: dict[str, float | None]
-    #: Per sample, over every valid attack: right clean and under every attack. Never clean accuracy alone:
+    #: Robust accuracy of each attack that finished (skipped and failed attacks are in ``skipped`` and ``failed``).
+    robust_accuracy: dict[str, float]
+    #: Per sample, over every finished attack: right clean and under every attack. Never clean accuracy alone:
     #: ``evaluate`` raises when no attack finished, and ``flags`` name any attack left out.
     worst_case: float
     clean_correct: np.ndarray
-    robust_correct: dict[str, np.ndarray | None]
+    robust_correct: dict[str, np.ndarray]
     worst_case_correct: np.ndarray
+    #: Per sample, the first adversarial image that fooled the model, else the clean image; in the type and layout
+    #: of ``images`` (NCHW tensors for ``dataset=``), float32 in [0, 1].
+    adversarial: torch.Tensor | np.ndarray
+    #: Attacks that did not run, with the reason (a suite member whose condition did not hold).
+    skipped: dict[str, str]
+    #: Attacks that crashed or failed their audit: status and last line of the error.
+    failed: dict[str, str]
     flags: list[str]
     run: Run
     matchups: list[Matchup]
@@ -79,81 +110,249 @@ class Evaluation:
 
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    attacks: Sequence[str | dict[str, Any]],
-    threat: ThreatModel,
-    defenses: Sequence[str | dict[str, Any]] | None = None,
-    results: str | Path | None = None,
+    images: torch.Tensor | np.ndarray | None = None,
+    labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
     *,
+    threat: ThreatModel | tuple[str, float | str],
+    attacks: str | dict[str, Any] | Sequence[str | dict[str, Any]] = "fast",
+    defenses: str | dict[str, Any] | Sequence[str | dict[str, Any]] | None = None,
+    results: str | Path | None = None,
+    dataset: str | None = None,
+    n_examples: int | None = None,
+    data_dir: str | Path | None = None,
     name: str = "model",
     batch_size: int = 500,
     seed: int = 0,
     evaluation: str = "full",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     plugins: Iterable[str] = (),
     runtime: Runtime | None = None,
 ) -> Evaluation:
-    """Attack ``model`` (an ``nn.Module`` from [0, 1] images, ``[N, C, H, W]``, to logits; moved to ``device``
-    and set to eval mode) on ``images`` and ``labels`` with scenario-style ``attacks`` entries (``"fgsm"``,
-    ``{"name": "pgd", "steps": 20}``, ``"autoattack"``) inside ``threat``. ``defenses``: inference-time stages
-    (``["art.jpeg"]``) composed around the model in order. ``results``: a results folder to store the run in, so
-    ``arena leaderboard`` shows it; by default nothing is kept. ``runtime``: opt-in speed settings
-    (``arena.Runtime(precision="bf16", compile=True)``). Raises an ``ArenaError`` naming the attacks when none
-    finished (each crashed or failed its audit), so no number is returned that no attack measured."""
-    images, labels = images.detach().float().cpu().contiguous(), labels.detach().long().cpu()
-    if images.dim() != 4 or len(images) != len(labels) or not len(images):
-        raise ArenaError(f"evaluate: images must be [N, C, H, W] with one label each; got {tuple(images.shape)} "
-                         f"images and {tuple(labels.shape)} labels")
-    device = torch.device(device)
-    with torch.no_grad():
-        classes = model.to(device).eval()(images[:1].to(device)).shape[1]
-    registry = load_registry(modules=[*plugins, _Given(model, images, labels, classes)])
-    chain = list(defenses or ["none"])
+    """Attack ``model`` (an ``nn.Module`` from [0, 1] images ``[N, C, H, W]`` to logits) with ``attacks`` (an attack
+    or suite name such as ``"fast"``, a dict such as ``{"name": "pgd", "steps": 20}``, or a list) inside ``threat``
+    (an ``arena.ThreatModel`` or ``("Linf", 8/255)``), on ``images`` and ``labels`` (tensors or NumPy arrays, NCHW or
+    NHWC, float in [0, 1] or uint8) or the first ``n_examples`` test images of ``dataset``. ``defenses``: inference
+    stages composed around the model in order; ``results``: a folder to store the run in for ``arena leaderboard``.
+    Every bad argument raises an ``ArenaError`` naming it; so does a run in which no attack finished."""
+    threat = _threat(threat)
+    attack_entries, defense_entries = _entries("attacks", attacks), _entries("defenses", defenses or "none")
+    device = resolve_device(device, "device")
+    if not isinstance(model, nn.Module):
+        raise ArenaError(f"model: got {type(model).__name__}; give a torch.nn.Module that maps [0, 1] images to logits")
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ArenaError(f"runtime: got {type(runtime).__name__}; give arena.Runtime(...) or leave it unset")
+    if n_examples is not None and (not isinstance(n_examples, int) or isinstance(n_examples, bool) or n_examples < 1):
+        raise ArenaError(f"n_examples: got {n_examples!r}; give a whole number ≥ 1, or leave it unset for all")
+    if results is not None and Path(results).is_file():
+        raise ArenaError(f"results: {results} is a file; give a folder (created if missing) or leave it unset")
+    given = images is not None or labels is not None
+    if given and dataset is not None:
+        raise ArenaError("dataset: give either images and labels, or dataset= to load a test set, not both")
+    if not given and dataset is None:
+        raise ArenaError("images: missing; give images and labels, or dataset='cifar10' (and n_examples) to load "
+                         "its test set")
+    if given:
+        x, layout = _images(images)
+        y = _labels(labels, len(x))
+        x, y = x[:n_examples], y[:n_examples]
+        classes = _width(model, x, device)
+        registry = load_registry(modules=[*plugins, _Given(model, x, y, classes)])
+        data: dict[str, Any] = {"name": _Given.dataset_name}
+    else:
+        registry = load_registry(modules=[*plugins, _Given(model)])
+        layout, data = "torch NCHW", {"name": dataset, **({"samples": n_examples} if n_examples else {}),
+                                      **({"data_dir": str(data_dir)} if data_dir is not None else {})}
     entry = {
-        "name": f"evaluate {name}", "seed": seed, "batch_size": batch_size, "evaluation": evaluation,
-        "dataset": {"name": _Given.dataset_name}, "threat_model": {"norm": threat.norm, "eps": threat.eps},
+        "name": f"evaluate {name}", "seed": seed, "batch_size": batch_size, "evaluation": evaluation, "dataset": data,
+        "threat_model": {"norm": threat.norm, "eps": threat.eps},
         "models": [{"name": _Given.model_name, "label": name}],
-        "defenses": [chain[0] if len(chain) == 1 else {"chain": chain}], "attacks": list(attacks),
+        "defenses": [defense_entries[0] if len(defense_entries) == 1 else {"chain": defense_entries}],
+        "attacks": attack_entries, "save_examples": "all",
     }
-    scenario = parse_scenario(yaml.safe_dump(entry, sort_keys=False), "evaluate()", registry)
+    scenario = _scenario(entry, registry)
+    if not given:
+        x, y = registry.build("dataset", scenario.dataset).load(scenario.dataset.split, scenario.data_dir())
+        x, y = x[:n_examples], y[:n_examples]
+        classes = _width(model, x, device)
+    if int(y.min()) < 0 or int(y.max()) >= classes:
+        raise ArenaError(f"labels: values span {int(y.min())}..{int(y.max())}, but the model outputs {classes} logits; "
+                         f"give class indices in 0..{classes - 1}")
     with tempfile.TemporaryDirectory(prefix="arena-evaluate-") as scratch:
         folder = Path(results) if results is not None else Path(scratch)
-        arena = Arena(scenario, registry, folder, device, WeightsCache(Path(scratch) / "weights"),
-                      progress=False, runtime=runtime or Runtime())
-        run_id = arena.play()
-        try:
-            run, matchups = arena.store.run(run_id), arena.store.matchups(run_id)
-        finally:
-            arena.store.close()
-    [row] = rows(matchups, run)
+        [played] = run_scenario(scenario, registry, folder, device=device,
+                                cache=WeightsCache(Path(scratch) / "weights"), progress=False, runtime=runtime)
+        adversarial = _worst_adversarial(folder, played.matchups, x)
+    return _evaluation(played, adversarial, layout, results)
+
+
+def _evaluation(played: Played, adversarial: torch.Tensor, layout: str, results: str | Path | None) -> Evaluation:
+    """The evaluation of a finished run; raises when no attack finished."""
+    matchups, run = played.matchups, played.run
     worst = worst_case(matchups)
     if worst is None:
         raise ArenaError(_none_finished(matchups, results))
+    [row] = rows(matchups, run)
+    done = [m for m in matchups if m.status == "ok"]
+    if layout.endswith("NHWC"):
+        adversarial = adversarial.permute(0, 2, 3, 1).contiguous()
     return Evaluation(
         clean_accuracy=row.clean_accuracy, worst_case=float(worst.mean()),
-        robust_accuracy={m.attack: m.robust_accuracy for m in matchups},
-        clean_correct=matchups[0].clean_correct, robust_correct={m.attack: m.robust_correct for m in matchups},
-        worst_case_correct=worst, flags=row.flags, run=run, matchups=matchups,
+        robust_accuracy={m.attack: m.robust_accuracy for m in done},
+        clean_correct=matchups[0].clean_correct, robust_correct={m.attack: m.robust_correct for m in done},
+        worst_case_correct=worst, adversarial=adversarial.numpy() if layout.startswith("numpy") else adversarial,
+        skipped={m.attack: (m.detail or "").strip() for m in matchups if m.status == SKIPPED},
+        failed={m.attack: f"{m.status}: {_last_line(m)}" for m in played.failed},
+        flags=row.flags, run=run, matchups=matchups,
     )
+
+
+def _worst_adversarial(folder: Path, matchups: list[Matchup], clean: torch.Tensor) -> torch.Tensor:
+    """Per sample, the first stored adversarial example (in attack order) that fooled the model, else the clean
+    image: what an attacker who tries every attack gets."""
+    adversarial, taken = clean.clone(), set()
+    store = Store(folder)
+    try:
+        for m in matchups:
+            if m.status != "ok":
+                continue
+            for example in store.examples(m):
+                if example.sample not in taken:
+                    adversarial[example.sample] = torch.from_numpy(example.adversarial)
+                    taken.add(example.sample)
+    finally:
+        store.close()
+    return adversarial
+
+
+def _threat(value: Any) -> ThreatModel:
+    """``threat`` as an ``arena.ThreatModel``: from one, or from a ``(norm, eps)`` pair (``"Linf"``, ``"L2"`` in
+    any case; ε a number or ``"8/255"``)."""
+    usage = "give arena.ThreatModel('linf', 8/255) or a (norm, eps) pair such as ('Linf', 8/255) or ('L2', 0.5)"
+    pair = (value.norm, value.eps) if isinstance(value, ThreatModel) else value
+    if not isinstance(pair, tuple | list) or len(pair) != 2:
+        raise ArenaError(f"threat: got {value!r}; {usage}")
+    norm, eps = pair
+    if not isinstance(norm, str) or norm.lower() not in _NORMS:
+        raise ArenaError(f"threat: unknown norm {norm!r}; use 'Linf' or 'L2' (any case)")
+    eps = fraction(eps)
+    if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
+        raise ArenaError(f"threat: ε {pair[1]!r} is not a number > 0; give one such as 8/255 (L∞) or 0.5 (L2)")
+    return ThreatModel(_NORMS[norm.lower()], float(eps))
+
+
+def _entries(argument: str, value: Any) -> list[str | dict[str, Any]]:
+    """``attacks`` or ``defenses`` as a list of scenario entries: one name or dict, or a list of them."""
+    entries = [value] if isinstance(value, str | dict) else list(value) if isinstance(value, list | tuple) else None
+    usage = "a name ('fgsm', 'fast'), a dict ({'name': 'pgd', 'steps': 20}) or a list of them"
+    if entries is None:
+        raise ArenaError(f"{argument}: got {type(value).__name__}; give {usage}")
+    if not entries:
+        raise ArenaError(f"{argument}: the list is empty; give {usage}")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, str | dict):
+            raise ArenaError(f"{argument}[{index}]: got {type(entry).__name__}; give {usage}")
+    return entries
+
+
+def _images(images: Any) -> tuple[torch.Tensor, str]:
+    """``images`` as a float32 NCHW tensor in [0, 1] on the CPU, and the layout they came in (``numpy NHWC``...)."""
+    kind = "numpy" if isinstance(images, np.ndarray) else "torch" if isinstance(images, torch.Tensor) else None
+    if kind is None or (kind == "numpy" and images.dtype.kind not in "biuf"):
+        shown = f"a {images.dtype} array" if kind else type(images).__name__
+        raise ArenaError(f"images: got {shown}; give a float tensor or NumPy array [N, C, H, W] or [N, H, W, C]")
+    x = torch.from_numpy(np.array(images)) if kind == "numpy" else images.detach().cpu()
+    if x.dim() != 4 or not len(x):
+        raise ArenaError(f"images: shape {tuple(x.shape)}; give a batch [N, C, H, W] or [N, H, W, C] of at least one "
+                         "image (one image: images[None])")
+    if x.dtype == torch.uint8:
+        warnings.warn("evaluate: images are uint8 (0-255); divided by 255 into [0, 1]", stacklevel=3)
+        x = x.float() / 255
+    elif not x.is_floating_point():
+        raise ArenaError(f"images: dtype {x.dtype}; give float values in [0, 1] (or uint8 0-255, divided by 255)")
+    x = x.float()
+    if x.shape[1] in (1, 3, 4):
+        layout = "NCHW"
+    elif x.shape[3] in (1, 3, 4):
+        x, layout = x.permute(0, 3, 1, 2), "NHWC"
+    else:
+        raise ArenaError(f"images: shape {tuple(x.shape)} has no channel axis of 1, 3 or 4 first or last; give "
+                         "[N, C, H, W] or [N, H, W, C]")
+    if not torch.isfinite(x).all():
+        raise ArenaError("images: contain NaN or infinite values; give finite values in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ArenaError(f"images: values span [{low:.4g}, {high:.4g}], outside [0, 1]; divide 0-255 images by 255 "
+                         "and undo any normalization (it belongs inside the model)")
+    return x.contiguous(), f"{kind} {layout}"
+
+
+def _labels(labels: Any, count: int) -> torch.Tensor:
+    """``labels`` as a long tensor of ``count`` class indices."""
+    if labels is None:
+        raise ArenaError("labels: missing; give one class index per image with images")
+    try:
+        y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels.detach().cpu())
+    except (TypeError, ValueError, RuntimeError):
+        raise ArenaError(f"labels: got {type(labels).__name__}; give a tensor, NumPy array or list of class "
+                         "indices") from None
+    if y.dim() == 2 and y.shape[1] > 1:
+        raise ArenaError(f"labels: shape {tuple(y.shape)} looks one-hot; give class indices (labels.argmax(1))")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ArenaError(f"labels: dtype {y.dtype}; give integer class indices")
+    y = y.reshape(-1).long()
+    if len(y) != count:
+        raise ArenaError(f"labels: {len(y)} labels for {count} images; give one label per image")
+    return y
+
+
+def _width(model: nn.Module, images: torch.Tensor, device: torch.device) -> int:
+    """How many logits ``model`` outputs per image (moved to ``device``, eval mode), tried on one image."""
+    try:
+        with torch.no_grad():
+            out = model.to(device).eval()(images[:1].to(device))
+    except Exception as exc:  # the caller's module: any failure is reported, not raised as a traceback
+        last = (str(exc).strip().splitlines() or [""])[-1]
+        raise ArenaError(f"model: fails on one image of shape {tuple(images.shape[1:])} ({type(exc).__name__}: "
+                         f"{last}); it must map [N, C, H, W] images in [0, 1] to logits") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ArenaError(f"model: returns {shape} for one image; it must return logits [N, classes]")
+    return out.shape[1]
+
+
+def _scenario(entry: dict[str, Any], registry: Registry) -> Scenario:
+    """The validated scenario of ``evaluate``'s arguments, built from them directly; each problem names the
+    argument it comes from."""
+    try:
+        return validate_scenario(entry, "evaluate()", registry, text=yaml.safe_dump(entry, sort_keys=False))
+    except ScenarioError as exc:
+        problems = [item.removeprefix("evaluate(): ") for item in exc.problems]
+        for field, argument in _ARGUMENTS.items():
+            problems = [argument + p[len(field):] if p.startswith(field) else p for p in problems]
+        raise ScenarioError("evaluate: " + "; ".join(problems), problems) from None
+
+
+def _last_line(m: Matchup) -> str:
+    return ((m.detail or "").strip().splitlines() or ["?"])[-1]
 
 
 def _none_finished(matchups: list[Matchup], results: str | Path | None) -> str:
     """The message when no attack finished: each one's status and last line, and where the records are."""
-    failed = "; ".join(f"{m.attack} ({m.status}: {((m.detail or '').strip().splitlines() or ['?'])[-1]})"
-                       for m in matchups)
+    failed = "; ".join(f"{m.attack} ({m.status}: {_last_line(m)})" for m in matchups)
     kept = f"their records are in {Path(results) / 'arena.db'}" if results is not None else \
         "pass results=FOLDER to keep their records"
     return f"evaluate: no attack finished, so there is no robust accuracy to report: {failed}; {kept}"
 
 
 class _Given:
-    """Registers the caller's module as a pretrained model plugin and the caller's images as a dataset plugin."""
+    """Registers the caller's module as a pretrained model plugin and, when given, the caller's images as a dataset
+    plugin."""
 
     model_name = "evaluate.model"
     dataset_name = "evaluate.data"
 
-    def __init__(self, module: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+    def __init__(self, module: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 classes: int = 0) -> None:
         weights = fingerprint(*module.state_dict().values())
 
         class GivenModel(Model):
@@ -177,7 +376,7 @@ class _Given:
             def load(self, split: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
                 return images, labels
 
-        self.model, self.data = GivenModel, GivenData
+        self.model, self.data = GivenModel, GivenData if images is not None else None
 
     @_hookimpl
     def arena_register_models(self, register) -> None:
@@ -185,4 +384,5 @@ class _Given:
 
     @_hookimpl
     def arena_register_datasets(self, register) -> None:
-        register(self.data)
+        if self.data is not None:
+            register(self.data)

@@ -37,8 +37,13 @@ _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 class ScenarioError(ArenaError):
     """A scenario that cannot run; the message lists every problem with its file, line and field."""
 
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        #: Each problem's ``file:line: field: message`` line (empty for an error about the file as a whole).
+        self.problems = problems or []
 
-def _fraction(value: Any) -> Any:
+
+def fraction(value: Any) -> Any:
     """Let ε be written as researchers write it: ``8/255`` as well as ``0.0314``."""
     match = _FRACTION.match(value) if isinstance(value, str) else None
     return float(match[1]) / float(match[2]) if match and float(match[2]) != 0 else value
@@ -135,7 +140,7 @@ class DatasetRef(PluginRef):
     data_dir: str | None = None
 
 
-Eps = Annotated[float, pydantic.BeforeValidator(_fraction), Field(gt=0, allow_inf_nan=False)]
+Eps = Annotated[float, pydantic.BeforeValidator(fraction), Field(gt=0, allow_inf_nan=False)]
 
 
 class ThreatSection(_Strict):
@@ -302,8 +307,9 @@ def _param_model(plugin: str, params: dict[str, Param]) -> type[BaseModel]:
 class _Problems:
     """Collects ``file:line: field: message`` lines, finding each field's line in the YAML."""
 
-    def __init__(self, path: str, lines: dict[tuple, int]) -> None:
-        self.path, self.lines, self.items = path, lines, []
+    def __init__(self, path: str, lines: dict[tuple, int] | None) -> None:
+        """``lines`` is None for a scenario given as data rather than read from a file: no line numbers then."""
+        self.path, self.file, self.lines, self.items = path, lines is not None, lines or {}, []
 
     def add(self, loc: tuple, message: str) -> None:
         if loc and isinstance(loc[-1], int) and loc not in self.lines and loc[:-1] in self.lines:
@@ -311,7 +317,8 @@ class _Problems:
         probe = loc
         while probe and probe not in self.lines:
             probe = probe[:-1]
-        self.items.append(f"{self.path}:{self.lines.get(probe, 1)}: {_dotted(loc)}: {message}")
+        where = f"{self.path}:{self.lines.get(probe, 1)}" if self.file else self.path
+        self.items.append(f"{where}: {_dotted(loc)}: {message}")
 
     def add_validation(
         self, error: pydantic.ValidationError, prefix: tuple = (), known: list[str] | None = None
@@ -332,7 +339,7 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             count = f"{len(self.items)} problem{'s' * (len(self.items) > 1)}"
-            raise ScenarioError(f"{self.path}: {count}; nothing was run:\n  " + "\n  ".join(self.items))
+            raise ScenarioError(f"{self.path}: {count}; nothing was run:\n  " + "\n  ".join(self.items), self.items)
 
 
 class _Resolver:
@@ -407,7 +414,11 @@ class _Resolver:
 
     def attacks(self, ref: AttackRef, loc: tuple, models: list[str]) -> list[AttackRef | None]:
         """An attack entry, or a suite entry expanded into its member attacks (keys ``<suite>/<member>``)."""
-        if ref.name not in self.registry.names("suite") or ref.name in self.registry.names("attack"):
+        attacks, suites = self.registry.names("attack"), self.registry.names("suite")
+        if ref.name not in attacks and ref.name not in suites:  # the known names include the suites
+            self.problems.add(loc + ("name",), unknown_name_message("attack", ref.name, [*attacks, *suites]))
+            return [None]
+        if ref.name not in suites or ref.name in attacks:
             return [self.attack(ref, loc, models)]
         suite = self.plugin("suite", ref, loc)
         if suite is None:
@@ -585,7 +596,7 @@ def _check_sizes(
         loc = ("threat_model", index, "eps") if listed else ("threat_model", "eps")
         raw = threat.get("eps")
         for eps in raw if isinstance(raw, list) else [raw]:
-            eps = _fraction(eps)
+            eps = fraction(eps)
             if not isinstance(eps, int | float) or isinstance(eps, bool) or not math.isfinite(eps):
                 continue
             if threat.get("norm") == "linf" and eps >= 1:
@@ -638,7 +649,7 @@ def check_declared(path: str | Path, declared: list[str], allow_outside: bool = 
 def resolve_model(entry: str | dict[str, Any], registry: Registry, shown: str) -> ModelRef:
     """One model entry, as a scenario's ``models:`` would hold it, validated as there (plugin parameters and their
     checks); raises ``ScenarioError`` naming each problem, as ``shown``."""
-    problems = _Problems(shown, {})
+    problems = _Problems(shown, None)
     try:
         ref = _Resolver(registry, problems, Path.cwd()).model(ModelRef.model_validate(entry), ("model",))
     except pydantic.ValidationError as exc:
@@ -664,6 +675,15 @@ def parse_scenario(text: str, shown: str, registry: Registry) -> Scenario:
         where = f"{shown}:{mark.line + 1}" if mark else shown
         problem = getattr(exc, "problem", None) or str(exc)
         raise ScenarioError(f"{where}: malformed YAML: {problem}; nothing was run") from None
+    return validate_scenario(data, shown, registry, text, lines)
+
+
+def validate_scenario(
+    data: Any, shown: str, registry: Registry, text: str = "", lines: dict[tuple, int] | None = None
+) -> Scenario:
+    """Validate a scenario given as data (as YAML would hold it; ``evaluate`` builds one directly), read from
+    ``shown`` (plugin paths are relative to its folder) with its ``text`` and field ``lines`` when it came from a
+    file; raises ``ScenarioError`` listing every problem."""
     problems = _Problems(shown, lines)
     if not isinstance(data, dict):
         problems.add((), "a scenario is a YAML mapping with name, threat_model, models and attacks; "

@@ -108,7 +108,8 @@ def test_evaluate_audits_and_stores_where_the_leaderboard_reads(tmp_path, data, 
     result = arena.evaluate(model, images, labels, attacks=["fgsm", {"name": "cheat", "factor": 3.0}],
                             threat=arena.ThreatModel("linf", 0.05), results=tmp_path / "r", name="untrained",
                             plugins=["arena_test_plugins"], batch_size=32)
-    assert result.robust_accuracy["cheat"] is None and result.robust_correct["cheat"] is None
+    assert "cheat" not in result.robust_accuracy and "cheat" not in result.robust_correct
+    assert result.failed["cheat"].startswith("invalid: ") and "> ε" in result.failed["cheat"]
     [cheat] = [m for m in result.matchups if m.attack == "cheat"]
     assert cheat.status == "invalid" and "> ε" in cheat.detail, "a plugin outside ε fails its audit"
     assert result.worst_case_correct.tolist() == result.robust_correct["fgsm"].tolist()
@@ -117,12 +118,125 @@ def test_evaluate_audits_and_stores_where_the_leaderboard_reads(tmp_path, data, 
     assert code == 0 and "untrained" in out and result.run.id in out
 
 
-def test_evaluate_refuses_bad_input(data):
-    model, images, labels = data
-    with pytest.raises(arena.ArenaError, match="one label each"):
-        arena.evaluate(model, images, labels[:3], attacks=["fgsm"], threat=arena.ThreatModel("linf", 0.1))
-    with pytest.raises(arena.ScenarioError, match="unknown attack 'fsgm'; did you mean 'fgsm'"):
-        arena.evaluate(model, images, labels, attacks=["fsgm"], threat=arena.ThreatModel("linf", 0.1))
+@pytest.fixture(scope="module")
+def small(data):
+    """A fast model (one linear layer) and 16 real test images: what the argument tests attack."""
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    return linear, data[1][:16], data[2][:16]
+
+
+def test_evaluate_returns_the_worst_case_adversarial_images(small):
+    model, images, labels = small
+    result = arena.evaluate(model, images, labels, attacks=["fgsm", "pgd"], threat=("Linf", "8/255"))
+    adversarial = result.adversarial
+    assert isinstance(adversarial, torch.Tensor) and adversarial.shape == images.shape
+    broken = result.clean_correct & ~result.worst_case_correct
+    assert broken.any(), "an untrained linear model breaks at 8/255"
+    changed = (adversarial != images).flatten(1).any(1).numpy()
+    assert not (changed & ~broken).any(), "a sample no attack broke keeps its clean image"
+    assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6 and 0 <= adversarial.min() <= adversarial.max() <= 1
+    with torch.no_grad():
+        predicted = model(adversarial).argmax(1).numpy()
+    assert (predicted[broken] != labels.numpy()[broken]).all(), "each returned example fools the model"
+
+
+def test_evaluate_takes_numpy_nhwc_and_uint8_images(small):
+    model, images, labels = small
+    as_tensor = arena.evaluate(model, images, labels, attacks="fgsm", threat=arena.ThreatModel("linf", 4 / 255))
+    nhwc = images.permute(0, 2, 3, 1).numpy()
+    as_numpy = arena.evaluate(model, nhwc, labels.numpy(), attacks="fgsm", threat=("linf", 4 / 255))
+    assert as_numpy.robust_accuracy == as_tensor.robust_accuracy
+    assert isinstance(as_numpy.adversarial, np.ndarray) and as_numpy.adversarial.shape == nhwc.shape
+    np.testing.assert_array_equal(as_numpy.adversarial, as_tensor.adversarial.permute(0, 2, 3, 1).numpy())
+    quantized = (images * 255).round().to(torch.uint8)
+    with pytest.warns(UserWarning, match=r"images are uint8 \(0-255\); divided by 255"):
+        as_uint8 = arena.evaluate(model, quantized.permute(0, 2, 3, 1).numpy(), labels.tolist(), attacks="fgsm",
+                                  threat=("L2", 0.5))
+    assert as_uint8.run.threat == arena.ThreatModel("l2", 0.5) and len(as_uint8.clean_correct) == 16
+
+
+def test_evaluate_runs_a_suite_by_name_and_reports_skipped_members(small):
+    model, images, labels = small
+    result = arena.evaluate(model, images[:8], labels[:8], attacks="fast", threat=("Linf", 8 / 255))
+    assert all(name.startswith("fast/") for name in [*result.robust_accuracy, *result.skipped])
+    assert result.skipped, "the full Square runs only where the checks doubt the gradients"
+    assert all(isinstance(reason, str) and reason for reason in result.skipped.values())
+    assert all(isinstance(value, float) for value in result.robust_accuracy.values())
+    assert result.worst_case <= min(result.robust_accuracy.values()) <= result.clean_accuracy
+
+
+def test_evaluate_loads_a_dataset_itself(small, monkeypatch, scenario_data_dir):
+    model, images, labels = small
+    result = arena.evaluate(model, dataset="cifar10", n_examples=16, attacks="fgsm", threat=("linf", 2 / 255))
+    given = arena.evaluate(model, images, labels, attacks="fgsm", threat=("linf", 2 / 255))
+    assert result.robust_accuracy == given.robust_accuracy and result.run.samples == 16
+    assert result.adversarial.shape == (16, 3, 32, 32)
+
+
+def _module_that_fails(x: torch.Tensor) -> torch.Tensor:
+    raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+BAD_ARGUMENTS = [
+    ({"images": "pictures"}, r"^images: got str; give a float tensor or NumPy array"),
+    ({"images": torch.rand(3, 32, 32)}, r"^images: shape \(3, 32, 32\); give a batch .* \(one image: images\[None\]\)"),
+    ({"images": torch.rand(2, 5, 5, 5)}, r"^images: shape \(2, 5, 5, 5\) has no channel axis"),
+    ({"images": "x255"}, r"^images: values span \[0, 2\d\d.*\], outside \[0, 1\]; divide 0-255 images by 255"),
+    ({"images": "int64"}, r"^images: dtype torch.int64; give float values in \[0, 1\]"),
+    ({"images": "nan"}, r"^images: contain NaN"),
+    ({"labels": None}, r"^labels: missing"),
+    ({"labels": "short"}, r"^labels: 3 labels for 16 images; give one label per image"),
+    ({"labels": "onehot"}, r"^labels: shape \(16, 10\) looks one-hot; give class indices"),
+    ({"labels": "float"}, r"^labels: dtype torch.float32; give integer class indices"),
+    ({"labels": "eleven"}, r"^labels: values span 0\.\.11, but the model outputs 10 logits; give class indices in "
+                           r"0\.\.9"),
+    ({"model": "resnet"}, r"^model: got str; give a torch.nn.Module"),
+    ({"model": "failing"}, r"^model: fails on one image of shape \(3, 32, 32\) \(RuntimeError: mat1 and mat2"),
+    ({"attacks": "fsgm"}, r"^evaluate: attacks\[0\]\.name: unknown attack 'fsgm'; did you mean 'fgsm'\? "
+                          r"\(known: .*autoattack.*fast.*\)"),
+    ({"attacks": []}, r"^attacks: the list is empty; give a name \('fgsm', 'fast'\)"),
+    ({"attacks": ["fgsm", 3]}, r"^attacks\[1\]: got int; give a name"),
+    ({"attacks": {"name": "pgd", "stepz": 3}}, r"^evaluate: attacks\[0\]\.stepz: unknown field 'stepz'; did you "
+                                               r"mean 'steps'"),
+    ({"defenses": ["art.jpeg", "art.jepg"]}, r"^evaluate: defenses\[1\]\.name: unknown defense 'art.jepg'"),
+    ({"threat": 0.03}, r"^threat: got 0\.03; give arena.ThreatModel\('linf', 8/255\) or a \(norm, eps\) pair"),
+    ({"threat": ("l3", 0.1)}, r"^threat: unknown norm 'l3'; use 'Linf' or 'L2'"),
+    ({"threat": ("linf", -1)}, r"^threat: ε -1 is not a number > 0"),
+    ({"threat": arena.ThreatModel("linf", 2.0)}, r"^evaluate: threat: L∞ ε = 2 lets an attack reach any image"),
+    ({"device": "tpu"}, r"^device tpu: not a device; use cpu, cuda, cuda:N or auto"),
+    ({"batch_size": 0}, r"^evaluate: batch_size: Input should be greater than or equal to 1 \(got 0\)"),
+    ({"evaluation": "quick"}, r"^evaluate: evaluation: Input should be 'full' or 'cascade' \(got 'quick'\)"),
+    ({"name": 3}, r"^evaluate: name: Input should be a valid string \(got 3\)"),
+    ({"runtime": "bf16"}, r"^runtime: got str; give arena.Runtime\(...\)"),
+    ({"n_examples": 0}, r"^n_examples: got 0; give a whole number ≥ 1"),
+    ({"images": None, "labels": None}, r"^images: missing; give images and labels, or dataset='cifar10'"),
+    ({"dataset": "cifar10"}, r"^dataset: give either images and labels, or dataset= to load a test set, not both"),
+    ({"images": None, "labels": None, "dataset": "cifar11"}, r"^evaluate: dataset\.name: unknown dataset 'cifar11'; "
+                                                             r"did you mean 'cifar10'"),
+    ({"images": None, "labels": None, "dataset": "cifar10", "n_examples": 20_000},
+     r"^evaluate: n_examples: 20000 is more than the 10000 images of the test split of cifar10"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_ARGUMENTS, ids=[next(iter(c)) + ":" + m[1:30]
+                                                                    for c, m in BAD_ARGUMENTS])
+def test_evaluate_refuses_each_bad_argument_in_one_line_naming_it(small, tmp_path, change, message):
+    model, images, labels = small
+    special = {
+        "x255": images * 255, "int64": (images * 255).long(), "nan": images.clone().fill_(float("nan")),
+        "short": labels[:3], "onehot": torch.nn.functional.one_hot(labels, 10), "float": labels.float(),
+        "eleven": labels.clone().index_fill_(0, torch.tensor([0]), 11), "failing": _module_that_fails,
+    }
+    arguments = {"model": model, "images": images, "labels": labels, "attacks": "fgsm", "threat": ("linf", 0.03),
+                 "results": tmp_path / "r"}
+    arguments |= {key: special.get(value, value) if isinstance(value, str) else value for key, value in change.items()}
+    if change.get("model") == "failing":
+        arguments["model"] = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(7, 10))
+    with pytest.raises(arena.ArenaError, match=message) as raised:
+        arena.evaluate(**arguments)
+    assert "\n" not in str(raised.value), "one line"
+    assert not (tmp_path / "r").exists(), "refused before any work"
 
 
 def test_open_scenario_names_the_file_when_a_declared_plugin_is_missing(tmp_path):
