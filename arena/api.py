@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pluggy
 import torch
-import yaml
 from torch import nn
 
 from arena.conditions import SKIPPED
@@ -217,7 +216,7 @@ def _worst_adversarial(folder: Path, matchups: list[Matchup], clean: torch.Tenso
                 continue
             for example in store.examples(m):
                 if example.sample not in taken:
-                    adversarial[example.sample] = torch.from_numpy(example.adversarial)
+                    adversarial[example.sample] = torch.tensor(example.adversarial)
                     taken.add(example.sample)
     finally:
         store.close()
@@ -324,7 +323,7 @@ def _scenario(entry: dict[str, Any], registry: Registry) -> Scenario:
     """The validated scenario of ``evaluate``'s arguments, built from them directly; each problem names the
     argument it comes from."""
     try:
-        return validate_scenario(entry, "evaluate()", registry, text=yaml.safe_dump(entry, sort_keys=False))
+        return validate_scenario(entry, "evaluate()", registry)
     except ScenarioError as exc:
         problems = [item.removeprefix("evaluate(): ") for item in exc.problems]
         for field, argument in _ARGUMENTS.items():

@@ -679,11 +679,11 @@ def parse_scenario(text: str, shown: str, registry: Registry) -> Scenario:
 
 
 def validate_scenario(
-    data: Any, shown: str, registry: Registry, text: str = "", lines: dict[tuple, int] | None = None
+    data: Any, shown: str, registry: Registry, text: str | None = None, lines: dict[tuple, int] | None = None
 ) -> Scenario:
-    """Validate a scenario given as data (as YAML would hold it; ``evaluate`` builds one directly), read from
-    ``shown`` (plugin paths are relative to its folder) with its ``text`` and field ``lines`` when it came from a
-    file; raises ``ScenarioError`` listing every problem."""
+    """Validate a scenario given as data (as YAML would hold it; ``evaluate`` builds one directly), shown as
+    ``shown`` (plugin paths are relative to its folder), with its file's ``text`` and field ``lines`` when it came from
+    a file (else its record is the validated scenario as YAML); raises ``ScenarioError`` listing every problem."""
     problems = _Problems(shown, lines)
     if not isinstance(data, dict):
         problems.add((), "a scenario is a YAML mapping with name, threat_model, models and attacks; "
@@ -696,5 +696,6 @@ def validate_scenario(
     resolved = _check_plugins(data, registry, problems, Path(shown).parent)
     problems.raise_if_any()
     scenario = scenario.model_copy(update=resolved)
-    scenario._path, scenario._text = shown, text
+    scenario._path = shown
+    scenario._text = yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False) if text is None else text
     return scenario
