@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class Data(Protocol):
-    """What the engine reads of a run's evaluation data (``arena.matchups.Data``): the images, and both on a device."""
+    """What the engine reads of a run's evaluation data (``arena.data.Data``): the images, and both on a device."""
 
     images: torch.Tensor
 
