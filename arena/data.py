@@ -8,7 +8,7 @@ import torch
 
 from arena.kinds import DataError, Dataset
 from arena.registry import Registry
-from arena.scenario import Scenario
+from arena.schema import Scenario
 from arena.training import fingerprint
 
 

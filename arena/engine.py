@@ -24,7 +24,7 @@ from arena.defended import Defended
 from arena.indicators import measure, silent_success
 from arena.kinds import Attack
 from arena.records import Example, Matchup
-from arena.scenario import AttackRef, DefenseRef, ModelRef
+from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 
 log = logging.getLogger(__name__)

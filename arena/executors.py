@@ -36,9 +36,10 @@ from arena.errors import ArenaError
 from arena.records import Matchup
 from arena.registry import load_registry
 from arena.runtime import Runtime
-from arena.scenario import DATA_ENV, DefenseRef, ModelRef, parse_scenario
+from arena.schema import DATA_ENV, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 from arena.training import WeightsCache
+from arena.validation import parse_scenario
 
 if TYPE_CHECKING:
     from arena.matchups import Arena

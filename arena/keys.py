@@ -9,7 +9,7 @@ from typing import Any
 from arena import conditions
 from arena.registry import Registry, source_hash
 from arena.runtime import Runtime
-from arena.scenario import DEFAULT_EXAMPLES, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
+from arena.schema import DEFAULT_EXAMPLES, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.threat import ThreatModel
 from arena.training import content_key
 

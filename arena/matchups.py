@@ -34,7 +34,7 @@ from arena.records import Matchup
 from arena.registry import Registry
 from arena.report import write_report
 from arena.runtime import Runtime
-from arena.scenario import AttackRef, DefenseRef, ModelRef, Scenario
+from arena.schema import AttackRef, DefenseRef, ModelRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
 from arena.training import WeightsCache, fingerprint, seed_everything

@@ -17,7 +17,7 @@ from arena.defended import Defended
 from arena.kinds import Model
 from arena.registry import PluginError, Registry
 from arena.runtime import Runtime
-from arena.scenario import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
+from arena.schema import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.training import Trainer, WeightsCache, seed_everything
 
 log = logging.getLogger(__name__)
