@@ -23,42 +23,62 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from arena.data import Data
 from arena.errors import ArenaError
+from arena.networks import Networks
 from arena.records import Matchup
 from arena.registry import load_registry
 from arena.runtime import Runtime
-from arena.schema import DATA_ENV, DefenseRef, ModelRef
+from arena.schema import DATA_ENV, DefenseRef, ModelRef, Scenario
 from arena.threat import ThreatModel
 from arena.training import WeightsCache
 from arena.validation import parse_scenario
-
-if TYPE_CHECKING:
-    from arena.matchups import Arena
 
 log = logging.getLogger(__name__)
 
 Pairs = list[tuple[ModelRef, DefenseRef]]
 
 
+class Tournament(Protocol):
+    """What an executor uses of a run (``arena.matchups.Arena``): its settings, its networks, and two calls."""
+
+    scenario: Scenario
+    device: torch.device
+    cache: WeightsCache
+    runtime: Runtime
+    threat: ThreatModel | None
+    progress: bool
+    networks: Networks
+    weights: dict[str, dict[str, str]]
+
+    def prepare(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef
+    ) -> tuple[dict[str, str], dict[str, Matchup]]: ...
+
+    def play_pair(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, keys: dict[str, str],
+        earlier: dict[str, Matchup],
+    ) -> Iterator[Matchup]: ...
+
+
 class Executor(Protocol):
     """Plays a run's model × defense pairs and yields their matchups as they finish, in any order."""
 
-    def play(self, arena: Arena, data: Data, pairs: Pairs) -> Iterator[Matchup]: ...
+    def play(self, arena: Tournament, data: Data, pairs: Pairs) -> Iterator[Matchup]: ...
 
 
 class LocalExecutor:
     """Plays the pairs one after the other in this process: the default."""
 
-    def play(self, arena: Arena, data: Data, pairs: Pairs) -> Iterator[Matchup]:
+    def play(self, arena: Tournament, data: Data, pairs: Pairs) -> Iterator[Matchup]:
         for model_ref, defense_ref in pairs:
             yield from arena.play_pair(data, model_ref, defense_ref, *arena.prepare(data, model_ref, defense_ref))
 
@@ -95,7 +115,7 @@ class Worker:
     """One Ray actor: the scenario, its plugins and its data, loaded once; trains weights and plays pairs. It builds
     an arena of the driver's class (``kind``), so it plays pairs exactly as the driver would."""
 
-    def __init__(self, spec: WorkerSpec, kind: type[Arena]) -> None:
+    def __init__(self, spec: WorkerSpec, kind: Callable[..., Tournament]) -> None:
         torch.set_num_threads(spec.threads)
         os.environ[DATA_ENV] = spec.data_dir  # the driver's data folder (a scenario's own data_dir still wins)
         registry = load_registry(modules=spec.plugins, blocked=spec.blocked)
@@ -143,7 +163,7 @@ class RayExecutor:
     #: Whether this executor started the (local) cluster, and so shuts it down when the run ends.
     _started: bool = field(default=False, init=False, repr=False)
 
-    def play(self, arena: Arena, data: Data, pairs: Pairs) -> Iterator[Matchup]:
+    def play(self, arena: Tournament, data: Data, pairs: Pairs) -> Iterator[Matchup]:
         require_ray()
         import ray
         from ray.util import ActorPool
@@ -173,7 +193,7 @@ class RayExecutor:
                 ray.shutdown()
                 self._started = False
 
-    def _run(self, arena: Arena, data: Data, pairs: Pairs, pool: Any) -> Iterator[Matchup]:
+    def _run(self, arena: Tournament, data: Data, pairs: Pairs, pool: Any) -> Iterator[Matchup]:
         jobs, done = [], []
         for model_ref, defense_ref in pairs:
             keys, earlier = arena.prepare(data, model_ref, defense_ref)
@@ -190,7 +210,7 @@ class RayExecutor:
                 bar.update(len(matchups))
                 yield from matchups
 
-    def _train(self, arena: Arena, data: Data, jobs: list[tuple], pool: Any) -> None:
+    def _train(self, arena: Tournament, data: Data, jobs: list[tuple], pool: Any) -> None:
         """Train every set of weights the jobs need, each once: undefended ones first, then defended ones."""
         networks = arena.networks
         needed: dict[str, tuple[str, str, bool]] = {}
