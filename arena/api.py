@@ -21,27 +21,19 @@ import pluggy
 import torch
 from torch import nn
 
-from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.kinds import Dataset, Model
 from arena.leaderboard import rows, worst_case
-from arena.records import Matchup, Run
+from arena.records import Matchup, Run, Status
 from arena.registry import PluginError, Registry, load_registry
 from arena.running import Played, resolve_device, run_scenario
 from arena.runtime import Runtime
-from arena.scenario import (
-    Scenario,
-    ScenarioError,
-    check_declared,
-    declared_plugins,
-    fraction,
-    load_scenario,
-    resolve_model,
-    validate_scenario,
-)
+from arena.scenario import check_declared, declared_plugins, load_scenario
+from arena.schema import Scenario, ScenarioError, fraction
 from arena.store import Store
 from arena.threat import ThreatModel
 from arena.training import WeightsCache, fingerprint
+from arena.validation import resolve_model, validate_scenario
 
 _hookimpl = pluggy.HookimplMarker("arena")
 
@@ -68,7 +60,7 @@ def load_model(entry: str | dict[str, Any], num_classes: int = 10, plugins: Iter
     architecture's last layer where no checkpoint fixes it."""
     registry = load_registry(modules=plugins)
     ref = resolve_model(entry, registry, "load_model()")
-    return registry.build("model", ref).build(num_classes).eval()
+    return registry.build(Model, ref).build(num_classes).eval()
 
 
 #: Scenario fields as ``evaluate`` names them, for its error messages (longest first).
@@ -170,7 +162,7 @@ def evaluate(
     }
     scenario = _scenario(entry, registry)
     if not given:
-        x, y = registry.build("dataset", scenario.dataset).load(scenario.dataset.split, scenario.data_dir())
+        x, y = registry.build(Dataset, scenario.dataset).load(scenario.dataset.split, scenario.data_dir())
         x, y = x[:n_examples], y[:n_examples]
         classes = _width(model, x, device)
     if int(y.min()) < 0 or int(y.max()) >= classes:
@@ -191,7 +183,7 @@ def _evaluation(played: Played, adversarial: torch.Tensor, layout: str, results:
     if worst is None:
         raise ArenaError(_none_finished(matchups, results))
     [row] = rows(matchups, run)
-    done = [m for m in matchups if m.status == "ok"]
+    done = [m for m in matchups if m.status == Status.OK]
     if layout.endswith("NHWC"):
         adversarial = adversarial.permute(0, 2, 3, 1).contiguous()
     return Evaluation(
@@ -199,7 +191,7 @@ def _evaluation(played: Played, adversarial: torch.Tensor, layout: str, results:
         robust_accuracy={m.attack: m.robust_accuracy for m in done},
         clean_correct=matchups[0].clean_correct, robust_correct={m.attack: m.robust_correct for m in done},
         worst_case_correct=worst, adversarial=adversarial.numpy() if layout.startswith("numpy") else adversarial,
-        skipped={m.attack: (m.detail or "").strip() for m in matchups if m.status == SKIPPED},
+        skipped={m.attack: (m.detail or "").strip() for m in matchups if m.status == Status.SKIPPED},
         failed={m.attack: f"{m.status}: {_last_line(m)}" for m in played.failed},
         flags=row.flags, run=run, matchups=matchups,
     )
@@ -209,17 +201,14 @@ def _worst_adversarial(folder: Path, matchups: list[Matchup], clean: torch.Tenso
     """Per sample, the first stored adversarial example (in attack order) that fooled the model, else the clean
     image: what an attacker who tries every attack gets."""
     adversarial, taken = clean.clone(), set()
-    store = Store(folder)
-    try:
+    with Store(folder) as store:
         for m in matchups:
-            if m.status != "ok":
+            if m.status != Status.OK:
                 continue
             for example in store.examples(m):
                 if example.sample not in taken:
                     adversarial[example.sample] = torch.tensor(example.adversarial)
                     taken.add(example.sample)
-    finally:
-        store.close()
     return adversarial
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from arena.active import ACTIVE_TESTS
-from arena.conditions import SKIPPED
 from arena.errors import ArenaError
+from arena.executors import Executor
 from arena.leaderboard import Row
-from arena.matchups import Arena, Executor
+from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import Registry
 from arena.runtime import Runtime
@@ -62,7 +62,7 @@ class Played:
     @property
     def failed(self) -> list[Matchup]:
         """The matchups that crashed or failed their audit (skipped ones are not failures)."""
-        return [m for m in self.matchups if m.status not in ("ok", SKIPPED)]
+        return [m for m in self.matchups if m.status.failed]
 
 
 def run_scenario(
@@ -91,10 +91,8 @@ def run_scenario(
                       fresh=fresh, threat=threat, report=report, report_to=tuple(report_to),
                       runtime=runtime or Runtime(), active_tests=ACTIVE_TESTS if active_tests else ())
         run_id = arena.play(executor)
-        try:
-            run, matchups = arena.store.run(run_id), arena.store.matchups(run_id)
-        finally:
-            arena.store.close()
+        with arena.store as store:
+            run, matchups = store.run(run_id), store.matchups(run_id)
         report_path = arena.report_path / "leaderboard.html" if arena.report_path else None
         played.append(Played(threat, run, matchups, arena.table, arena.store.path, arena.summary_path, report_path))
         if on_played is not None:
