@@ -10,7 +10,7 @@ attacks the expected model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ class Defended(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, pre: list[Preprocessor] = (), post: list[Postprocessor] = (),
+        self, net: nn.Module, pre: Sequence[Preprocessor] = (), post: Sequence[Postprocessor] = (),
         bpda: bool = True, eot_samples: int = 1,
     ) -> None:
         super().__init__()
@@ -74,8 +74,8 @@ class Defended(nn.Module):
         log_probs = logits.log_softmax(1)
         with torch.no_grad():
             probabilities = log_probs.exp()
-            for stage in self.post:
-                probabilities = stage(probabilities).to(log_probs.dtype)
+            for post in self.post:
+                probabilities = post(probabilities).to(log_probs.dtype)
             output = probabilities.clamp_min(1e-12).log()
         # Straight through: the value is the postprocessed output, the gradient that of log_probs (BPDA) or zero.
         return log_probs + (output - log_probs).detach() if self.bpda else output + 0 * log_probs

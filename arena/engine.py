@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -207,7 +207,7 @@ class _Recorder:
 def record_matchup(
     refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: Status,
     detail: str | None = None,
-    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
+    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: Sequence[torch.Tensor] = (),
     gradient: dict[str, Any] | None = None, attacked_mask: np.ndarray | None = None,
 ) -> Matchup:
     """The stored result: accuracies over all samples, attack success over the attacked ones (by default the
