@@ -44,10 +44,9 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
             box = checks["unconstrained"]
             found.append(f"{m.attack}: with an ε covering the whole box it broke only {box['broken']} of "
                          f"{box['checked']} probed samples (unconstrained attack failure)")
-        for name, what in (("bpda", "crossed by BPDA"), ("masked", "crossed with no gradient"),
-                           ("randomized", "randomized, averaged by EOT")):
-            if gradient.get(name):
-                found.append(f"{m.attack}: {', '.join(gradient[name])} {what}")
+        found += [f"{m.attack}: {', '.join(stages)} {what}" for stages, what in (
+            (gradient.get("bpda"), "crossed by BPDA"), (gradient.get("masked"), "crossed with no gradient"),
+            (gradient.get("randomized"), "randomized, averaged by EOT")) if stages]
     return found
 
 

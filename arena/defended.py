@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from arena.kinds import Postprocessor, Preprocessor
+from arena.records import GradientPath
 
 
 class _Bridge(torch.autograd.Function):
@@ -80,18 +81,18 @@ class Defended(nn.Module):
         # Straight through: the value is the postprocessed output, the gradient that of log_probs (BPDA) or zero.
         return log_probs + (output - log_probs).detach() if self.bpda else output + 0 * log_probs
 
-    def gradient(self) -> dict[str, Any]:
+    def gradient(self) -> GradientPath:
         """How attacks differentiate this module, recorded with each matchup."""
         crossed = [s.name for s in self.pre if not s.differentiable] + [s.name for s in self.post]
-        return {
-            "bpda": crossed if self.bpda else [],
-            "masked": [] if self.bpda else crossed,
-            "randomized": [s.name for s in self.pre if s.randomized],
-            "eot_samples": self.eot_samples if self.randomized else 1,
-        }
+        return GradientPath(
+            bpda=crossed if self.bpda else [],
+            masked=[] if self.bpda else crossed,
+            randomized=[s.name for s in self.pre if s.randomized],
+            eot_samples=self.eot_samples if self.randomized else 1,
+        )
 
 
-def describe_gradient(gradient: dict[str, Any]) -> str:
+def describe_gradient(gradient: GradientPath) -> str:
     """One phrase such as ``white-box, BPDA through art.jpeg`` (or ``gradient-free`` for noise, Square) for tables
     and logs."""
     parts = [f"transfer from {gradient['source']}" if gradient.get("source") else

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from arena.keys import derive_seed, matchup_key
 from arena.kinds import Attack
 from arena.leaderboard import Row, board, write_summary
 from arena.networks import Networks
-from arena.records import Matchup, Status
+from arena.records import GradientPath, Matchup, Status
 from arena.registry import Registry
 from arena.report import write_report
 from arena.runtime import Runtime
@@ -224,7 +224,7 @@ class Arena:
 
     def attacker(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
-    ) -> tuple[Attack, Counted, dict[str, Any]]:
+    ) -> tuple[Attack, Counted, GradientPath]:
         """The attack built on the module it differentiates (the target, or a transfer attack's source) with its
         passes counted, seeded for this matchup, and a record of how it gets its gradients."""
         if attack_ref.source is None:
@@ -233,7 +233,8 @@ class Arena:
         else:
             source_model, source_defense = self.networks.transfer_source(model_ref, attack_ref)
             crafted_on = self.networks.defended(data, source_model, source_defense, attack_ref)
-            gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
+            gradient = crafted_on.gradient()
+            gradient["source"] = f"{source_model.key}+{source_defense.key}"
         if cast(type[Attack], self.registry.get("attack", attack_ref.name).cls).gradient_free:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
