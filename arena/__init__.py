@@ -29,7 +29,7 @@ from arena.kinds import (  # noqa: E402
     TrainingDefense,
 )
 from arena.matchups import Arena  # noqa: E402
-from arena.records import Matchup, Run, Status  # noqa: E402
+from arena.records import GradientPath, Matchup, Run, Status  # noqa: E402
 from arena.registry import PluginError, Registry, unknown_name_message  # noqa: E402
 from arena.running import Played, resolve_device, run_scenario  # noqa: E402
 from arena.runtime import Runtime  # noqa: E402
@@ -47,6 +47,7 @@ __all__ = [
     "Dataset",
     "Defense",
     "Evaluation",
+    "GradientPath",
     "Matchup",
     "Model",
     "Param",
