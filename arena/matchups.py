@@ -29,6 +29,7 @@ from arena.engine import Engine, predict, record_matchup
 from arena.errors import ArenaError
 from arena.kinds import Attack, DataError, Dataset, Model
 from arena.leaderboard import Row, board, write_summary
+from arena.model_checks import ModelChecks
 from arena.records import Matchup
 from arena.registry import PluginError, Registry, source_hash
 from arena.report import write_report
@@ -161,6 +162,8 @@ class Arena:
     _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
     #: A pretrained model's identity (its checkpoint's hash), read once a run rather than once per key.
     _identities: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    #: The model-level checks measured this run, shared by the attacks on each model × defense.
+    _checked: ModelChecks = field(default_factory=ModelChecks, init=False, repr=False)
 
     def play(self, executor: Executor | None = None) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded. The
@@ -281,7 +284,7 @@ class Arena:
     def engine(self) -> Engine:
         """The per-batch engine that plays this run's matchups."""
         return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
-                      self.scenario.active_samples if self.active else 0)
+                      self.scenario.active_samples if self.active else 0, self._checked)
 
     @property
     def active(self) -> list[str]:
