@@ -19,9 +19,9 @@ SMALL = {"apgd_ce": {"n_iter": 10}, "apgd_dlr": {"n_iter": 10}, "apgd_t": {"n_it
          "fab_t": {"n_iter": 10}, "square": {"n_queries": 50}, "early_apgd_ce": {"n_iter": 10},
          "early_apgd_dlr": {"n_iter": 10}, "early_apgd_t": {"n_iter": 10}, "early_pgd": {"steps": 10},
          "pgd": {"steps": 10}}
-#: The CNN briefly trained, 30 test images, an ε at which a share of the samples survives every attack.
-SETTING = {"dataset": {"samples": 30, "train_samples": 2000}, "threat_model": {"norm": "linf", "eps": "1/255"},
-           "active_tests": ["binarization"], "active_samples": 3, "batch_size": 30}
+#: The CNN briefly trained, 20 test images, an ε at which a share of the samples survives every attack.
+SETTING = {"dataset": {"samples": 20, "train_samples": 2000}, "threat_model": {"norm": "linf", "eps": "1/255"},
+           "active_tests": ["binarization"], "active_samples": 2, "batch_size": 20}
 
 
 def _tested(matchups: list) -> None:
@@ -54,7 +54,7 @@ def test_every_member_of_a_suite_runs_under_the_binarization_test(tmp_path, regi
     matchups = store.matchups(run_id)
     _tested(matchups)
     white = [m for m in matchups if m.status == "ok" and not m.gradient.get("gradient_free")]
-    assert {m.attack for m in white if m.checks.get("binarization")} >= (
+    assert {m.attack.split("/")[-1] for m in white if m.checks.get("binarization")} >= (
         {"apgd_ce", "apgd_t", "fab_t"} if suite == "autoattack" else {"early_apgd_ce", "early_apgd_t", "fab_t"}), \
         "samples survive into every gradient member, which is tested"
 
