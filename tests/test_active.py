@@ -9,7 +9,7 @@ import torch
 from conftest import play, tiny
 
 from arena.checks import flags
-from arena.conditions import SKIPPED
+from arena.records import Status
 from arena.registry import load_registry
 from arena_plugins.apgd import dlr_loss, dlr_loss_targeted
 from arena_plugins.autoattack import margin_loss
@@ -27,8 +27,8 @@ SETTING = {"dataset": {"samples": 20, "train_samples": 2000}, "threat_model": {"
 def _tested(matchups: list) -> None:
     """Every matchup ran; each gradient attack that attacked a sample has a binarization result, no error."""
     for m in matchups:
-        assert m.status in ("ok", SKIPPED), (m.attack, m.detail)
-        if m.status == SKIPPED or not m.attacked_mask.any() or m.gradient.get("gradient_free"):
+        assert m.status in (Status.OK, Status.SKIPPED), (m.attack, m.detail)
+        if m.status == Status.SKIPPED or not m.attacked_mask.any() or m.gradient.get("gradient_free"):
             continue
         test = m.checks["binarization"]
         assert "error" not in test and test["tested"] >= 1 and test["passes"] > 0, (m.attack, test)
@@ -53,7 +53,7 @@ def test_every_member_of_a_suite_runs_under_the_binarization_test(tmp_path, regi
     store, run_id = play(tmp_path, registry, tiny(attacks=[suite], **SETTING))
     matchups = store.matchups(run_id)
     _tested(matchups)
-    white = [m for m in matchups if m.status == "ok" and not m.gradient.get("gradient_free")]
+    white = [m for m in matchups if m.status == Status.OK and not m.gradient.get("gradient_free")]
     assert {m.attack.split("/")[-1] for m in white if m.checks.get("binarization")} >= (
         {"apgd_ce", "apgd_t", "fab_t"} if suite == "autoattack" else {"early_apgd_ce", "early_apgd_t", "fab_t"}), \
         "samples survive into every gradient member, which is tested"
@@ -63,7 +63,7 @@ def test_an_attack_failing_on_the_two_class_head_keeps_its_own_results(tmp_path)
     registry = load_registry(modules=["arena_test_plugins"])
     store, run_id = play(tmp_path, registry, tiny(attacks=["ten_classes"], **SETTING))
     [m] = store.matchups(run_id)
-    assert m.status == "ok" and m.robust_accuracy is not None and m.forward_passes > 0
+    assert m.status == Status.OK and m.robust_accuracy is not None and m.forward_passes > 0
     assert m.checks["binarization"]["error"].startswith("ten_classes failed on the test's 2-class head (ValueError: "
                                                         "needs 10 classes, got 2)")
     assert [f for f in flags([m]) if "binarization" in f] == [
