@@ -204,8 +204,11 @@ def _import(module: str) -> ModuleType:
             return importlib.import_module(module)
         except ModuleNotFoundError as exc:
             here = Path.cwd()
-            if exc.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+            if exc.name != top:
                 raise
+            if not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+                raise ModuleNotFoundError(f"no module named {top!r} is installed or in the current folder {here}",
+                                          name=top) from None
         sys.path.insert(0, str(here))  # kept, so the module's own later imports of its neighbours work too
         return importlib.import_module(module)
     path = Path(module)
