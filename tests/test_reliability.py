@@ -8,6 +8,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -575,7 +576,7 @@ def _ctrl_c_at(point: str, folder: Path, cache: Path) -> tuple[int, list[str]]:
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(600)
     finally:
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # whatever the run left in its group (Ray's processes)
             os.killpg(proc.pid, signal.SIGKILL)
     reader.join(60)
     return code, [line for line in lines if not line.startswith(("import time:", "arena-test: paused"))]
@@ -596,9 +597,10 @@ def test_ctrl_c_anywhere_is_one_line_nothing_lost_and_exit_130(point, tmp_path, 
     [run] = store.runs()
     finished = store.matchups(run.id)
     assert all(m.status == "ok" for m in finished)
-    assert run.status == ("complete" if point == "the run's outputs" else "interrupted") and len(finished) == (
-        4 if point == "the run's outputs" else len(finished)), "a run whose process stopped is never left running"
-    assert point != "an attack batch" or len(finished) == 1, "fgsm was kept, pgd_a interrupted"
+    if point == "the run's outputs":  # every matchup stored and the run marked complete before its outputs
+        assert run.status == "complete" and len(finished) == 4
+    else:
+        assert run.status == "interrupted" and len(finished) < 4, "a run whose process stopped is never left running"
 
 
 def test_a_full_disk_is_one_message_and_the_finished_matchups_stay(tmp_path, reference, capsys, monkeypatch):
