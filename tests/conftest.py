@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import sqlite3
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +115,58 @@ def wait_for_matchups(db: Path, count: int, process: subprocess.Popen, timeout: 
         except sqlite3.Error:
             pass
         time.sleep(0.05)
+
+
+#: The ``arena`` command with one function wrapped to say on stderr that it was reached and then wait (before or
+#: after calling the real one), so that a test can press Ctrl-C exactly there:
+#: ``python -c PAUSE module:attribute before|after ARGV``.
+PAUSE = """
+import importlib, sys, time
+from arena.__main__ import run
+where, when, *argv = sys.argv[1:]
+module, _, path = where.partition(":")
+*owner_path, name = path.split(".")
+owner = importlib.import_module(module)
+for part in owner_path:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
+def paused(*args, **kwargs):
+    result = real(*args, **kwargs) if when == "after" else None
+    print("arena-test: paused at", where, file=sys.stderr, flush=True)
+    time.sleep(900)
+    return result if when == "after" else real(*args, **kwargs)
+setattr(owner, name, paused)
+sys.argv = ["arena", *argv]
+run()
+"""
+
+def press_ctrl_c(argv: list[str], pause: tuple[str, str] | None, folder: Path) -> tuple[int, list[str]]:
+    """Run ``arena ARGV`` in a session of its own, wait until it reaches ``pause`` (``(module:attribute, "before" or
+    "after")``; None: the imports), press Ctrl-C as a terminal does (SIGINT to the whole process group) and return
+    the exit status and the stderr lines (import timings left out). Waits on events, never on a clock."""
+    command = ["-X", "importtime", "-m", "arena", *argv] if pause is None else ["-c", PAUSE, *pause, *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, *command], cwd=folder, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    reached, lines = threading.Event(), []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("arena-test: paused") or re.search(r"\| +torch\.\w", line):
+                reached.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert reached.wait(600), f"never reached {pause or 'the imports'}: {lines[-20:]}"
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever the run left in its group (Ray's processes)
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(60)
+    return code, [line for line in lines if not line.startswith(("import time:", "arena-test: paused"))]
 
 
 def matchup(attack: str, robust: tuple, clean: tuple = (1, 1, 1, 1, 1, 1, 0, 0), defense: str = "none",

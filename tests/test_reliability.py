@@ -8,7 +8,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, tiny, wait_for_matchups
+from conftest import REPO, press_ctrl_c, tiny, wait_for_matchups
 
 from arena.cli import main
 from arena.store import Store
@@ -515,78 +513,24 @@ def test_an_interrupted_run_keeps_what_it_finished_and_resumes_to_the_same_numbe
     assert sum(1 for _, origin in resumed.values() if origin == run.id) == len(finished), "finished work is reused"
 
 
-#: The ``arena`` command with one function wrapped to say on stderr that it was reached and then wait (before or
-#: after calling the real one), so that a test can press Ctrl-C exactly there: ``python -c PAUSE module:attr before``.
-PAUSE = """
-import importlib, sys, time
-from arena.__main__ import run
-where, when, *argv = sys.argv[1:]
-module, _, path = where.partition(":")
-*owner_path, name = path.split(".")
-owner = importlib.import_module(module)
-for part in owner_path:
-    owner = getattr(owner, part)
-real = getattr(owner, name)
-def paused(*args, **kwargs):
-    result = real(*args, **kwargs) if when == "after" else None
-    print("arena-test: paused at", where, file=sys.stderr, flush=True)
-    time.sleep(900)
-    return result if when == "after" else real(*args, **kwargs)
-setattr(owner, name, paused)
-sys.argv = ["arena", *argv]
-run()
-"""
-
-#: Where Ctrl-C is pressed: a function to pause in (and whether after calling it), or, for the imports, the first
-#: module under torch that Python's ``-X importtime`` reports done (torch then still has seconds of importing left).
+#: Where Ctrl-C is pressed: a function to pause in (``module:attribute``, and whether before or after calling it), or,
+#: for the imports, the first module under torch that ``-X importtime`` reports (torch has seconds of importing left).
 CTRL_C_POINTS = {
     "imports": None,
     "training": ("arena.training:Trainer.fit", "before"),
     "an attack batch": ("arena_plugins.pgd:PGD.__call__", "before"),
     "a store write": ("arena.store:Store.add_matchup", "before"),
     "the run's outputs": ("arena.matchups:Arena._outputs", "before"),
-    "ray start-up": ("ray:init", "after"),
 }
-
-
-def _ctrl_c_at(point: str, folder: Path, cache: Path) -> tuple[int, list[str]]:
-    """Run ``SLOW`` in a session of its own, wait until it reaches ``point``, press Ctrl-C as a terminal does (SIGINT
-    to the whole process group) and return the exit status and the stderr lines (import timings left out)."""
-    scenario = _scenario(folder, SLOW)
-    argv = ["run", str(scenario), "--results", str(folder / "r"), "--cache-dir", str(cache), "-q", "--no-report"]
-    if point == "ray start-up":
-        argv += ["--executor", "ray", "--workers", "1"]
-    pause = CTRL_C_POINTS[point]
-    command = ["-X", "importtime", "-m", "arena", *argv] if pause is None else ["-c", PAUSE, *pause, *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, *command], cwd=folder, env=env, text=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    reached, lines = threading.Event(), []
-
-    def read() -> None:
-        for line in proc.stderr:
-            lines.append(line.rstrip("\n"))
-            if line.startswith("arena-test: paused") or re.search(r"\| +torch\.\w", line):
-                reached.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert reached.wait(600), f"never reached {point}: {lines[-20:]}"
-        os.killpg(proc.pid, signal.SIGINT)
-        code = proc.wait(600)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # whatever the run left in its group (Ray's processes)
-            os.killpg(proc.pid, signal.SIGKILL)
-    reader.join(60)
-    return code, [line for line in lines if not line.startswith(("import time:", "arena-test: paused"))]
 
 
 @pytest.mark.parametrize("point", list(CTRL_C_POINTS))
 def test_ctrl_c_anywhere_is_one_line_nothing_lost_and_exit_130(point, tmp_path, reference):
     ref_folder, _ = reference
     cache = tmp_path / "cache" if point == "training" else ref_folder / "cache"
-    code, err = _ctrl_c_at(point, tmp_path, cache)
+    argv = ["run", str(_scenario(tmp_path, SLOW)), "--results", str(tmp_path / "r"), "--cache-dir", str(cache), "-q",
+            "--no-report"]
+    code, err = press_ctrl_c(argv, CTRL_C_POINTS[point], tmp_path)
     assert code == 130, (code, err)
     assert len(err) == 1 and err[0].startswith("arena: interrupted; ") and "run the same command again" in err[0], err
     if point == "imports":
