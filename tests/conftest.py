@@ -103,17 +103,19 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def wait_for_matchups(db: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_matchups(db: Path, count: int, process: subprocess.Popen, timeout: float = 900) -> None:
     """Wait until the store at ``db`` holds ``count`` matchups (read-only, as another process writes it) or
-    ``process`` has ended."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
+    ``process`` has ended; ``timeout`` is only a guard against a hang (a loaded machine is slow, never wrong)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
         try:
             with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
                 if con.execute("SELECT count(*) FROM matchups").fetchone()[0] >= count:
                     return
         except sqlite3.Error:
             pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{db} held fewer than {count} matchups after {timeout:.0f} s")
         time.sleep(0.05)
 
 
