@@ -52,8 +52,8 @@ def test_pip_installs_the_example_beside_the_arena_and_every_command_still_works
     listed = subprocess.run([sys.executable, "-m", "arena", "plugins"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=600)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
-    assert re.search(r"^mifgsm +attack +Momentum iterative FGSM .*\[arena-extras 0\.1\.0\]$", listed.stdout, re.M)
-    assert re.search(r"^checkpoint +model ", listed.stdout, re.M) and re.search(r"^pgd +attack ", listed.stdout, re.M)
+    assert re.search(r"^  mifgsm +Momentum iterative FGSM .*\[arena-extras 0\.1\.0\]$", listed.stdout, re.M)
+    assert re.search(r"^  checkpoint +", listed.stdout, re.M) and re.search(r"^  pgd +", listed.stdout, re.M)
 
 
 def test_plugins_p_finds_a_module_in_the_current_folder(tmp_path):
@@ -75,8 +75,8 @@ def test_plugins_p_finds_a_module_in_the_current_folder(tmp_path):
     listed = subprocess.run([str(command), "plugins", "-p", "my_plugins"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=600)
     assert listed.returncode == 0, listed.stderr
-    assert re.search(r"^nothing +attack +Returns the images unchanged, a floor for the real attacks\. "
-                     r"\[my_plugins\]$", listed.stdout, re.M)
+    assert re.search(r"^  nothing +Returns the images unchanged, a floor for the real attacks\. \[my_plugins\]$",
+                     listed.stdout, re.M)
     missing = subprocess.run([str(command), "plugins", "-p", "no_plugins_here"], capture_output=True, text=True,
                              cwd=tmp_path, timeout=600)
     assert missing.returncode == 2 and "no_plugins_here" in missing.stderr and "Traceback" not in missing.stderr
