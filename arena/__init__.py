@@ -10,7 +10,7 @@ from typing import Any
 
 import pluggy
 
-from arena.version import __version__
+from arena.version import __version__ as __version__
 
 #: Decorator for plugin hook implementations, as ``pytest.hookimpl`` or ``datasette.hookimpl``.
 hookimpl = pluggy.HookimplMarker("arena")
