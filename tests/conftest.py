@@ -155,7 +155,7 @@ def press_ctrl_c(argv: list[str], pause: tuple[str, str] | None, folder: Path) -
     def read() -> None:
         for line in proc.stderr:
             lines.append(line.rstrip("\n"))
-            if line.startswith("arena-test: paused") or re.search(r"\| +torch\.\w", line):
+            if line.startswith("arena-test: paused") or re.search(r"\| +torch\.nn$", line):
                 reached.set()
 
     reader = threading.Thread(target=read, daemon=True)

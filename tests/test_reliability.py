@@ -514,7 +514,7 @@ def test_an_interrupted_run_keeps_what_it_finished_and_resumes_to_the_same_numbe
 
 
 #: Where Ctrl-C is pressed: a function to pause in (``module:attribute``, and whether before or after calling it), or,
-#: for the imports, the first module under torch that ``-X importtime`` reports (torch has seconds of importing left).
+#: for the imports, torch.nn as ``-X importtime`` reports it done (torch itself is then still importing).
 CTRL_C_POINTS = {
     "imports": None,
     "training": ("arena.training:Trainer.fit", "before"),
