@@ -18,7 +18,7 @@ from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
-from arena.executor import RayExecutor, require_ray
+from arena.executors import RayExecutor, require_ray
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
