@@ -76,7 +76,7 @@ def first_sentence(doc: str | None) -> str:
 
 
 class Plugin:
-    """Base of every plugin kind: a registered ``name``, declared ``params`` and the docstring's first line."""
+    """Base of every plugin kind: a registered ``name``, declared ``params`` and the docstring's first sentence."""
 
     kind: ClassVar[str]
     name: ClassVar[str]
