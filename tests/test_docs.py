@@ -145,7 +145,7 @@ def test_every_code_block_of_the_docs_and_readme_runs(page, language, marker, co
 
 def test_the_site_builds_in_strict_mode_with_every_built_in_plugin_and_parameter(tmp_path, monkeypatch):
     site = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(REPO / "mkdocs.yml"),
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(REPO / "mkdocs.yml"),
                            "-d", str(site)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     page = (site / "reference" / "index.html").read_text(encoding="utf-8")
