@@ -9,7 +9,10 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 MARKER = "<!-- plugin reference -->"
 REPORTER_HOOKS = ("arena_run_started", "arena_matchup_finished", "arena_run_finished")
@@ -22,6 +25,14 @@ def _markdown(text: str) -> str:
 
 def _first_paragraph(doc: str | None) -> str:
     return _markdown(inspect.cleandoc(doc or "").split("\n\n")[0])
+
+
+def _default(value: Any) -> str:
+    """A default as a scenario writes it (``true``, ``null`` shown as unset, ``cifar10``)."""
+    if value is None:
+        return "unset"
+    text = yaml.safe_dump(str(value) if isinstance(value, Path) else value, default_flow_style=True)
+    return f"`{text.removesuffix(chr(10)).removesuffix(chr(10) + '...')}`"
 
 
 def _cell(text: str) -> str:
@@ -62,7 +73,7 @@ def reference() -> str:
             out += ["| parameter | type | default | allowed | what it does |", "| --- | --- | --- | --- | --- |"]
             for key, param in info.cls.params.items():
                 kind_name = param.type.__name__ + (" or null" if param.nullable else "")
-                default = "required" if param.required else f"`{param.default!r}`"
+                default = "required" if param.required else _default(param.default)
                 allowed = [f"{op} {value:g}" for op, value in (("≥", param.ge), (">", param.gt), ("≤", param.le))
                            if value is not None]
                 if param.choices:
