@@ -9,6 +9,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -52,7 +53,25 @@ def test_the_guide_plugins_work_on_the_first_attempt(tmp_path, capsys, monkeypat
 # The documentation site: built in strict mode, its plugin reference complete, every code block of it and of the
 # README run (Python), validated (scenario YAML) or parsed by the real command-line parsers (shell).
 
-PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
+class _MkDocsLoader(yaml.SafeLoader):
+    """Reads mkdocs.yml, whose ``!!python/name:`` tags name MkDocs' own functions, as plain data."""
+
+
+_MkDocsLoader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def site_pages() -> list[Path]:
+    """The pages of the site's navigation, then the README."""
+    nav = yaml.load((REPO / "mkdocs.yml").read_text(encoding="utf-8"), _MkDocsLoader)["nav"]
+
+    def files(entries: list) -> list[str]:
+        return [f for entry in entries for value in entry.values()
+                for f in (files(value) if isinstance(value, list) else [value])]
+
+    return [*(REPO / "docs" / name for name in files(nav)), REPO / "README.md"]
+
+
+PAGES = site_pages()
 BLOCK = re.compile(r"(?:<!-- (compiled only|run by (tests/[\w./]+))[^\n]*-->\n)?```(\w*)\n(.*?)```", re.S)
 #: Shell commands shown but not run here: the install steps (CI runs the README's), servers, tools of their own.
 SHOWN = ("pip", "python -m pip", "pytest", "mkdocs", "ray start", "sqlite3", "export")
@@ -63,7 +82,8 @@ class _Parsed(Exception):
 
 
 def blocks() -> list[tuple[str, str, str | None, str]]:
-    """Every fenced block outside the plugin guide (whose own test above runs it): page, language, marker, code."""
+    """Every fenced block of the site's pages and the README, outside the plugin guide (whose own test above runs
+    it): page, language, marker, code. A page joins this test when it joins the site's navigation."""
     found = []
     for page in PAGES:
         if page.name == "writing-plugins.md":
@@ -139,8 +159,9 @@ def test_every_code_block_of_the_docs_and_readme_runs(page, language, marker, co
                 assert (REPO / words[1]).is_file(), f"{page}: `{line}`: no such script"
             else:
                 assert line.startswith(SHOWN), f"{page}: `{line}`: say how this command is checked"
-    else:
-        assert language == "text", f"{page}: a block in {language or 'no language'}: name it python, yaml, bash or text"
+    else:  # shown output, or a diagram the site draws
+        assert language in ("text", "mermaid"), \
+            f"{page}: a block in {language or 'no language'}: name it python, yaml, bash, text or mermaid"
 
 
 def test_the_site_builds_in_strict_mode_with_every_built_in_plugin_and_parameter(tmp_path, monkeypatch):
