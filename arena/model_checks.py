@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from arena.records import GradientPath
+
 T = TypeVar("T")
 
 
@@ -36,7 +38,7 @@ class ModelChecks:
     def __init__(self) -> None:
         self._found: dict[tuple[Any, ...], Any] = {}
 
-    def scope(self, model: str, defense: str, gradient: dict[str, Any], samples: torch.Tensor) -> Once:
+    def scope(self, model: str, defense: str, gradient: GradientPath, samples: torch.Tensor) -> Once:
         """The ``Once`` of one matchup: attacks on ``model`` + ``defense`` with gradients taken as ``gradient`` says
         (its ``source``: the model a transfer attack differentiates), probed on ``samples`` (indices)."""
         subject = (model, defense, str(gradient.get("source")), tuple(samples.tolist()))
