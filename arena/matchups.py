@@ -37,6 +37,7 @@ from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, 
 from arena.store import Store
 from arena.threat import ThreatModel
 from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
+from arena.untrusted import check_split
 
 log = logging.getLogger(__name__)
 #: A hash of ``arena/conditions.py``: results of conditional entries decided by older rules are not reused.
@@ -67,6 +68,7 @@ class Data:
         ref = scenario.dataset
         dataset = registry.build("dataset", ref)
         images, labels = dataset.load(ref.split, scenario.data_dir())
+        check_split(images, labels, dataset.num_classes, f"dataset {ref.name!r}, {ref.split} split")
         if ref.samples is not None:
             if ref.samples > len(images):
                 raise DataError(
@@ -91,6 +93,8 @@ class Data:
         """Training images, labels and their content fingerprint (loaded once per run)."""
         if self._train is None:
             images, labels = self.dataset.load("train", self.scenario.data_dir())
+            check_split(images, labels, self.dataset.num_classes,
+                        f"dataset {self.scenario.dataset.name!r}, train split")
             n = self.scenario.dataset.train_samples
             if n is not None and n > len(images):
                 raise DataError(f"{self.scenario.path}: dataset.train_samples = {n}, but the train split of "
@@ -439,8 +443,16 @@ class Arena:
 def _check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
     """A model must output one logit per class of the data set (the seed's CNN emitted 64 for 10 classes)."""
     with torch.no_grad():
-        width = net.eval()(data.images[:2]).shape[-1]
+        logits = net.eval()(data.images[:2])
     classes = data.dataset.num_classes
+    if not isinstance(logits, torch.Tensor) or logits.shape[:1] != data.images[:2].shape[:1] or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PluginError(f"model {model_ref.name!r} returns {shape} for {len(data.images[:2])} images; it must "
+                          f"return one tensor of logits, [N, {classes}]")
+    if not torch.isfinite(logits).all():
+        raise PluginError(f"model {model_ref.name!r} returns NaN or infinite logits; no prediction can be measured "
+                          "from them: check its weights and input normalisation")
+    width = logits.shape[-1]
     if width != classes:
         raise PluginError(f"model {model_ref.name!r} outputs {width} logits per image but {data.dataset.name} has "
                           f"{classes} classes; its last layer must have num_classes ({classes}) outputs")

@@ -19,6 +19,7 @@ import numpy as np
 from arena.errors import ArenaError
 from arena.records import Example, Matchup, Run
 from arena.threat import ThreatModel
+from arena.untrusted import check_store
 from arena.version import __version__
 
 DB_NAME = "arena.db"
@@ -189,9 +190,9 @@ class Store:
     written, its journal mode is left alone and an older schema is read as it is, so a read-only copy works.
     """
 
-    def __init__(self, results_dir: Path, readonly: bool = False) -> None:
+    def __init__(self, results_dir: Path, readonly: bool = False, file: Path | None = None) -> None:
         self.results_dir = Path(results_dir)
-        self.path = self.results_dir / DB_NAME
+        self.path = Path(file) if file else self.results_dir / DB_NAME
         self.readonly = readonly
         self._check_files()
         try:
@@ -302,14 +303,21 @@ class Store:
 
     @classmethod
     def open_existing(cls, results_dir: Path) -> Store:
-        """Open, read-only, a results folder that must already hold a store."""
-        if not (Path(results_dir) / DB_NAME).exists():
-            raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
-        store = cls(results_dir, readonly=True)
-        if not store.has_table("runs"):
-            store.close()  # an empty file, or a store whose creation never finished: nothing to read
-            raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
-                             f"--results {results_dir}` first, or pass another --results folder")
+        """Open, read-only, a results folder that must already hold a store (or a store's ``.db`` file itself), and
+        check it whole before anything reads it (``arena.untrusted.check_store``)."""
+        file = Path(results_dir) if Path(results_dir).suffix == ".db" and Path(results_dir).is_file() else None
+        results_dir = results_folder(results_dir)
+        if not (file or results_dir / DB_NAME).exists():
+            raise StoreError(f"no results store at {results_dir / DB_NAME}; run `arena run SCENARIO` first")
+        store = cls(results_dir, readonly=True, file=file)
+        try:
+            if not store.has_table("runs"):  # an empty file, or a store whose creation never finished
+                raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
+                                 f"--results {results_dir}` first, or pass another --results folder")
+            check_store(store.db, store.path, SCHEMA_VERSION)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def start_run(
