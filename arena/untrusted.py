@@ -136,9 +136,14 @@ _NESTED_CHECKS = {"convergence": {"late_rise", "rise", "robust", "calls"}, "unco
                   "binarization": {"tested", "setup_failed", "passed"}}
 
 
+#: Checks that are counts or shares whenever present (read with a default of 0, never None).
+_COUNTED_CHECKS = ("zero_gradient", "silent_success", "unstable", "checked")
+
+
 def _checks(value: object) -> bool:
     """A matchup's ``checks``: numbers (or flags), and nested checks holding their numbers or an error."""
-    if not isinstance(value, dict) or (value.get("zero_gradient") and not _number(value.get("checked", "?"))):
+    if not isinstance(value, dict) or any(value.get(k) is None for k in _COUNTED_CHECKS if k in value) \
+            or (value.get("zero_gradient") and value.get("checked") is None):
         return False
     for key, item in value.items():
         if isinstance(item, dict):
@@ -155,7 +160,7 @@ def _checks(value: object) -> bool:
 def _gradient(value: object) -> bool:
     """A matchup's ``gradient``: which stages were crossed how, its transfer source, its EOT draws."""
     return isinstance(value, dict) and all(_strings(value[k]) for k in ("bpda", "masked", "randomized") if k in value) \
-        and isinstance(value.get("source", ""), str) and _number(value.get("eot_samples", 1))
+        and isinstance(value.get("source", ""), str) and type(value.get("eot_samples", 1)) is int
 
 
 def _weights(value: object) -> bool:
@@ -236,9 +241,13 @@ def _json_fields(row: sqlite3.Row, table: str, where: str) -> None:
 #: Columns that hold text (None allowed for those marked) and numbers (None allowed for those marked), per table.
 _TEXT = {"runs": ("scenario", "scenario_path", "scenario_digest", "scenario_text", "arena_version", "device",
                   "started_at", "finished_at?", "host?", "data_fingerprint?", "origin?"),
-         "matchups": ("finished_at", "suite", "detail?", "reused_from?")}
+         "matchups": ("finished_at", "suite", "detail?", "reused_from?"), "examples": ()}
 _NUMBERS = {"runs": ("pid?",), "matchups": ("wall_time_s", "mean_norm?", "max_norm?", "forward_passes?",
-                                            "backward_passes?")}
+                                            "backward_passes?"),
+            "examples": ("sample", "label", "predicted_before", "predicted_after", "confidence_before",
+                         "confidence_after")}
+
+_WHOLE = {"pid", "forward_passes", "backward_passes", "sample", "label", "predicted_before", "predicted_after"}
 
 
 def _typed_columns(row: sqlite3.Row, table: str, where: str, fix: str) -> None:
@@ -251,6 +260,8 @@ def _typed_columns(row: sqlite3.Row, table: str, where: str, fix: str) -> None:
             raise ArenaError(f"{where}: field {column!r} is {str(value)[:40]!r}, not text; {fix}")
         if spec in _NUMBERS[table]:
             finite(value, where, column, 0)
+            if column in _WHOLE and not isinstance(value, int):
+                raise ArenaError(f"{where}: field {column!r} is {value!r}, not a whole number; {fix}")
 
 
 def _check_rows(db: sqlite3.Connection, path: Path, fix: str, tables: set[str]) -> None:
@@ -296,6 +307,7 @@ def _check_rows(db: sqlite3.Connection, path: Path, fix: str, tables: set[str]) 
         for e in db.execute("SELECT rowid, * FROM examples"):
             where = f"{path}: example {e['rowid']}"
             _json_fields(e, "examples", where)
+            _typed_columns(e, "examples", where, fix)
             codec = e["codec"] if "codec" in e.keys() else "raw"
             size = 4 * math.prod(json.loads(e["shape"]))  # float32 values
             for column in ("clean", "adversarial"):
