@@ -18,7 +18,7 @@ from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_untrusted import RUN, _rows, make_store
+from test_untrusted import RUN, _rows, files_under, make_store
 
 from arena import untrusted
 from arena.errors import ArenaError
@@ -174,7 +174,7 @@ def test_store_row_edits(capsys, edits):
                 pass  # a constraint refused the edit: the store stays as it was
         db.commit()
         db.close()
-        before, outside = _rows(here), set(root.rglob("*"))
+        before, outside = _rows(here), files_under(root)
         code, _, err = run_cli(capsys, "merge", str(source), "--results", str(here))
         assert code in (0, 2) and (code == 0 or len(err.strip().splitlines()) == 1), err
         assert set(_rows(here)) >= set(before), "no row already here changed or went"
@@ -182,7 +182,7 @@ def test_store_row_edits(capsys, edits):
         code, _, err = run_cli(capsys, "board", "--results", str(source), "--format", "robustbench", "--out",
                                str(out))
         assert code in (0, 2) and (code == 0 or len(err.strip().splitlines()) == 1), err
-        new = set(root.rglob("*")) - outside
+        new = files_under(root) - outside
         assert all(p.resolve().is_relative_to(out.resolve()) or p.resolve().is_relative_to(here.resolve())
                    for p in new), new
 

@@ -22,7 +22,7 @@ from conftest import matchup, run_cli
 from PIL import Image, PngImagePlugin
 from torch import nn
 
-from arena import untrusted
+from arena import ThreatModel, evaluate, untrusted
 from arena.errors import ArenaError
 from arena.interchange import InterchangeError, read_reported
 from arena.leaderboard import rows
@@ -68,7 +68,8 @@ def one_line_exit_2(code: int, err: str, expected: str = "") -> None:
 
 
 def files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*")}
+    """Every path under ``root`` but SQLite's own companions of a store it read (``arena.db-wal``, ``-shm``)."""
+    return {p for p in root.rglob("*") if not p.name.endswith(("-wal", "-shm"))}
 
 
 # Paths from data -------------------------------------------------------------------------------------------------
@@ -378,3 +379,14 @@ def test_the_security_page_states_the_limits_of_the_code():
                  "MAX_JSON_BYTES", "MAX_JSON_DEPTH"):
         assert f"| `{name}` | {getattr(untrusted, name):,} |" in page, name
     assert untrusted.SAFE_NAME.pattern in page
+
+
+@pytest.mark.parametrize("labels, make, expected", [
+    (torch.tensor([0.0, 1.6, 2.0, 1.0]), None, "float labels"), (torch.tensor([0, 1, 2, 7]), None, "0 to 2"),
+    (torch.tensor([[0], [1], [2], [1]]), None, "flatten them"),
+    (torch.tensor([0, 1, 2, 1]), lambda x: (torch.zeros(len(x), 3),), "returns tuple"),
+])
+def test_evaluate_refuses_labels_and_outputs_it_cannot_measure(labels, make, expected):
+    model = _Returns(make) if make else nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
+    with pytest.raises(ArenaError, match=expected):
+        evaluate(model, torch.rand(4, 3, 8, 8), labels, attacks=["fgsm"], threat=ThreatModel("linf", 0.1))
