@@ -77,7 +77,7 @@ def files_under(root: Path) -> set[Path]:
 @pytest.mark.parametrize("field, value", [("id", "../../../../escaped"), ("id", "/tmp/absolute"),
                                           ("dataset", "../../escaped"), ("dataset", "..")])
 @pytest.mark.parametrize("command", [["board", "--format", "html"], ["board", "--format", "robustbench"],
-                                     ["report"]])
+                                     ["report"], ["merge"]])
 def test_a_hostile_name_in_a_store_writes_nothing_anywhere(tmp_path, capsys, field, value, command):
     results = make_store(tmp_path / "deep" / "er" / "results")
     edit(results, f"UPDATE runs SET {field} = '{value}'", f"UPDATE matchups SET run_id = '{value}'"
@@ -87,6 +87,8 @@ def test_a_hostile_name_in_a_store_writes_nothing_anywhere(tmp_path, capsys, fie
     args = [*command, "--results", str(results), "--out", str(out)]
     if command == ["report"]:
         args = ["report", value if field == "id" else RUN, "--results", str(results)]
+    if command == ["merge"]:
+        args = ["merge", str(results), "--results", str(out)]
     code, _, err = run_cli(capsys, *args)
     one_line_exit_2(code, err, f"field {field!r}")
     assert files_under(tmp_path) == before, "nothing written, inside or outside"
