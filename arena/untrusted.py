@@ -36,12 +36,18 @@ MAX_JSON_DEPTH = 32
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
 
 
+def one_line(text: object, limit: int = 160) -> str:
+    """``text`` (an exception's message, a value from a file) on one line, at most ``limit`` characters."""
+    return " ".join(str(text).split())[:limit]
+
+
 def safe_name(value: object, where: str, field: str) -> str:
     """``value`` when it is a name that can safely be part of a path, else one ``ArenaError`` line."""
     if isinstance(value, str) and SAFE_NAME.fullmatch(value):
         return value
-    raise ArenaError(f"{where}: field {field!r} is {str(value)[:80]!r}, which cannot name a file; it must be letters, "
-                     "digits and _ . + - (at most 128, starting with a letter or digit): fix or remove that entry")
+    raise ArenaError(f"{where}: field {field!r} is {one_line(value, 80)!r}, which cannot name a file; it must be "
+                     "letters, digits and _ . + - (at most 128, starting with a letter or digit): fix or remove that "
+                     "entry")
 
 
 def child(root: Path, *parts: str) -> Path:
@@ -99,7 +105,7 @@ def loads(text: str, where: str, field: str | None = None) -> Any:
     except json.JSONDecodeError as exc:
         raise ArenaError(f"{subject}not valid JSON (line {exc.lineno}: {exc.msg}); fix or remove it") from None
     except (ValueError, TypeError) as exc:
-        raise ArenaError(f"{subject}not valid JSON ({str(exc)[:80]}); fix or remove it") from None
+        raise ArenaError(f"{subject}not valid JSON ({one_line(exc, 80)}); fix or remove it") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise ArenaError(deep)
     return value
@@ -114,7 +120,7 @@ def read_json(path: Path) -> Any:
                              "the model-info file itself")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ArenaError(f"{path}: cannot be read ({exc}); pass a UTF-8 JSON file") from None
+        raise ArenaError(f"{path}: cannot be read ({one_line(exc)}); pass a UTF-8 JSON file") from None
     return loads(text, str(path))
 
 
@@ -206,9 +212,9 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
-        raise ArenaError(f"{path}: not a readable SQLite database ({exc}); {fix}") from None
+        raise ArenaError(f"{path}: not a readable SQLite database ({one_line(exc)}); {fix}") from None
     if verdict != "ok":
-        raise ArenaError(f"{path}: fails SQLite's integrity check ({verdict[:100]}); {fix}")
+        raise ArenaError(f"{path}: fails SQLite's integrity check ({one_line(verdict)}); {fix}")
     if not 1 <= version <= version_max:
         raise ArenaError(f"{path}: store schema version {version} is not one this arena knows (1 to {version_max}); "
                          f"{fix}")
@@ -225,7 +231,7 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
     try:
         _check_rows(db, path, fix, tables)
     except sqlite3.DatabaseError as exc:
-        raise ArenaError(f"{path}: cannot be read ({exc}); {fix}") from None
+        raise ArenaError(f"{path}: cannot be read ({one_line(exc)}); {fix}") from None
 
 
 def _json_fields(row: sqlite3.Row, table: str, where: str) -> None:

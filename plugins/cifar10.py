@@ -151,8 +151,9 @@ def _arrays(npz: Path, split: str, *wanted: str) -> list[np.ndarray]:
     except DataError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, MemoryError) as exc:
-        raise DataError(f"{npz}: cannot be read as an .npz archive ({type(exc).__name__}: {str(exc)[:100]}); it may "
-                        "be truncated or damaged: copy it again") from None
+        why = f"{type(exc).__name__}: {limits.one_line(exc, 100)}"
+        raise DataError(f"{npz}: cannot be read as an .npz archive ({why}); it may be truncated or damaged: copy it "
+                        "again") from None
 
 
 def _check_labels(npz: Path, split: str, labels: np.ndarray, count: int, classes: int | None) -> None:

@@ -64,8 +64,8 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: more than {limits.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); remove it or "
                         "shrink it") from None
     except Exception as exc:  # a decoder given hostile bytes fails in many ways (OSError, SyntaxError, ValueError)
-        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:100]}); remove it or "
-                        "replace it") from None
+        why = f"{type(exc).__name__}: {limits.one_line(exc, 100)}"
+        raise DataError(f"{path}: not a readable image ({why}); remove it or replace it") from None
 
 
 class ImageFolder(Dataset):

@@ -77,7 +77,7 @@ def state_dict_problem(path: Path, net: torch.nn.Module) -> str | None:
 
 
 def _damaged(path: Path, size: int, exc: Exception) -> str:
-    why = str(exc).strip() or type(exc).__name__
+    why = " ".join(str(exc).split())[:160] or type(exc).__name__
     return f"{path} is truncated or damaged ({size:,} bytes; {why}); delete it and download it again"
 
 
