@@ -187,24 +187,23 @@ _JSON_COLUMNS: dict[str, dict[str, Callable[[Any], bool]]] = {
 }
 
 
-def _expected_columns(version: int) -> dict[str, set[str]]:
-    """The columns each table of a store at schema ``version`` has: today's, less those later versions added."""
+def _required_columns() -> dict[str, set[str]]:
+    """The columns every reader needs: those of the first schema (later ones are read with their defaults)."""
     from arena.store import _MIGRATIONS, _SCHEMA
 
     db = sqlite3.connect(":memory:")
     db.executescript(_SCHEMA)
     found = {t: {r[1] for r in db.execute(f'PRAGMA table_info("{t}")')} for t in ("runs", "matchups", "examples")}
     db.close()
-    for step, added in _MIGRATIONS.items():
-        if step >= version:
-            for table, column in added:
-                found[table].discard(column.split()[0])
+    for added in _MIGRATIONS.values():
+        for table, column in added:
+            found[table].discard(column.split()[0])
     return found
 
 
 def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
-    """Refuse, in one line, a store that is damaged (``PRAGMA integrity_check``), of an unknown schema, missing
-    columns, or holding a value no arena writes: an unsafe run id or data set name, malformed JSON, a number out of
+    """Refuse, in one line, a store that is damaged (``PRAGMA integrity_check``), of an unknown schema, missing a
+    column every reader needs, or holding a value no arena writes: an unsafe run id or data set name, malformed JSON, a number out of
     range, or a finished matchup without its per-sample results."""
     fix = "it is damaged or was edited: use the original copy, or leave it out"
     try:
@@ -218,7 +217,7 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
     if not 1 <= version <= version_max:
         raise ArenaError(f"{path}: store schema version {version} is not one this arena knows (1 to {version_max}); "
                          f"{fix}")
-    wanted = _expected_columns(version)
+    wanted = _required_columns()
     for table in ("runs", "matchups", "examples"):
         if table not in tables:
             if table == "examples":
@@ -227,7 +226,7 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
         have = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
         missing = sorted(wanted[table] - have)
         if missing:
-            raise ArenaError(f"{path}: table {table} lacks column(s) {', '.join(missing)} of schema {version}; {fix}")
+            raise ArenaError(f"{path}: table {table} lacks column(s) {', '.join(missing)}, which every store has; {fix}")
     try:
         _check_rows(db, path, fix, tables)
     except sqlite3.DatabaseError as exc:
