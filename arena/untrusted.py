@@ -203,8 +203,8 @@ def _required_columns() -> dict[str, set[str]]:
 
 def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
     """Refuse, in one line, a store that is damaged (``PRAGMA integrity_check``), of an unknown schema, missing a
-    column every reader needs, or holding a value no arena writes: an unsafe run id or data set name, malformed JSON, a number out of
-    range, or a finished matchup without its per-sample results."""
+    column every reader needs, or holding a value no arena writes: an unsafe run id or data set name, malformed
+    JSON, a number out of range, or a finished matchup without its per-sample results."""
     fix = "it is damaged or was edited: use the original copy, or leave it out"
     try:
         verdict = db.execute("PRAGMA integrity_check(1)").fetchone()[0]
@@ -226,7 +226,8 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
         have = {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
         missing = sorted(wanted[table] - have)
         if missing:
-            raise ArenaError(f"{path}: table {table} lacks column(s) {', '.join(missing)}, which every store has; {fix}")
+            raise ArenaError(f"{path}: table {table} lacks column(s) {', '.join(missing)}, which every store has; "
+                             f"{fix}")
     try:
         _check_rows(db, path, fix, tables)
     except sqlite3.DatabaseError as exc:
