@@ -24,14 +24,14 @@ from arena.defended import Defended
 from arena.indicators import measure, silent_success
 from arena.kinds import Attack
 from arena.records import Example, Matchup
-from arena.scenario import AttackRef, DefenseRef, ModelRef
+from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
 
 class Data(Protocol):
-    """What the engine reads of a run's evaluation data (``arena.matchups.Data``): the images, and both on a device."""
+    """What the engine reads of a run's evaluation data (``arena.data.Data``): the images, and both on a device."""
 
     images: torch.Tensor
 

@@ -26,7 +26,7 @@ from arena import ThreatModel, evaluate, untrusted
 from arena.errors import ArenaError
 from arena.interchange import InterchangeError, read_reported
 from arena.leaderboard import rows
-from arena.matchups import _check_width
+from arena.networks import check_width
 from arena.store import Store
 from arena_plugins.named_models import Timm
 from arena_plugins.user_data import NPZ, ImageFolder
@@ -345,7 +345,7 @@ class _Returns(nn.Module):
 def test_models_whose_output_cannot_be_measured_are_refused(make, expected):
     data = SimpleNamespace(images=torch.rand(4, 3, 8, 8), dataset=SimpleNamespace(num_classes=10, name="d"))
     with pytest.raises(ArenaError, match=re.escape(expected)):
-        _check_width(_Returns(make), data, SimpleNamespace(name="m"))
+        check_width(_Returns(make), data, SimpleNamespace(name="m"))
 
 
 class Payload:
