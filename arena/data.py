@@ -30,7 +30,7 @@ class Data:
     def load(cls, scenario: Scenario, registry: Registry) -> Data:
         """The evaluation slice the scenario names, checked against the split's size."""
         ref = scenario.dataset
-        dataset = registry.build("dataset", ref)
+        dataset = registry.build(Dataset, ref)
         images, labels = dataset.load(ref.split, scenario.data_dir())
         check_split(images, labels, dataset.num_classes, f"dataset {ref.name!r}, {ref.split} split")
         if ref.samples is not None:

@@ -11,12 +11,12 @@ as reproducibility failures.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from arena.standing import disagreements
 from arena.store import DB_NAME, Store, StoreError
+from arena.tables import columns, insert
 
 
 @dataclass
@@ -33,17 +33,6 @@ class MergeResult:
 
 #: Run fields a copy of the same run may legitimately differ in: it may have finished since (or been merged before).
 _PROGRESS = ("status", "finished_at", "weights", "origin")
-
-
-def _columns(db: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
-
-
-def _insert(db: sqlite3.Connection, table: str, values: dict) -> int:
-    names = ", ".join(f'"{name}"' for name in values)
-    cursor = db.execute(f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(values))})',
-                        list(values.values()))
-    return cursor.lastrowid
 
 
 def _differs(mine: dict, theirs: dict, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -70,66 +59,61 @@ def merge(target: Path, other: Path) -> MergeResult:
     """Import every run of the store at ``other`` (a results folder, or a store's ``.db`` file itself) into the store
     at ``target``, after checking ``other`` whole; the columns a side lacks (an older schema) take their defaults.
     Nothing already here changes: a run or matchup here whose copy in ``other`` differs is reported, not replaced."""
-    source = Store.open_existing(other)
-    if source.path.resolve() == (Path(target) / DB_NAME).resolve():
-        source.close()
-        raise StoreError(f"{other}: is the --results store itself; pass another results folder to merge")
-    try:
-        store = Store(target)
-    except BaseException:
-        source.close()
-        raise
+    with Store.open_existing(other) as source:
+        if source.path.resolve() == (Path(target) / DB_NAME).resolve():
+            raise StoreError(f"{other}: is the --results store itself; pass another results folder to merge")
+        with Store(target) as store:
+            return _import(source, store, other)
+
+
+def _import(source: Store, store: Store, other: Path) -> MergeResult:
+    """Every run of ``source`` not already in ``store``, and the matchups ``store`` lacks of runs it holds."""
     result = MergeResult()
-    try:
-        columns = {t: _columns(store.db, t) for t in ("runs", "matchups", "examples")}
-        origin = str(source.results_dir.resolve())
-        kept = source.has_table("examples")  # a store older than examples kept none
-        for run in source.runs():
-            row = dict(source.db.execute("SELECT * FROM runs WHERE id = ?", (run.id,)).fetchone())
-            found = store.db.execute("SELECT * FROM runs WHERE id = ?", (run.id,)).fetchone()
-            here = None if found is None else dict(found)
-            if here is not None:
-                changed = _differs(here, row, _PROGRESS) or _weights_differ(here, {**row, "status": run.status})
-                if changed:
-                    result.altered.append(f"run {run.id}: the copy in {other} differs from the one here in "
-                                          f"{', '.join(changed)}; kept this store's, imported none of it: one of the "
-                                          "two stores was altered")
-                    result.known.append(run.id)
+    fields = {t: columns(store.db, t) for t in ("runs", "matchups", "examples")}
+    origin = str(source.results_dir.resolve())
+    kept = source.has_table("examples")  # a store older than examples kept none
+    for run in source.runs():
+        row = dict(source.db.execute("SELECT * FROM runs WHERE id = ?", (run.id,)).fetchone())
+        found = store.db.execute("SELECT * FROM runs WHERE id = ?", (run.id,)).fetchone()
+        here = None if found is None else dict(found)
+        if here is not None:
+            changed = _differs(here, row, _PROGRESS) or _weights_differ(here, {**row, "status": run.status})
+            if changed:
+                result.altered.append(f"run {run.id}: the copy in {other} differs from the one here in "
+                                      f"{', '.join(changed)}; kept this store's, imported none of it: one of the "
+                                      "two stores was altered")
+                result.known.append(run.id)
+                continue
+        have = {(r["model"], r["defense"], r["attack"]): dict(r)
+                for r in store.db.execute("SELECT * FROM matchups WHERE run_id = ?", (run.id,))}
+        added = 0
+        with store.writing():
+            if here is None:
+                values = {k: v for k, v in row.items() if k in fields["runs"]}
+                insert(store.db, "runs", {**values, "status": run.status, "origin": row.get("origin") or origin})
+            elif _finishes(here, {**row, "status": run.status}):  # merged while it was still running
+                store.db.execute("UPDATE runs SET status = ?, finished_at = ?, weights = ? WHERE id = ?",
+                                 (run.status, row["finished_at"], row["weights"], run.id))
+            for m in source.db.execute("SELECT * FROM matchups WHERE run_id = ? ORDER BY id", (run.id,)):
+                m = dict(m)
+                mine = have.get((m["model"], m["defense"], m["attack"]))
+                if mine is not None:
+                    changed = _differs(mine, m, ("id",))
+                    if changed:
+                        result.altered.append(f"run {run.id}: {m['attack']} vs {m['model']}+{m['defense']} differs "
+                                              f"from the copy here in {', '.join(changed)} (kept this store's); one "
+                                              "of the two stores was altered")
                     continue
-            have = {(r["model"], r["defense"], r["attack"]): dict(r)
-                    for r in store.db.execute("SELECT * FROM matchups WHERE run_id = ?", (run.id,))}
-            added = 0
-            with store._writing():
-                if here is None:
-                    values = {k: v for k, v in row.items() if k in columns["runs"]}
-                    _insert(store.db, "runs", {**values, "status": run.status, "origin": row.get("origin") or origin})
-                elif _finishes(here, {**row, "status": run.status}):  # merged while it was still running
-                    store.db.execute("UPDATE runs SET status = ?, finished_at = ?, weights = ? WHERE id = ?",
-                                     (run.status, row["finished_at"], row["weights"], run.id))
-                for m in source.db.execute("SELECT * FROM matchups WHERE run_id = ? ORDER BY id", (run.id,)):
-                    m = dict(m)
-                    mine = have.get((m["model"], m["defense"], m["attack"]))
-                    if mine is not None:
-                        changed = _differs(mine, m, ("id",))
-                        if changed:
-                            result.altered.append(
-                                f"run {run.id}: {m['attack']} vs {m['model']}+{m['defense']} differs from the copy "
-                                f"here in {', '.join(changed)} (kept this store's); one of the two stores was "
-                                "altered")
-                        continue
-                    new_id = _insert(store.db, "matchups",
-                                     {k: v for k, v in m.items() if k in columns["matchups"] and k != "id"})
-                    for example in _examples(source, m["id"]) if kept else []:
-                        _insert(store.db, "examples", {**{k: v for k, v in example.items()
-                                                          if k in columns["examples"]}, "matchup_id": new_id})
-                    added += 1
-            (result.known if here is not None else result.runs).append(run.id)
-            result.matchups += added
-        pairs = [(run, m) for run in store.runs() for m in store.matchups(run.id)]
-        result.failures += disagreements(pairs)
-    finally:
-        source.close()
-        store.close()
+                new_id = insert(store.db, "matchups", {k: v for k, v in m.items() if k in fields["matchups"]
+                                                       and k != "id"})
+                for example in _examples(source, m["id"]) if kept else []:
+                    insert(store.db, "examples", {**{k: v for k, v in example.items() if k in fields["examples"]},
+                                                  "matchup_id": new_id})
+                added += 1
+        (result.known if here is not None else result.runs).append(run.id)
+        result.matchups += added
+    pairs = [(run, m) for run in store.runs() for m in store.matchups(run.id)]
+    result.failures += disagreements(pairs)
     return result
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
+from arena.records import Status
+from arena.tables import MIGRATIONS, SCHEMA
 
 #: Pixels of one image file (Pillow's ``MAX_IMAGE_PIXELS``): above, a decompression bomb is refused.
 MAX_IMAGE_PIXELS = 25_000_000
@@ -126,7 +128,7 @@ def read_json(path: Path) -> Any:
 
 #: The statuses a store may record, per table.
 RUN_STATUSES = ("running", "complete", "interrupted", "failed")
-MATCHUP_STATUSES = ("ok", "invalid", "error", "skipped")
+MATCHUP_STATUSES = tuple(status.value for status in Status)
 
 
 def _number(value: object) -> bool:
@@ -189,13 +191,11 @@ _JSON_COLUMNS: dict[str, dict[str, Callable[[Any], bool]]] = {
 
 def _required_columns() -> dict[str, set[str]]:
     """The columns every reader needs: those of the first schema (later ones are read with their defaults)."""
-    from arena.store import _MIGRATIONS, _SCHEMA
-
     db = sqlite3.connect(":memory:")
-    db.executescript(_SCHEMA)
+    db.executescript(SCHEMA)
     found = {t: {r[1] for r in db.execute(f'PRAGMA table_info("{t}")')} for t in ("runs", "matchups", "examples")}
     db.close()
-    for added in _MIGRATIONS.values():
+    for added in MIGRATIONS.values():
         for table, column in added:
             found[table].discard(column.split()[0])
     return found
