@@ -9,7 +9,7 @@ import sqlite3
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from arena.errors import StoreError
 from arena.records import Example, Matchup, Run
 from arena.tables import SCHEMA_VERSION, create_or_migrate, insert, refuse_newer
 from arena.threat import ThreatModel
-from arena.untrusted import check_store
+from arena.untrusted import check_store, one_line
 from arena.version import __version__
 
 DB_NAME = "arena.db"
@@ -110,8 +110,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             create_or_migrate(self.db, self.path)
             self._mark_interrupted()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} ({exc}); "
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file fails as either
+            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} "
+                             f"({one_line(exc)}); "
                              "check the folder's permissions and free space, or pass another --results folder"
                              ) from None
 
@@ -165,14 +166,17 @@ class Store:
         if not (file or results_dir / DB_NAME).exists():
             raise StoreError(f"no results store at {results_dir / DB_NAME}; run `arena run SCENARIO` first")
         store = cls(results_dir, readonly=True, file=file)
-        try:
-            if not store.has_table("runs"):  # an empty file, or a store whose creation never finished
-                raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
-                                 f"--results {results_dir}` first, or pass another --results folder")
+        with ExitStack() as closing:
+            closing.callback(store.close)  # unless the store passes every check
+            try:
+                if not store.has_table("runs"):  # an empty file, or a store whose creation never finished
+                    raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
+                                     f"--results {results_dir}` first, or pass another --results folder")
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise StoreError(f"{store.path}: cannot be read ({one_line(exc)}); pass another --results folder"
+                                 ) from None
             check_store(store.db, store.path, SCHEMA_VERSION)
-        except BaseException:
-            store.close()
-            raise
+            closing.pop_all()
         return store
 
     def start_run(

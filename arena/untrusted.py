@@ -207,11 +207,15 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
     JSON, a number out of range, or a finished matchup without its per-sample results."""
     fix = "it is damaged or was edited: use the original copy, or leave it out"
     try:
-        verdict = db.execute("PRAGMA integrity_check(1)").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        raise ArenaError(f"{path}: not a readable SQLite database ({one_line(exc)}); {fix}") from None
+        _check_whole(db, path, version_max, fix)
+    except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file fails as either, at any read
+        raise ArenaError(f"{path}: cannot be read ({one_line(exc)}); {fix}") from None
+
+
+def _check_whole(db: sqlite3.Connection, path: Path, version_max: int, fix: str) -> None:
+    verdict = db.execute("PRAGMA integrity_check(1)").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if verdict != "ok":
         raise ArenaError(f"{path}: fails SQLite's integrity check ({one_line(verdict)}); {fix}")
     if not 1 <= version <= version_max:
@@ -228,10 +232,7 @@ def check_store(db: sqlite3.Connection, path: Path, version_max: int) -> None:
         if missing:
             raise ArenaError(f"{path}: table {table} lacks column(s) {', '.join(missing)}, which every store has; "
                              f"{fix}")
-    try:
-        _check_rows(db, path, fix, tables)
-    except sqlite3.DatabaseError as exc:
-        raise ArenaError(f"{path}: cannot be read ({one_line(exc)}); {fix}") from None
+    _check_rows(db, path, fix, tables)
 
 
 def _json_fields(row: sqlite3.Row, table: str, where: str) -> None:
