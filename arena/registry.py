@@ -141,12 +141,12 @@ class Registry:
     def reporters(self) -> list[ReporterInfo]:
         """Every registered module implementing reporter hooks (``arena_run_started`` ...), by name."""
         found = []
-        for name, plugin in self.pm.list_name_plugin():
+        for plugin in self.pm.get_plugins():
+            name = self.pm.get_name(plugin) or ""
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or () if h.name in REPORTER_HOOKS)
+            package, version = self.origins.get(name) or (None, None)
             if hooks:
-                package, version = self.origins.get(name) or (None, None)
-                found.append(ReporterInfo(name, tuple(hooks), first_sentence(inspect.getdoc(plugin)), package,
-                                          version))
+                found.append(ReporterInfo(name, tuple(hooks), first_sentence(inspect.getdoc(plugin)), package, version))
         return sorted(found, key=lambda info: info.name)
 
     def names(self, kind: str) -> list[str]:
