@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.standing import Entry, Threat, eps_text
+from arena.standing import Entry, Threat
+from arena.threat import eps_text
 
 #: RobustBench's folder name of each norm, and back.
 NORM_FOLDERS = {"linf": "Linf", "l2": "L2"}

@@ -19,12 +19,7 @@ import numpy as np
 from arena.leaderboard import Table, board
 from arena.records import Matchup, Run
 from arena.store import Store, results_folder
-
-
-def eps_text(eps: float) -> str:
-    """ε as the field writes it: ``8/255`` when it is a whole number of 255ths, else its decimal value."""
-    steps = eps * 255
-    return f"{round(steps)}/255" if steps >= 0.5 and abs(steps - round(steps)) < 1e-3 else f"{eps:.4g}"
+from arena.threat import eps_text
 
 
 @dataclass(frozen=True, order=True)
