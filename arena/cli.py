@@ -21,9 +21,10 @@ from arena.executor import RayExecutor, require_ray
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
-from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
+from arena.leaderboard import board, compare_table, leaderboard_table, sweep_runs
 from arena.matchups import REPORTERS, Arena
 from arena.merge import merge
+from arena.progress import run_progress
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
@@ -32,6 +33,7 @@ from arena.scenario import Scenario, bundled, declared_plugins, find_scenario, r
 from arena.site import write_site
 from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
+from arena.tables import FORMATS, render
 from arena.training import WeightsCache
 from arena.version import __version__
 
@@ -85,23 +87,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         require_ray()
     scenario, registry = _scenario(args)
     executor = _executor(args, scenario)
-    failed = []
-    for threat in scenario.threats:  # one run per ε of a sweep
-        arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
-                      fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
-                      runtime=Runtime(args.precision, args.compile, args.channels_last),
-                      active_tests=ACTIVE_TESTS if args.active_tests else ())
-        run_id = arena.play(executor)
-        store = arena.store
-        try:
-            run = store.run(run_id)
-            print(render(leaderboard_table(run, arena.table)))
-            failed += [m for m in store.matchups(run_id) if m.status not in ("ok", SKIPPED)]
-        finally:
-            store.close()
-        report = arena.report_path / "leaderboard.html" if arena.report_path else None
-        print(f"\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
-              + (f"; report: {report}" if report else ""))
+    failed, shown = [], []
+    total = len(scenario.threats) * len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
+    with run_progress(total, not args.quiet) as bar:  # one bar over every run of a sweep; tables once it is done
+        for threat in scenario.threats:  # one run per ε of a sweep
+            arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet, bar=bar,
+                          fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
+                          runtime=Runtime(args.precision, args.compile, args.channels_last),
+                          active_tests=ACTIVE_TESTS if args.active_tests else ())
+            run_id = arena.play(executor)
+            store = arena.store
+            try:
+                run = store.run(run_id)
+                failed += [m for m in store.matchups(run_id) if m.status not in ("ok", SKIPPED)]
+            finally:
+                store.close()
+            report = arena.report_path / "leaderboard.html" if arena.report_path else None
+            shown.append(render(leaderboard_table(run, arena.table), wide=args.wide)
+                         + f"\n\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
+                         + (f"; report: {report}" if report else ""))
+    print("\n\n".join(shown))
     for m in failed:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
               file=sys.stderr)
@@ -150,13 +155,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     try:
         if args.compare:
             a, b = (store.run(run_id) for run_id in args.compare)
-            table = compare_table(a, board(store, a), b, board(store, b))
+            text = render(compare_table(a, board(store, a), b, board(store, b)), args.format, wide=args.wide)
         else:
-            run = _pick_run(store, args.run, args.scenario)
-            table = leaderboard_table(run, board(store, run))
+            text = _leaderboards(store, _pick_run(store, args.run, args.scenario), args)
     finally:
         store.close()
-    text = render(table, args.format)
     if args.out:
         try:
             args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -166,6 +169,22 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _leaderboards(store: Store, run: Run, args: argparse.Namespace) -> str:
+    """The run's leaderboard; without ``--run``, one per ε of its sweep as text or Markdown (the other formats show
+    the latest run and say which)."""
+    runs = [run] if args.run else sweep_runs(store, run)
+    if len(runs) > 1 and args.format not in ("table", "md"):
+        others = ", ".join(f"{r.id} ({r.threat})" for r in runs if r.id != run.id)
+        print(f"showing run {run.id} ({run.threat}), the latest; the same scenario's runs at other threat models: "
+              f"{others} (--run ID shows one)", file=sys.stderr)
+        runs = [run]
+    text = "\n\n".join(render(leaderboard_table(r, board(store, r)), args.format, wide=args.wide) for r in runs)
+    if len(runs) == 1:
+        return text
+    return (f"{run.scenario}: {len(runs)} runs, one per threat model ({', '.join(str(r.threat) for r in runs)}); "
+            f"--run ID shows one\n\n{text}")
 
 
 BOARD_FORMATS = ("table", "md", "csv", "json", "html", "robustbench")
@@ -193,7 +212,8 @@ def cmd_board(args: argparse.Namespace) -> int:
     finally:
         for store in stores:
             store.close()
-    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format) for t in tables(table))
+    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format, wide=args.wide)
+                                                                    for t in tables(table))
     if args.out:
         try:
             args.out.write_text(text + "\n", encoding="utf-8")
@@ -317,6 +337,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--active-tests", action="store_true",
                      help="run the binarization test (Zimmermann et al. 2022) with every white-box matchup, on the "
                           "scenario's active_samples (default 100); costs about the attack's passes again per sample")
+    run.add_argument("--wide", action="store_true", help="every column of the leaderboard, unwrapped")
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     run.add_argument("--executor", choices=("local", "ray"), default=None,
                      help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")
@@ -335,6 +356,8 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--scenario", default=None, help="the latest run of this scenario name")
     board.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
     board.add_argument("--out", type=Path, default=None, help="write to this file instead of the terminal")
+    board.add_argument("--wide", action="store_true",
+                       help="every column of the text table, unwrapped (default: fits 120 columns)")
     board.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="the rows both runs share, and B − A")
     board.set_defaults(func=cmd_leaderboard)
 
@@ -349,6 +372,8 @@ def parser() -> argparse.ArgumentParser:
     standing_board.add_argument("--format", choices=BOARD_FORMATS, default="table",
                                 help="html: a static site; robustbench: model-info JSON files (both need --out)")
     standing_board.add_argument("--out", type=Path, default=None, help="file, or folder for html and robustbench")
+    standing_board.add_argument("--wide", action="store_true",
+                                help="every column of the text table, unwrapped (default: fits 120 columns)")
     standing_board.set_defaults(func=cmd_board)
 
     merging = commands.add_parser("merge", parents=[quiet, results],

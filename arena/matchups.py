@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from arena import conditions
 from arena.conditions import SKIPPED, reasons, skip_reason
@@ -136,6 +137,9 @@ class Arena:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache: WeightsCache = field(default_factory=WeightsCache)
     progress: bool = True
+    #: The run's overall progress bar (``arena.progress``), advanced once per finished matchup; it may span several
+    #: arenas, one per ε of a sweep.
+    bar: tqdm | None = None
     #: Replay every matchup even when the store holds one with the same key.
     fresh: bool = False
     #: The threat model this run plays; the scenario's (first) one unless an ε sweep gives another.
@@ -185,6 +189,8 @@ class Arena:
             for matchup in (executor or LocalExecutor()).play(self, data, pairs):
                 self.store.add_matchup(run_id, matchup)
                 log.info("%s", describe(matchup))
+                if self.bar is not None:
+                    self.bar.update()
                 self.registry.notify("matchup_finished", run_id=run_id, matchup=matchup,
                                      results_dir=self.results_dir)
             status = "complete"
