@@ -18,6 +18,7 @@ from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
 from arena.executor import RayExecutor, require_ray
+from arena.formats import FORMATS, render
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
@@ -33,7 +34,6 @@ from arena.scenario import Scenario, bundled, declared_plugins, find_scenario, r
 from arena.site import write_site
 from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
-from arena.tables import FORMATS, render
 from arena.training import WeightsCache
 from arena.version import __version__
 

@@ -1,6 +1,6 @@
 """Turn stored matchups into a leaderboard: per model × defense, clean and robust accuracy, the per-sample worst case
 over every valid attack (the rank), and trust flags (``arena.flags``) where a number should not be believed as it
-stands. ``arena.tables`` renders the rows as text, Markdown, CSV, JSON or an HTML page.
+stands. ``arena.formats`` renders the rows as text, Markdown, CSV, JSON or an HTML page.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 from arena.conditions import SKIPPED
 from arena.flags import sweep_flags, trust_flags, worst_case
+from arena.formats import Table
 from arena.records import Matchup, Run
 from arena.store import Store
-from arena.tables import Table
 
 
 @dataclass

@@ -11,7 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
 if TYPE_CHECKING:
-    from arena.tables import Table
+    from arena.formats import Table
 
 _BACKTICKS = re.compile(r"`([^`]+)`")
 

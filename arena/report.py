@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from arena.formats import render
 from arena.leaderboard import Row, curves, leaderboard_table
 from arena.records import Example, Run
 from arena.scenario import DEFAULT_EXAMPLES
 from arena.store import Store
-from arena.tables import render
 
 log = logging.getLogger(__name__)
 

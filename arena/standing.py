@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from arena.formats import Table
 from arena.leaderboard import board
 from arena.records import Matchup, Run
 from arena.store import Store, results_folder
-from arena.tables import Table
 from arena.threat import eps_text
 
 
@@ -280,7 +280,7 @@ def percent(value: float | None) -> str:
 
 
 def tables(board_: dict[Threat, list[Entry]]) -> list[Table]:
-    """One renderable table per threat model (``arena.tables.render`` writes it as text, Markdown or CSV)."""
+    """One renderable table per threat model (``arena.formats.render`` writes it as text, Markdown or CSV)."""
     columns = ["rank", "model", "defense", "kind", "clean", "best known", "achieved by", "samples", "sample set",
                "runs", "passes/sample", "flags"]
     found = []

@@ -19,10 +19,10 @@ from conftest import matchup, run_cli, tiny, write_scenario
 
 from arena import Run, ThreatModel
 from arena.flags import sweep_flags, trust_flags, worst_case
+from arena.formats import FORMATS, render, text_table
 from arena.leaderboard import leaderboard_table, rows
 from arena.pages import code
 from arena.store import Store
-from arena.tables import FORMATS, render, text_table
 
 RUN = Run(id="r1", scenario="hand", scenario_path="hand.yaml", scenario_digest="0", scenario_text="",
           arena_version="0", seed=0, threat=ThreatModel("linf", 0.1), dataset="cifar10", samples=8, device="cpu",

@@ -12,11 +12,11 @@ import pytest
 from conftest import matchup, play, run_cli, tiny, write_scenario
 
 from arena import conditions, matchups
+from arena.formats import render
 from arena.leaderboard import leaderboard_table, rows
 from arena.registry import load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import _SCHEMA, SCHEMA_VERSION, Store
-from arena.tables import render
 from benchmarks import suite
 
 
