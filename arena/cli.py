@@ -7,22 +7,22 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 from arena.active import ACTIVE_TESTS
 from arena.api import open_scenario
-from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, select
-from arena.executor import RayExecutor, require_ray
+from arena.executors import RayExecutor, require_ray
 from arena.formats import FORMATS, render
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
-from arena.leaderboard import board, compare_table, leaderboard_table, sweep_runs
+from arena.leaderboard import board, compare_table, leaderboard_table, leaderboards, sweep_runs
 from arena.matchups import REPORTERS, Arena
 from arena.merge import merge
 from arena.progress import run_progress
@@ -96,12 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                           runtime=Runtime(args.precision, args.compile, args.channels_last),
                           active_tests=ACTIVE_TESTS if args.active_tests else ())
             run_id = arena.play(executor)
-            store = arena.store
-            try:
+            with arena.store as store:
                 run = store.run(run_id)
-                failed += [m for m in store.matchups(run_id) if m.status not in ("ok", SKIPPED)]
-            finally:
-                store.close()
+                failed += [m for m in store.matchups(run_id) if m.status.failed]
             report = arena.report_path / "leaderboard.html" if arena.report_path else None
             shown.append(render(leaderboard_table(run, arena.table), wide=args.wide)
                          + f"\n\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
@@ -151,15 +148,15 @@ def _pick_run(store: Store, run_id: str | None, scenario: str | None) -> Run:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    store = Store.open_existing(args.results)
-    try:
+    with Store.open_existing(args.results) as store:
         if args.compare:
             a, b = (store.run(run_id) for run_id in args.compare)
             text = render(compare_table(a, board(store, a), b, board(store, b)), args.format, wide=args.wide)
         else:
-            text = _leaderboards(store, _pick_run(store, args.run, args.scenario), args)
-    finally:
-        store.close()
+            run = _pick_run(store, args.run, args.scenario)
+            text, note = leaderboards(store, [run] if args.run else sweep_runs(store, run), args.format, args.wide)
+            if note:
+                print(note, file=sys.stderr)
     if args.out:
         try:
             args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -171,22 +168,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _leaderboards(store: Store, run: Run, args: argparse.Namespace) -> str:
-    """The run's leaderboard; without ``--run``, one per ε of its sweep as text or Markdown (the other formats show
-    the latest run and say which)."""
-    runs = [run] if args.run else sweep_runs(store, run)
-    if len(runs) > 1 and args.format not in ("table", "md"):
-        others = ", ".join(f"{r.id} ({r.threat})" for r in runs if r.id != run.id)
-        print(f"showing run {run.id} ({run.threat}), the latest; the same scenario's runs at other threat models: "
-              f"{others} (--run ID shows one)", file=sys.stderr)
-        runs = [run]
-    text = "\n\n".join(render(leaderboard_table(r, board(store, r)), args.format, wide=args.wide) for r in runs)
-    if len(runs) == 1:
-        return text
-    return (f"{run.scenario}: {len(runs)} runs, one per threat model ({', '.join(str(r.threat) for r in runs)}); "
-            f"--run ID shows one\n\n{text}")
-
-
 BOARD_FORMATS = ("table", "md", "csv", "json", "html", "robustbench")
 
 
@@ -195,8 +176,8 @@ def cmd_board(args: argparse.Namespace) -> int:
     if args.format in ("html", "robustbench") and args.out is None:
         raise ArenaError(f"--format {args.format} writes a folder: pass --out FOLDER")
     reported = read_all(args.reported)
-    stores = open_stores(args.results or [DEFAULT_RESULTS])
-    try:
+    with ExitStack() as opened:
+        stores = [opened.enter_context(store) for store in open_stores(args.results or [DEFAULT_RESULTS])]
         table = standing(stores, reported)
         if args.format in ("html", "robustbench"):
             try:
@@ -209,9 +190,6 @@ def cmd_board(args: argparse.Namespace) -> int:
                 raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror}: {exc.filename}); pass "
                                  "--out FOLDER in a place you can write") from None
             return 0
-    finally:
-        for store in stores:
-            store.close()
     text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format, wide=args.wide)
                                                                     for t in tables(table))
     if args.out:
@@ -236,29 +214,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Reads only the store: no plugin is loaded, no data read, nothing trained or attacked."""
-    store = Store.open_existing(args.results)
-    try:
+    with Store.open_existing(args.results) as store:
         run = store.run(args.run_id)
         try:
             page = write_report(store, run, board(store, run), args.out)
         except OSError as exc:
             raise ArenaError(f"cannot write the report to {exc.filename or args.out} ({exc.strerror}); pass "
                              "--out FOLDER in a place you can write") from None
-    finally:
-        store.close()
     print(f"wrote {page} and its pictures")
     return 0
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
     """Reads only the store, like ``report``."""
-    store = Store.open_existing(args.results)
-    try:
+    with Store.open_existing(args.results) as store:
         run = store.run(args.run_id)
         matchups = select(store, run, args.model, args.defense, args.attack)
         written = export(store, run, matchups, args.out, args.format, args.limit)
-    finally:
-        store.close()
     for path, count in written:
         print(f"wrote {path} ({count} example{'s' * (count != 1)})")
     return 0

@@ -9,8 +9,7 @@ import numpy as np
 
 from arena import checks
 from arena.checks import TOLERANCE
-from arena.conditions import SKIPPED
-from arena.records import Matchup
+from arena.records import Matchup, Status
 from arena.threat import eps_text
 
 #: A transfer attack's robust accuracy this far above the white-box worst case means the robustness is only apparent.
@@ -19,7 +18,7 @@ TRANSFER_GAP = 0.20
 
 def worst_case(matchups: list[Matchup]) -> np.ndarray | None:
     """Per-sample robustness over every valid attack: a sample counts only if every attack failed on it."""
-    masks = [m.robust_correct for m in matchups if m.status == "ok"]
+    masks = [m.robust_correct for m in matchups if m.status == Status.OK]
     return np.logical_and.reduce(masks) if masks else None
 
 
@@ -39,8 +38,8 @@ def _same_samples(a: Matchup, b: Matchup) -> bool:
 
 def trust_flags(group: list[Matchup]) -> list[str]:
     """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
-    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status not in ("ok", SKIPPED)]
-    ok = [m for m in group if m.status == "ok"]
+    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status.failed]
+    ok = [m for m in group if m.status == Status.OK]
     white = [m for m in ok if m.white_box]
     other = [m for m in ok if not m.white_box]
     for m in other:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from arena.records import Status
+
 FORMATS = ("table", "md", "csv", "json", "html")
 #: Terminal width the default text view fits (``--wide`` shows every column, unwrapped).
 WIDTH = 120
@@ -39,7 +41,7 @@ def cell(value: Any, percent: bool = False) -> str:
     if isinstance(value, list):
         return "; ".join(value)
     if isinstance(value, str):
-        return value.upper() if value in ("invalid", "error") else value
+        return value.upper() if value in (Status.INVALID, Status.ERROR) else value
     return f"{100 * value:.1f}%" if percent else str(value)
 
 

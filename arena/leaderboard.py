@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena.conditions import SKIPPED
 from arena.flags import sweep_flags, trust_flags, worst_case
-from arena.formats import Table
-from arena.records import Matchup, Run
+from arena.formats import Table, render
+from arena.records import Matchup, Run, Status
 from arena.store import Store
 
 
@@ -68,7 +67,7 @@ def _suites(group: list[Matchup]) -> dict[str, float | str]:
             members.setdefault(m.suite, []).append(m)
     result: dict[str, float | str] = {}
     for suite, ms in members.items():
-        failed = [m.status for m in ms if m.status not in ("ok", SKIPPED)]
+        failed = [m.status for m in ms if m.status.failed]
         result[suite] = failed[0] if failed else float(worst_case(ms).mean())
     return result
 
@@ -101,7 +100,7 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
                                        "interrupted; run the same command again to resume"] if absent else [])
         table.append(Row(
             model, defense, group[0].samples if group else (run.samples if run else 0), clean,
-            attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
+            attacks={**{m.attack: m.robust_accuracy if m.status == Status.OK else m.status for m in group},
                      **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
             flags=flags, evaluation=_evaluation(group) + _actively_tested(group),
@@ -111,7 +110,8 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
             threat=str(run.threat) if run else "", run=run.id if run else "",
             arena_version=run.arena_version if run else "",
         ))
-    rankable = sorted((r for r in table if all(not isinstance(v, str) or v == SKIPPED for v in r.attacks.values())),
+    rankable = sorted((r for r in table
+                       if all(not isinstance(v, str) or v == Status.SKIPPED for v in r.attacks.values())),
                       key=lambda r: (-(r.worst_case or 0.0), -(r.clean_accuracy or 0.0)))
     for position, row in enumerate(rankable):
         tied = position and row.worst_case == rankable[position - 1].worst_case
@@ -140,6 +140,23 @@ def sweep_runs(store: Store, run: Run) -> list[Run]:
     for other in store.runs(scenario_digest=run.scenario_digest):
         latest.setdefault((other.threat.norm, other.threat.eps), other)
     return [latest[key] for key in sorted(latest)]
+
+
+def leaderboards(store: Store, runs: list[Run], fmt: str = "table", wide: bool = False) -> tuple[str, str | None]:
+    """The leaderboard of each run (one per ε of a sweep, from ``sweep_runs``) in a text or Markdown page; the other
+    formats hold one table, so they show the latest run, and the note (else None) says which."""
+    latest = max(runs, key=lambda r: (r.started_at, r.id))
+    note = None
+    if len(runs) > 1 and fmt not in ("table", "md"):
+        others = ", ".join(f"{r.id} ({r.threat})" for r in runs if r.id != latest.id)
+        note = (f"showing run {latest.id} ({latest.threat}), the latest; the same scenario's runs at other threat "
+                f"models: {others} (--run ID shows one)")
+        runs = [latest]
+    text = "\n\n".join(render(leaderboard_table(r, board(store, r)), fmt, wide=wide) for r in runs)
+    if len(runs) > 1:
+        text = (f"{latest.scenario}: {len(runs)} runs, one per threat model ({', '.join(str(r.threat) for r in runs)});"
+                f" --run ID shows one\n\n{text}")
+    return text, note
 
 
 def board(store: Store, run: Run, matchups: list[Matchup] | None = None) -> list[Row]:
