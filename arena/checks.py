@@ -20,7 +20,7 @@ from torch import nn
 
 from arena.active import PASS_SHARE
 from arena.indicators import UNSTABLE_SHARE, unconstrained_failed
-from arena.records import Matchup, Status
+from arena.records import GradientPath, Matchup, Status
 
 #: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
 PROBE_SAMPLES = 100
@@ -79,7 +79,7 @@ def convergence(traces: list[torch.Tensor]) -> dict[str, Any] | None:
     return {"calls": max(len(t) for t in traces), "robust": robust, "rise": total, "late_rise": late}
 
 
-def single_step(backward_passes: int | None, attacked: int, gradient: dict[str, Any]) -> bool | None:
+def single_step(backward_passes: int | None, attacked: int, gradient: GradientPath) -> bool | None:
     """Whether an attack took at most one gradient step per attacked sample (None when that was not counted)."""
     if backward_passes is None or not attacked:
         return None

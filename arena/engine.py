@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ from arena.cost import Counted, Passes
 from arena.defended import Defended
 from arena.indicators import measure, silent_success
 from arena.kinds import Attack
-from arena.records import Example, Matchup, Status
+from arena.records import Example, GradientPath, Matchup, Status
 from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 
@@ -60,7 +60,7 @@ class Engine:
     active_samples: int = 0
 
     def play(
-        self, attacker: Callable[[], tuple[Attack, Counted, dict[str, Any]]], target: Defended, data: Data,
+        self, attacker: Callable[[], tuple[Attack, Counted, GradientPath]], target: Defended, data: Data,
         clean_correct: np.ndarray, todo: np.ndarray, refs: tuple[ModelRef, DefenseRef, AttackRef],
         before: list[Matchup],
     ) -> Matchup:
@@ -187,7 +187,7 @@ class _Recorder:
     after: list[str]
     robust: np.ndarray = field(init=False)
     norms: list[torch.Tensor] = field(default_factory=list)
-    gradient: dict[str, Any] = field(default_factory=dict)
+    gradient: GradientPath = field(default_factory=lambda: GradientPath())
     checks: dict[str, Any] = field(default_factory=dict)
     passes: Passes | None = None
     examples: list[Example] = field(default_factory=list)
@@ -209,8 +209,8 @@ class _Recorder:
 def record_matchup(
     refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: Status,
     detail: str | None = None,
-    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
-    gradient: dict[str, Any] | None = None, attacked_mask: np.ndarray | None = None,
+    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: Sequence[torch.Tensor] = (),
+    gradient: GradientPath | None = None, attacked_mask: np.ndarray | None = None,
 ) -> Matchup:
     """The stored result: accuracies over all samples, attack success over the attacked ones (by default the
     initially-correct ones)."""
@@ -226,7 +226,7 @@ def record_matchup(
             "attack": {"plugin": attack_ref.name, **attack_ref.params,
                        **attack_ref.model_dump(include={"source", "bpda", "eot_samples"}, exclude_none=True)},
         },
-        gradient=gradient or {},
+        gradient=gradient or GradientPath(),
         status=status, detail=detail, samples=samples, wall_time_s=time.perf_counter() - started,
         clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
         robust_accuracy=float(robust.mean()) if robust is not None else None,

@@ -20,6 +20,7 @@ from torch import nn
 
 from arena.cost import Counted, margins
 from arena.kinds import Attack
+from arena.records import GradientPath
 from arena.threat import ThreatModel
 
 #: Probe samples the unconstrained attack runs on (its cost: the attack's passes on these, stored with the check).
@@ -98,7 +99,7 @@ def saturated(attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -
 
 def measure(
     attack: Attack, counted: Counted, target: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-    threat: ThreatModel, gradient: dict[str, Any], zero_gradient: int, iterative: bool,
+    threat: ThreatModel, gradient: GradientPath, zero_gradient: int, iterative: bool,
 ) -> dict[str, Any]:
     """The cheap indicators of one matchup's first batch, run after the attack so they change none of its random
     draws: ``unstable``, ``saturated`` (when some gradient was zero) and, for an ``iterative`` gradient attack on the

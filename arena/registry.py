@@ -69,8 +69,14 @@ class PluginInfo:
 class Ref(Protocol):
     """What names a plugin in a scenario: its ``name`` and validated ``params`` (``arena.scenario.PluginRef``)."""
 
-    name: str
-    params: dict[str, Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Ref)
 
 
 @dataclass
@@ -112,9 +118,9 @@ class Registry:
         name, params = (ref, {}) if isinstance(ref, str) else (ref.name, ref.params)
         return cast(P, self.get(kind.kind, name).cls(*args, **params))  # registering checked it is a ``kind``
 
-    def training_stages(self, chain: Iterable[Ref]) -> list[Ref]:
+    def training_stages(self, chain: Iterable[R]) -> list[R]:
         """The training-time defenses of a defense chain (validation allows at most one)."""
-        return [ref for ref in chain if self.get("defense", ref.name).cls.stage == "training"]
+        return [ref for ref in chain if getattr(self.get("defense", ref.name).cls, "stage", None) == "training"]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.plugins[kind])
@@ -177,6 +183,7 @@ def _import(module: str) -> ModuleType:
     if not path.is_file():
         raise FileNotFoundError(f"no such file {path}")
     spec = importlib.util.spec_from_file_location(f"arena_local_{path.stem}", path)
+    assert spec is not None and spec.loader is not None, "a .py file always has a spec and a loader"
     loaded = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = loaded
     spec.loader.exec_module(loaded)
