@@ -23,6 +23,7 @@ from arena.cost import Counted, Passes
 from arena.defended import Defended
 from arena.indicators import measure, silent_success
 from arena.kinds import Attack
+from arena.model_checks import ModelChecks, fresh
 from arena.records import Example, GradientPath, Matchup, Status
 from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
@@ -58,6 +59,8 @@ class Engine:
     progress: bool = True
     #: Samples each white-box matchup's binarization test (``arena.active``) runs on; 0: not asked, never run.
     active_samples: int = 0
+    #: The model-level checks already measured, shared by the attacks on each model × defense.
+    checked: ModelChecks = field(default_factory=ModelChecks)
 
     def play(
         self, attacker: Callable[[], tuple[Attack, Counted, GradientPath]], target: Defended, data: Data,
@@ -68,7 +71,8 @@ class Engine:
         every adversarial batch.
 
         White-box, the attack differentiates the target itself; a transfer attack crafts on its source and the
-        examples are then judged by the target. The first batch also answers the checks of ``arena.checks``; a
+        examples are then judged by the target. The first batch also answers the checks of ``arena.checks`` (those of
+        the defended model measured once, by the first of its attacks, in ``checked``); a
         single-step attack outside a cascade is then run on the initially-misclassified samples too, so that label
         leaking (the attack fixing images) can be measured.
         """
@@ -78,11 +82,12 @@ class Engine:
         desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
         try:
             attack, counted, record.gradient = attacker()
-            traces, first, silent = [], None, 0
+            traces, first, silent, once = [], None, 0, fresh
             for index, images, labels in self.batches(data, todo, desc):
                 if not record.checks:
+                    once = self.checked.scope(model_ref.key, defense_ref.key, record.gradient, index[:PROBE_SAMPLES])
                     with counted.apart():
-                        record.checks.update(probe(target, counted.module, images, labels))
+                        record.checks.update(probe(target, counted.module, images, labels, once))
                     first = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
                 counted.watch(labels)
                 violation = self.judge(attack, counted, target, images, labels, index, record.robust, record.norms,
@@ -97,7 +102,7 @@ class Engine:
             if first is not None:
                 with counted.apart():
                     record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
-                                                 record.checks.get("zero_gradient", 0), not one_step))
+                                                 record.checks.get("zero_gradient", 0), not one_step, once))
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent
             if self.active_samples and first is not None and record.gradient.get("source") is None \

@@ -31,6 +31,7 @@ from arena.executors import Executor, LocalExecutor
 from arena.keys import derive_seed, matchup_key
 from arena.kinds import Attack
 from arena.leaderboard import Row, board, write_summary
+from arena.model_checks import ModelChecks
 from arena.networks import Networks
 from arena.records import GradientPath, Matchup, Status
 from arena.registry import Registry
@@ -89,6 +90,8 @@ class Arena:
     report_path: Path | None = field(default=None, init=False)
     #: The run's networks: built, trained or loaded from the weights cache, once per weights key.
     networks: Networks = field(init=False, repr=False)
+    #: The model-level checks measured this run, shared by the attacks on each model × defense.
+    _checked: ModelChecks = field(default_factory=ModelChecks, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.networks = Networks(self.scenario, self.registry, self.device, self.cache, self.runtime, self.progress)
@@ -221,7 +224,7 @@ class Arena:
         """The per-batch engine that plays this run's matchups."""
         assert self.threat is not None, "a run's threat model is set when it starts"
         return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
-                      self.scenario.active_samples if self.active else 0)
+                      self.scenario.active_samples if self.active else 0, self._checked)
 
     @property
     def active(self) -> list[str]:
