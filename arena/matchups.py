@@ -7,7 +7,6 @@ computed. An exception inside a plugin fails only the matchups that need that pl
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import time
@@ -36,17 +35,12 @@ from arena.runtime import Runtime
 from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
-from arena.training import Trainer, WeightsCache, content_key, fingerprint, seed_everything
+from arena.training import Trainer, WeightsCache, content_key, derive_seed, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
 #: A hash of ``arena/conditions.py``: results of conditional entries decided by older rules are not reused.
 CONDITIONS_CODE = source_hash(conditions.__file__)
 
-
-
-def derive_seed(seed: int, *names: str) -> int:
-    """A seed for one piece of work, fixed by the scenario seed and its names, not by the order work runs in."""
-    return int(hashlib.sha256(repr((seed, *names)).encode()).hexdigest()[:8], 16)
 
 
 @dataclass
@@ -281,7 +275,7 @@ class Arena:
     def engine(self) -> Engine:
         """The per-batch engine that plays this run's matchups."""
         return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
-                      self.scenario.active_samples if self.active else 0)
+                      self.scenario.active_samples if self.active else 0, self.scenario.seed)
 
     @property
     def active(self) -> list[str]:
@@ -348,6 +342,8 @@ class Arena:
             "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
             "threat": [self.threat.norm, self.threat.eps],
             "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
+            # each batch seeded on its own (``arena.engine``): results of the earlier per-matchup seeding differ
+            "seeding": "per-batch",
             **({"after": after} if after else {}),
             # a conditional entry's result also depends on the rules that decide whether it runs
             **({"when": [attack_ref.when, CONDITIONS_CODE]} if attack_ref.when else {}),
