@@ -78,7 +78,8 @@ def trust_flags(group: list[Matchup]) -> list[str]:
     white = [m for m in ok if m.white_box]
     other = [m for m in ok if not m.white_box]
     for m in other:
-        kind = "transfer" if m.gradient.get("source") else "gradient-free"
+        kind = "transfer" if m.gradient.get("source") else "external" if m.gradient.get("external") else \
+            "gradient-free"
         beyond = checks.beyond_white_box(m, white)
         if beyond:
             flags.append(f"{m.attack} ({kind}) broke {beyond} samples that every white-box attack missed; gradients "

@@ -78,7 +78,7 @@ show(tabs.some(b => b.dataset.tab === start) ? start : "0");
 
 #: The columns, and those that sort as numbers.
 _COLUMNS = ["rank", "model", "defense", "kind", "clean", "best known", "achieved by", "samples", "runs",
-            "passes/sample", "flags", "provenance"]
+            "passes/sample", "verified", "flags", "provenance"]
 _NUMERIC = {"rank", "clean", "best known", "samples", "passes/sample"}
 
 
@@ -122,6 +122,8 @@ def _row(entry: Entry) -> str:
             items = "".join(f"<li>{html.escape(attack)} <small>@ {html.escape(run)}</small></li>"
                             for attack, _, run in parts)
             out.append(f'<td><ul class="by">{items}</ul></td>')
+        elif column == "verified":
+            out.append(_verified(entry))
         elif column == "flags":
             out.append(f'<td class="flagcell"><ul class="flags">{flags}</ul></td>' if flags else "<td></td>")
         elif column == "provenance":
@@ -136,6 +138,15 @@ def _row(entry: Entry) -> str:
             out.append(f"<td{attrs}>{html.escape(text)}{note}</td>")
     classes = " ".join(c for c in (entry.kind, "flagged" if entry.flags and entry.kind == "measured" else "") if c)
     return f'<tr class="{classes}">{"".join(out)}</tr>'
+
+
+def _verified(entry: Entry) -> str:
+    """The entry's ``arena verify`` mark, its external attacks, and the command that checks it."""
+    if entry.kind != "measured":
+        return "<td></td>"
+    external = f"<br><small>external: {html.escape(', '.join(entry.external))}</small>" if entry.external else ""
+    return (f'<td class="verified">{html.escape(entry.verification)}{external}<br>'
+            f"<code>arena verify {html.escape(entry.name)}</code></td>")
 
 
 def _provenance_reported(entry: Entry) -> str:

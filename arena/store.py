@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from arena.errors import ArenaError
-from arena.records import Example, Matchup, Run
+from arena.records import Example, Matchup, Run, Verification
 from arena.threat import ThreatModel
 from arena.version import __version__
 
 DB_NAME = "arena.db"
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def results_folder(path: Path) -> Path:
@@ -104,6 +104,24 @@ CREATE TABLE IF NOT EXISTS examples (
     confidence_before REAL NOT NULL,
     confidence_after REAL NOT NULL,
     codec TEXT NOT NULL DEFAULT 'raw'
+);
+CREATE TABLE IF NOT EXISTS verifications (
+    id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    sample_set TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    norm TEXT NOT NULL,
+    eps REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('verified', 'not reproducible')),
+    samples TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    differing TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    machine TEXT NOT NULL,
+    device TEXT NOT NULL,
+    arena_version TEXT NOT NULL,
+    verified_at TEXT NOT NULL
 );
 """
 
@@ -315,11 +333,15 @@ class Store:
     def start_run(
         self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = (),
         data_fingerprint: str | None = None, runtime: dict[str, Any] | None = None,
+        expected: list[tuple[str, str, str]] | None = None,
     ) -> str:
-        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play, the
-        process playing it, the evaluation images' content hash and the runtime settings) and return its id."""
+        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play: every
+        model × defense × attack unless ``expected`` says otherwise, the process playing it, the evaluation images'
+        content hash and the runtime settings) and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        expected = [[m.key, d.key, a.key] for m in scenario.models for d in scenario.defenses for a in scenario.attacks]
+        if expected is None:
+            expected = [(m.key, d.key, a.key) for m in scenario.models for d in scenario.defenses
+                        for a in scenario.attacks]
         with self._writing():
             self.db.execute(
                 "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
@@ -327,7 +349,7 @@ class Store:
                 " data_fingerprint, runtime) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
                  threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now(),
-                 json.dumps(list(classes)), json.dumps(expected), os.getpid(), socket.gethostname(),
+                 json.dumps(list(classes)), json.dumps([list(e) for e in expected]), os.getpid(), socket.gethostname(),
                  data_fingerprint, json.dumps(runtime or {}, sort_keys=True)),
             )
         return run_id
@@ -393,6 +415,25 @@ class Store:
                                  predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
                                  confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))
         return found
+
+    def add_verification(self, v: Verification) -> None:
+        """Record an ``arena verify`` mark (a mark with the same id, merged twice, is kept once)."""
+        with self._writing():
+            self.db.execute(
+                "INSERT OR IGNORE INTO verifications (id, entry, identity, sample_set, dataset, norm, eps, status,"
+                " samples, keys, differing, seed, machine, device, arena_version, verified_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (v.id, v.entry, v.identity, v.sample_set, v.dataset, v.norm, v.eps, v.status, json.dumps(v.samples),
+                 json.dumps(v.keys), json.dumps(v.differing), v.seed, v.machine, v.device, v.arena_version,
+                 v.verified_at))
+
+    def verifications(self) -> list[Verification]:
+        """Every verification mark, oldest first (none in a store older than verification)."""
+        if not self.has_table("verifications"):
+            return []
+        decoded = ("samples", "keys", "differing")
+        return [Verification(**{k: json.loads(row[k]) if k in decoded else row[k] for k in row.keys()})
+                for row in self.db.execute("SELECT * FROM verifications ORDER BY verified_at, rowid")]
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
         """Close a run with its final status and where each model's weights came from (trained or cache)."""
