@@ -136,6 +136,7 @@ def submit(results: Path, path: Path, entry_name: str, name: str, device: torch.
     if not _NAME.fullmatch(name):
         raise ArenaError(f"--name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
     path = Path(path)
+    Store.open_existing(results).close()  # refuses a folder without a store, rather than making one
     store = Store(results)
     try:
         entry = find_entry(standing([store]), entry_name)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from arena.active import ACTIVE_TESTS
 from arena.audit import audit
@@ -29,7 +28,7 @@ from arena.matchups import Arena, Data
 from arena.records import Matchup, Run, Verification
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.runtime import Runtime
-from arena.scenario import AttackRef, DefenseRef, ModelRef, Scenario, parse_scenario
+from arena.scenario import AttackRef, DefenseRef, ModelRef, Scenario, ScenarioError, parse_scenario
 from arena.standing import Entry, Threat, data_label, entry_identity, eps_text, standing
 from arena.store import Store
 from arena.training import WeightsCache, derive_seed, fingerprint, seed_everything
@@ -100,23 +99,22 @@ class Rebuilt:
     @classmethod
     def of(cls, run: Run, matchups: list[Matchup], device: torch.device | None = None, cache: Path | None = None,
            plugins: tuple[str, ...] = (), train: bool = False) -> Rebuilt:
-        """Rebuild ``run``; refuses (``MissingIngredient``) a plugin, file, device or data set it lacks."""
-        declared = yaml.safe_load(run.scenario_text).get("plugins") or []
-        folder = Path(run.scenario_path).parent
-        modules = []
-        for entry in declared:
-            path = folder / entry if entry.endswith(".py") else None
-            if path is not None and not path.is_file():
-                raise MissingIngredient(f"run {run.id} loaded the plugin file {path}, which is not on this machine; "
-                                        "put it there (or pass -p MODULE) and verify again")
-            modules.append(str(path) if path else entry)
-        registry = load_registry(modules=[*plugins, *modules])
+        """Rebuild ``run``; refuses (``MissingIngredient``) a plugin, device or data set it lacks. Only installed
+        plugins and the ``plugins`` modules are loaded, never a file the store names, and the data is read from this
+        machine's data folder (``ARENA_DATA_DIR``), not from a folder the stored scenario names."""
+        registry = load_registry(modules=plugins)
         for m in matchups:
             for kind, name in _plugin_names(m):
                 if name not in registry.names(kind):
                     raise MissingIngredient(f"the {kind} plugin {name!r} that run {run.id} used is not installed "
                                             "here; install it (or pass -p MODULE) and verify again")
-        scenario = parse_scenario(run.scenario_text, run.scenario_path, registry)
+        try:
+            scenario = parse_scenario(run.scenario_text, run.scenario_path, registry)
+        except ScenarioError as exc:
+            lines = [line.strip() for line in str(exc).splitlines()]
+            raise MissingIngredient(f"run {run.id}'s scenario does not load here: {'; '.join(lines[1:] or lines)}"
+                                    ) from None
+        scenario = scenario.model_copy(update={"dataset": scenario.dataset.model_copy(update={"data_dir": None})})
         if device is None:
             device = torch.device(run.device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -136,9 +134,13 @@ class Rebuilt:
 
     def refs(self, m: Matchup) -> tuple[ModelRef, DefenseRef, AttackRef | None]:
         """The scenario's references of a stored matchup (no attack for an external one)."""
-        model = next(r for r in self.scenario.models if r.key == m.model)
-        defense = next(r for r in self.scenario.defenses if r.key == m.defense)
-        return model, defense, next((r for r in self.scenario.attacks if r.key == m.attack), None)
+        model = next((r for r in self.scenario.models if r.key == m.model), None)
+        defense = next((r for r in self.scenario.defenses if r.key == m.defense), None)
+        attack = next((r for r in self.scenario.attacks if r.key == m.attack), None)
+        if model is None or defense is None or (attack is None and not m.gradient.get("external")):
+            raise MissingIngredient(f"{m.attack} vs {m.model}+{m.defense}: not in run {self.run.id}'s scenario; the "
+                                    "store was altered, so it cannot be replayed")
+        return model, defense, attack
 
     def check_weights(self, m: Matchup) -> str:
         """The entry's weights key, refused when it is not the one the run recorded."""
@@ -222,6 +224,7 @@ def verify(results: Path, name: str, samples: int = DEFAULT_SAMPLES, seed: int |
            train: bool = False) -> Verification:
     """Replay ``samples`` seeded-random samples of every matchup behind the entry ``name`` of the store at
     ``results``, compare them per sample with what is stored, and store the mark (verified or not reproducible)."""
+    Store.open_existing(results).close()  # refuses a folder without a store, rather than making one
     store = Store(results)
     try:
         entry = find_entry(standing([store]), name)
