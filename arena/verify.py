@@ -81,7 +81,9 @@ class _CachedOnly(WeightsCache):
 def _plugin_names(m: Matchup) -> list[tuple[str, str]]:
     """The (kind, plugin) pairs a stored matchup used."""
     params = m.params
-    names = [("model", params.get("model", {}).get("plugin")), ("attack", params.get("attack", {}).get("plugin"))]
+    names = [("model", params.get("model", {}).get("plugin"))]
+    if not m.gradient.get("external"):  # an external attack is images, not a plugin
+        names.append(("attack", params.get("attack", {}).get("plugin")))
     names += [("defense", d.get("plugin")) for d in params.get("defense", [])]
     return [(kind, name) for kind, name in names if name]
 
