@@ -117,7 +117,7 @@ def _bad(apgd: Path, folder: Path, kind: str) -> Path:
         return path
     elif kind == "pt":
         path = folder / "pickled.pt"
-        path.write_bytes(pickle.dumps({"adversarial": adversarial, "sample": samples}))
+        path.write_bytes(pickle.dumps({"adversarial": adversarial, "sample": samples}, protocol=2))
         return path
     np.savez(path, adversarial=adversarial, sample=samples)
     return path

@@ -3,6 +3,7 @@ missing weights or plugin end in one line and exit 2; a batch replayed alone giv
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from dataclasses import replace
@@ -43,8 +44,19 @@ def test_a_run_played_here_verifies(played, tmp_path, capsys):
                              "--cache-dir", str(played / "cache"), "--seed", "3")
     assert code == 0, err
     assert "cnn+none: verified (12/12, " in out
-    code, out, err = run_cli(capsys, "board", "--results", str(results), "--format", "csv")
-    assert code == 0 and "verified (12/12" in out
+    merged = tmp_path / "merged"
+    assert run_cli(capsys, "merge", str(results), "--results", str(merged))[0] == 0
+    code, out, err = run_cli(capsys, "board", "--results", str(merged), "--format", "csv")
+    assert code == 0 and "verified (12/12" in out, "the mark is merged and shown"
+    assert run_cli(capsys, "board", "--results", str(merged), "--format", "robustbench", "--out",
+                   str(tmp_path / "rb"))[0] == 0
+    info = json.loads(next((tmp_path / "rb").rglob("*.json")).read_text())
+    assert info["arena"]["verification"].startswith("verified (12/12") and info["arena"]["verify"] == \
+        "arena verify cnn+none"
+    site = tmp_path / "site"
+    assert run_cli(capsys, "board", "--results", str(merged), "--format", "html", "--out", str(site))[0] == 0
+    page = (site / "index.html").read_text()
+    assert "verified (12/12" in page and "<code>arena verify cnn+none</code>" in page
 
 
 def test_a_sample_altered_in_sqlite_is_not_reproducible(played, tmp_path, capsys):
