@@ -17,7 +17,7 @@ from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, export_entry, select
-from arena.executor import RayExecutor, require_ray
+from arena.executors import RayExecutor, require_ray
 from arena.external import submit
 from arena.hookspecs import HOOKSPEC_VERSION
 from arena.interchange import export as export_robustbench

@@ -22,17 +22,18 @@ from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended
 from arena.indicators import measure, silent_success
+from arena.keys import derive_seed
 from arena.kinds import Attack
 from arena.records import Example, Matchup
-from arena.scenario import AttackRef, DefenseRef, ModelRef
+from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
-from arena.training import derive_seed, seed_everything
+from arena.training import seed_everything
 
 log = logging.getLogger(__name__)
 
 
 class Data(Protocol):
-    """What the engine reads of a run's evaluation data (``arena.matchups.Data``): the images, and both on a device."""
+    """What the engine reads of a run's evaluation data (``arena.data.Data``): the images, and both on a device."""
 
     images: torch.Tensor
 

@@ -14,93 +14,32 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from arena import conditions
 from arena.conditions import SKIPPED, reasons, skip_reason
 from arena.cost import Counted
-from arena.defended import Defended, describe_gradient
+from arena.data import Data
+from arena.defended import describe_gradient
 from arena.engine import Engine, predict, record_matchup
 from arena.errors import ArenaError
-from arena.kinds import Attack, DataError, Dataset, Model
+from arena.executors import Executor, LocalExecutor
+from arena.keys import derive_seed, matchup_key
+from arena.kinds import Attack
 from arena.leaderboard import Row, board, write_summary
+from arena.networks import Networks
 from arena.records import Matchup
-from arena.registry import PluginError, Registry, source_hash
+from arena.registry import Registry
 from arena.report import write_report
 from arena.runtime import Runtime
-from arena.scenario import DEFAULT_EXAMPLES, NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
+from arena.schema import AttackRef, DefenseRef, ModelRef, Scenario
 from arena.store import Store
 from arena.threat import ThreatModel
-from arena.training import Trainer, WeightsCache, content_key, derive_seed, fingerprint, seed_everything
+from arena.training import WeightsCache, fingerprint, seed_everything
 
 log = logging.getLogger(__name__)
-#: A hash of ``arena/conditions.py``: results of conditional entries decided by older rules are not reused.
-CONDITIONS_CODE = source_hash(conditions.__file__)
-
-
-
-@dataclass
-class Data:
-    """The scenario's evaluation slice, and its training data loaded only when a model must be trained."""
-
-    dataset: Dataset
-    scenario: Scenario
-    images: torch.Tensor
-    labels: torch.Tensor
-    _train: tuple[torch.Tensor, torch.Tensor, str] | None = None
-    #: The training data's content hash when known without reading it (a Ray worker gets the driver's).
-    known_fingerprint: str | None = None
-    _moved: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def load(cls, scenario: Scenario, registry: Registry) -> Data:
-        ref = scenario.dataset
-        dataset = registry.build("dataset", ref)
-        images, labels = dataset.load(ref.split, scenario.data_dir())
-        if ref.samples is not None:
-            if ref.samples > len(images):
-                raise DataError(
-                    f"{scenario.path}: dataset.samples = {ref.samples}, but the {ref.split} split of "
-                    f"{ref.name} has {len(images)} images; lower it or leave it unset to use all"
-                )
-            images, labels = images[: ref.samples], labels[: ref.samples]
-        return cls(dataset, scenario, images, labels)
-
-    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The evaluation images and labels on ``device``: moved there once per run, not once per batch, and
-        contiguous whatever the dataset's layout (the original AutoAttack code ``view``s its inputs)."""
-        if device not in self._moved:
-            self._moved[device] = (self.images.to(device).contiguous(), self.labels.to(device).contiguous())
-        return self._moved[device]
-
-    def fingerprint(self) -> str:
-        """The training data's content hash, which every weights key includes."""
-        return self.known_fingerprint or self.train()[2]
-
-    def train(self) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """Training images, labels and their content fingerprint (loaded once per run)."""
-        if self._train is None:
-            images, labels = self.dataset.load("train", self.scenario.data_dir())
-            n = self.scenario.dataset.train_samples
-            if n is not None and n > len(images):
-                raise DataError(f"{self.scenario.path}: dataset.train_samples = {n}, but the train split of "
-                                f"{self.scenario.dataset.name} has {len(images)} images; lower it or leave it unset")
-            images, labels = images[:n], labels[:n]
-            self._train = (images, labels, fingerprint(images, labels))
-        return self._train
-
-
-class LocalExecutor:
-    """Plays the pairs one after the other in this process: the default."""
-
-    def play(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]]) -> Iterator[Matchup]:
-        for model_ref, defense_ref in pairs:
-            yield from arena.play_pair(data, model_ref, defense_ref, *arena.prepare(data, model_ref, defense_ref))
-
 
 #: The opt-in reporters and the module each needs.
 REPORTERS = {"mlflow": "mlflow"}
@@ -112,12 +51,6 @@ def require_reporters(names: list[str]) -> None:
         if importlib.util.find_spec(REPORTERS[name]) is None:
             raise ArenaError(f"report_to {name}: the {REPORTERS[name]} package is not installed; pip install "
                              f"'arena[{name}]' (or drop {name} from report_to / --report-to)")
-
-
-class Executor(Protocol):
-    """Plays a run's model × defense pairs and yields their matchups as they finish, in any order."""
-
-    def play(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]]) -> Iterator[Matchup]: ...
 
 
 @dataclass
@@ -149,16 +82,15 @@ class Arena:
     table: list[Row] | None = field(default=None, init=False)
     summary_path: Path | None = field(default=None, init=False)
     report_path: Path | None = field(default=None, init=False)
-    _networks: dict[str, nn.Module] = field(default_factory=dict, init=False, repr=False)
-    _prepared: dict[int, nn.Module] = field(default_factory=dict, init=False, repr=False)
-    _weights_source: dict[str, str] = field(default_factory=dict, init=False, repr=False)
-    _models: dict[str, Model] = field(default_factory=dict, init=False, repr=False)
-    #: A pretrained model's identity (its checkpoint's hash), read once a run rather than once per key.
-    _identities: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    #: The run's networks: built, trained or loaded from the weights cache, once per weights key.
+    networks: Networks = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.networks = Networks(self.scenario, self.registry, self.device, self.cache, self.runtime, self.progress)
 
     def play(self, executor: Executor | None = None) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded. The
-        ``executor`` plays the model × defense pairs (in this process by default; ``arena.executor.RayExecutor``
+        ``executor`` plays the model × defense pairs (in this process by default; ``arena.executors.RayExecutor``
         spreads them over a Ray cluster); this process alone writes the store, one matchup per transaction."""
         self.threat = self.threat or self.scenario.threat
         report_to = sorted({*self.scenario.report_to, *self.report_to})
@@ -199,11 +131,17 @@ class Arena:
 
     def matchup_keys(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> dict[str, str]:
         """Each attack's matchup key for this pair (a cascaded attack's includes the keys of those before it)."""
-        weights_key = self.weights_key(data, model_ref, defense_ref)[0]
+        assert self.threat is not None, "the run's threat model is set before any matchup is keyed"
+        weights_key = self.networks.weights_key(data, model_ref, defense_ref)[0]
         keys: dict[str, str] = {}
         for index, attack_ref in enumerate(self.scenario.attacks):
             after = [keys[ref.key] for ref in self.scenario.cascade_before(index)]
-            keys[attack_ref.key] = self._matchup_key(data, weights_key, model_ref, defense_ref, attack_ref, after)
+            source = None
+            if attack_ref.source is not None:
+                source_model, source_defense = self.networks.transfer_source(model_ref, attack_ref)
+                source = (self.networks.weights_key(data, source_model, source_defense)[0], source_defense)
+            keys[attack_ref.key] = matchup_key(self.scenario, self.registry, self.threat, self.runtime, self.active,
+                                               weights_key, (model_ref, defense_ref, attack_ref), source, after)
         return keys
 
     def prepare(
@@ -231,15 +169,15 @@ class Arena:
         started = time.perf_counter()
         attacks = self.scenario.attacks
         try:
-            weights_key = self.weights_key(data, model_ref, defense_ref)[0]
+            weights_key = self.networks.weights_key(data, model_ref, defense_ref)[0]
             keys = keys or self.matchup_keys(data, model_ref, defense_ref)
             if not all(a.key in earlier for a in attacks):
-                target = self.defended(data, model_ref, defense_ref)
+                target = self.networks.defended(data, model_ref, defense_ref)
                 seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
                 images = data.on(self.device)[0]
                 clean = (predict(target, images, self.scenario.batch_size, self.device) == data.labels).numpy()
             self.weights[f"{model_ref.key}/{defense_ref.key}"] = {
-                "key": weights_key, "source": self._weights_source.get(weights_key, "unused"),
+                "key": weights_key, "source": self.networks.provenance.get(weights_key, "unused"),
             }
         except Exception:
             detail = traceback.format_exc()
@@ -282,164 +220,23 @@ class Arena:
         """The active tests this run asked for (scenario or command line); none unless asked."""
         return sorted({*self.scenario.active_tests, *self.active_tests})
 
-    def weights_key(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> tuple[str, dict[str, Any]]:
-        """The weights-cache key of a model under a defense entry, and the fields it hashes.
-
-        Only a training-time defense changes the weights, so ``cnn + art.jpeg`` shares the weights of ``cnn + none``.
-        """
-        training = self._training(defense_ref)
-        fields = {
-            "model": model_ref.name,
-            "model_params": model_ref.params,
-            "train": model_ref.train.identity(),
-            "defense": [training.name, training.params] if training else None,
-            "dataset": [self.scenario.dataset.name, self.scenario.dataset.params],
-            "train_data": data.fingerprint(),
-            "seed": self.scenario.seed,
-            "device": self.device.type,
-        }
-        model = self._model(model_ref)
-        if model.pretrained:
-            if model_ref.key not in self._identities:
-                self._identities[model_ref.key] = model.identity()
-            fields["pretrained"] = self._identities[model_ref.key]
-        return content_key(fields), fields
-
-    def _training(self, defense_ref: DefenseRef) -> PluginRef | None:
-        """The entry's training-time defense, if any (validation allows at most one)."""
-        found = self.registry.training_stages(defense_ref.chain)
-        return found[0] if found else None
-
-    def _model(self, model_ref: ModelRef) -> Model:
-        """The model plugin of an entry, built once per run (a pretrained one may hash a checkpoint)."""
-        if model_ref.key not in self._models:
-            self._models[model_ref.key] = self.registry.build("model", model_ref)
-        return self._models[model_ref.key]
-
-    def _matchup_key(
-        self, data: Data, weights_key: str, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef,
-        after: list[str],
-    ) -> str:
-        """Everything that determines a matchup's result, plugin source included, so a result can be reused.
-
-        Seed and device are covered by the weights key; a transfer attack's source by its own weights key; the
-        samples a cascaded attack runs on by the keys of the attacks before it (``after``).
-        """
-        def plugin(kind: str, ref: PluginRef) -> list[Any]:
-            return [ref.name, ref.params, self.registry.get(kind, ref.name).code_hash]
-
-        source = attack_ref.source
-        if source is not None:
-            source_model, source_defense = self._source(model_ref, attack_ref)
-            source = [self.weights_key(data, source_model, source_defense)[0],
-                      [plugin("defense", ref) for ref in source_defense.chain]]
-        ds = self.scenario.dataset
-        runtime = self.runtime.key()
-        return content_key({
-            "weights": weights_key, "model": plugin("model", model_ref),
-            "defense": [plugin("defense", ref) for ref in defense_ref.chain],
-            "attack": plugin("attack", attack_ref), "source": source,
-            "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
-            "threat": [self.threat.norm, self.threat.eps],
-            "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": self.scenario.batch_size,
-            # each batch seeded on its own (``arena.engine``): results of the earlier per-matchup seeding differ
-            "seeding": "per-batch",
-            **({"after": after} if after else {}),
-            # a conditional entry's result also depends on the rules that decide whether it runs
-            **({"when": [attack_ref.when, CONDITIONS_CODE]} if attack_ref.when else {}),
-            **({"runtime": runtime} if runtime else {}),
-            # An active test adds to the matchup's record; asked for, it needs the matchup run again.
-            **({"active": [self.active, self.scenario.active_samples]} if self.active else {}),
-            # Keeping more examples needs the attack run again; the default stays out, so older keys hold.
-            **({"examples": self.scenario.save_examples}
-               if self.scenario.save_examples != DEFAULT_EXAMPLES else {}),
-        })
-
-    def _source(self, model_ref: ModelRef, attack_ref: AttackRef) -> tuple[ModelRef, DefenseRef]:
-        """The model and defense a transfer attack crafts on (the target's own model unless it names another)."""
-        source = attack_ref.source
-        by_key = {ref.key: ref for ref in self.scenario.models}
-        return (by_key[source.model] if source.model else model_ref), source.defense
-
-    def _network(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
-        """The trained network (no inference-time stages): from memory, the weights cache, or trained and cached."""
-        key, fields = self.weights_key(data, model_ref, defense_ref)
-        if key in self._networks:
-            return self._networks[key]
-        training = self._training(defense_ref)
-        model_plugin = self._model(model_ref)
-        seed_everything(self.scenario.seed)
-        net = model_plugin.build(data.dataset.num_classes)
-        _check_width(net, data, model_ref)
-        label = f"{model_ref.key}+{training.key}" if training else model_ref.key
-        if model_plugin.pretrained and training is None:
-            self._weights_source[key] = "pretrained"
-        elif self.cache.load(key, net):
-            self._weights_source[key] = "cache"
-            log.info("%s: loaded cached weights %s", label, self.cache.path(key))
-        else:
-            trainer = Trainer(
-                model_ref.train, self.scenario.seed, self.device, data.dataset.num_classes, label, self.progress,
-                baseline=lambda: self._network(data, model_ref, NO_DEFENSE),
-            )
-            train_images, train_labels, _ = data.train()
-            if training is None:
-                trainer.fit(net, train_images, train_labels)
-            else:
-                defense = self.registry.build("defense", training)
-                seed_everything(self.scenario.seed)
-                defense.train(net, train_images, train_labels, trainer)
-            self._weights_source[key] = "trained"
-            log.info("%s: trained, weights cached at %s", label, self.cache.save(key, net, fields))
-        self._networks[key] = net.to(self.device).eval()
-        return self._networks[key]
-
-    def _prepared_network(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef) -> nn.Module:
-        """The trained network as the runtime settings run it (compiled once per network, not per matchup)."""
-        network = self._network(data, model_ref, defense_ref)
-        if id(network) not in self._prepared:  # networks live as long as the arena, so their ids stay theirs
-            self._prepared[id(network)] = self.runtime.prepare(network)
-        return self._prepared[id(network)]
-
-    def defended(
-        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None
-    ) -> Defended:
-        """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
-        stages = [self.registry.build("defense", ref) for ref in defense_ref.chain]
-        adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
-        return Defended(
-            self._prepared_network(data, model_ref, defense_ref),
-            pre=[s for s in stages if s.stage == "preprocess"], post=[s for s in stages if s.stage == "postprocess"],
-            **adaptive,
-        ).to(self.device).eval()
-
     def attacker(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
     ) -> tuple[Attack, Counted, dict[str, Any]]:
         """The attack built on the module it differentiates (the target, or a transfer attack's source) with its
         passes counted, seeded for this matchup, and a record of how it gets its gradients."""
         if attack_ref.source is None:
-            crafted_on = self.defended(data, model_ref, defense_ref, attack_ref)
+            crafted_on = self.networks.defended(data, model_ref, defense_ref, attack_ref)
             gradient = crafted_on.gradient()
         else:
-            source_model, source_defense = self._source(model_ref, attack_ref)
-            crafted_on = self.defended(data, source_model, source_defense, attack_ref)
+            source_model, source_defense = self.networks.transfer_source(model_ref, attack_ref)
+            crafted_on = self.networks.defended(data, source_model, source_defense, attack_ref)
             gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
         if self.registry.get("attack", attack_ref.name).cls.gradient_free:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
         counted = Counted(crafted_on, autocast=self.runtime.autocast).eval()
         return self.registry.build("attack", attack_ref, counted, self.threat), counted, gradient
-
-
-def _check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
-    """A model must output one logit per class of the data set (the seed's CNN emitted 64 for 10 classes)."""
-    with torch.no_grad():
-        width = net.eval()(data.images[:2]).shape[-1]
-    classes = data.dataset.num_classes
-    if width != classes:
-        raise PluginError(f"model {model_ref.name!r} outputs {width} logits per image but {data.dataset.name} has "
-                          f"{classes} classes; its last layer must have num_classes ({classes}) outputs")
 
 
 def describe(m: Matchup) -> str:

@@ -41,11 +41,6 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def derive_seed(seed: int, *names: str) -> int:
-    """A seed for one piece of work, fixed by the scenario seed and its names, not by the order work runs in."""
-    return int(hashlib.sha256(repr((seed, *names)).encode()).hexdigest()[:8], 16)
-
-
 def fingerprint(*tensors: torch.Tensor) -> str:
     """A content hash of tensors, so cached weights are tied to the exact training data."""
     digest = hashlib.sha256()

@@ -22,16 +22,18 @@ import torch
 
 from arena.active import ACTIVE_TESTS
 from arena.audit import audit
+from arena.data import Data
 from arena.engine import predict
 from arena.errors import ArenaError
-from arena.matchups import Arena, Data
+from arena.keys import derive_seed
+from arena.matchups import Arena
 from arena.records import Matchup, Run, Verification
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.runtime import Runtime
 from arena.scenario import AttackRef, DefenseRef, ModelRef, Scenario, ScenarioError, parse_scenario
 from arena.standing import Entry, Threat, data_label, entry_identity, eps_text, standing
 from arena.store import Store
-from arena.training import WeightsCache, derive_seed, fingerprint, seed_everything
+from arena.training import WeightsCache, fingerprint, seed_everything
 from arena.version import __version__
 
 #: Samples replayed per matchup unless ``--samples`` says otherwise.
@@ -147,7 +149,7 @@ class Rebuilt:
     def check_weights(self, m: Matchup) -> str:
         """The entry's weights key, refused when it is not the one the run recorded."""
         model, defense, _ = self.refs(m)
-        here = self.arena.weights_key(self.data, model, defense)[0]
+        here = self.arena.networks.weights_key(self.data, model, defense)[0]
         recorded = self.run.weights.get(f"{m.model}/{m.defense}", {}).get("key")
         if recorded and here != recorded:
             raise MissingIngredient(f"{m.model}+{m.defense}: the weights key here ({here[:10]}) is not run "
@@ -169,7 +171,7 @@ class Rebuilt:
 
     def clean(self, model: ModelRef, defense: DefenseRef) -> tuple[torch.nn.Module, np.ndarray]:
         """The defended model and which samples it classifies right, seeded as the run seeded them."""
-        target = self.arena.defended(self.data, model, defense)
+        target = self.arena.networks.defended(self.data, model, defense)
         seed_everything(derive_seed(self.scenario.seed, model.key, defense.key))
         images, labels = self.data.on(self.arena.device)
         right = predict(target, images, self.scenario.batch_size, self.arena.device) == self.data.labels

@@ -15,8 +15,10 @@ import time
 import torch
 from pyautoattack import AutoAttack
 
+from arena.data import Data
+from arena.engine import predict
 from arena.leaderboard import rows
-from arena.matchups import Arena, Data, predict
+from arena.matchups import Arena
 from arena.registry import load_registry
 from arena.scenario import load_scenario
 from benchmarks.common import REPO, arguments, play, scenario, write
@@ -46,7 +48,7 @@ def main() -> None:
     worst = 0.0
     for defense_ref in (d for d in linf.defenses if d.key in DEFENSES):
         model_ref = linf.models[0]
-        module = arena.defended(evaluation, model_ref, defense_ref)
+        module = arena.networks.defended(evaluation, model_ref, defense_ref)
         original = AutoAttack(module, norm="Linf", eps=linf.threat.eps, version="standard", seed=0)
         original.logger.setLevel("WARNING")
         started = time.perf_counter()

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from arena.cli import positive
-from arena.matchups import Arena, Executor
+from arena.executors import Executor
+from arena.matchups import Arena
 from arena.registry import load_registry
 from arena.scenario import load_scenario
 from arena.store import Store

@@ -24,8 +24,10 @@ from torch import nn
 from arena import Attack, ThreatModel
 from arena.cli import positive
 from arena.cost import Counted, Passes
+from arena.data import Data
 from arena.defended import Defended
-from arena.matchups import Arena, Data, predict
+from arena.engine import predict
+from arena.matchups import Arena
 from arena.registry import load_registry
 from arena.scenario import load_scenario
 from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDT, EarlyPGD
@@ -59,7 +61,7 @@ def networks(samples: int, pairs: list[str]) -> tuple[Data, dict[str, Defended]]
     data = Data.load(arena.scenario, registry)
     models = {m.key: m for m in arena.scenario.models}
     defenses = {d.key: d for d in arena.scenario.defenses}
-    return data, {pair: arena.defended(data, models[pair.split("+")[0]], defenses[pair.split("+")[1]])
+    return data, {pair: arena.networks.defended(data, models[pair.split("+")[0]], defenses[pair.split("+")[1]])
                   for pair in pairs}
 
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from arena.executor import RayExecutor
+from arena.executors import RayExecutor
 from benchmarks.common import arguments, play, scenario, write
 
 DEFENSES = ["none", {"name": "art.spatial_smoothing", "window_size": 3, "label": "median_3x3"},

@@ -53,7 +53,7 @@ def test_every_builtin_attack_on_a_channels_last_batch_matches_its_contiguous_co
 
 
 def test_the_engine_hands_attacks_contiguous_tensors_whatever_the_dataset_gives():
-    from arena.matchups import Data
+    from arena.data import Data
 
     images = torch.rand(4, 32, 32, 3).permute(0, 3, 1, 2)
     data = Data(dataset=None, scenario=None, images=images, labels=torch.arange(4))

@@ -11,9 +11,10 @@ from torch import nn
 
 from arena.active import INNER_POINTS, PASS_SHARE, ActiveTestError, binarization, fit_head, last_linear
 from arena.checks import flags
+from arena.data import Data
 from arena.indicators import UNSTABLE_SHARE, silent_success, whole_box
 from arena.leaderboard import rows
-from arena.matchups import Arena, Data
+from arena.matchups import Arena
 from arena.registry import load_registry
 from arena.scenario import load_scenario
 from arena.store import Store

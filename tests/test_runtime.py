@@ -10,7 +10,8 @@ from conftest import tiny, write_scenario
 
 import arena
 from arena.cost import Counted
-from arena.matchups import Arena, Data
+from arena.data import Data
+from arena.matchups import Arena
 from arena.runtime import Runtime
 from arena.scenario import load_scenario
 from arena_plugins.cifar10 import CIFAR10

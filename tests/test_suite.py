@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import matchup, play, run_cli, tiny, write_scenario
 
-from arena import conditions, matchups
+from arena import conditions, keys, matchups
 from arena.leaderboard import leaderboard_table, render, rows
 from arena.registry import load_registry
 from arena.scenario import ScenarioError, load_scenario
@@ -114,15 +114,15 @@ def test_the_fast_suite_expands_with_conditions(tmp_path, registry):
 def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeypatch):
     """Entries without ``when`` hash exactly the fields they hashed before it existed, so stores keep being reused."""
     hashed = []
-    monkeypatch.setattr(matchups, "content_key", lambda fields: hashed.append(fields) or str(len(hashed)))
+    monkeypatch.setattr(keys, "content_key", lambda fields: hashed.append(fields) or str(len(hashed)))
     scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=["fgsm", "fast"])), registry)
     arena = matchups.Arena(scenario, registry, tmp_path / "r")
     arena.threat = scenario.threat
-    arena.weights_key = lambda *refs: ("weights", {})
+    arena.networks.weights_key = lambda *refs: ("weights", {})
     arena.matchup_keys(None, scenario.models[0], scenario.defenses[0])
     legacy = {"weights", "model", "defense", "attack", "source", "adaptive", "threat", "eval", "batch_size"}
     assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after"}, {"after", "when"}]
-    assert hashed[-1]["when"] == [["gradients", "black_box"], matchups.CONDITIONS_CODE], "with the rules' code"
+    assert hashed[-1]["when"] == [["gradients", "black_box"], keys.CONDITIONS_CODE], "with the rules' code"
 
 
 def test_an_older_store_learns_to_record_skipped_members(tmp_path):

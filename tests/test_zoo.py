@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import REPO, run_cli, write_scenario
 
-from arena.matchups import Arena, Data
+from arena.data import Data
+from arena.matchups import Arena
 from arena.scenario import load_scenario
 from arena.training import WeightsCache
 from arena_plugins.zoo import robustbench, zoo_entry
@@ -57,7 +58,7 @@ def test_the_arena_sees_robustbench_s_own_logits_from_its_model_folder(model_dir
     arena = Arena(loaded, registry, tmp_path / "results", cache=WeightsCache(tmp_path / "cache"), progress=False)
     run_id = arena.play()
     data = Data.load(loaded, registry)
-    ours = arena.defended(data, loaded.models[0], loaded.defenses[0])
+    ours = arena.networks.defended(data, loaded.models[0], loaded.defenses[0])
     theirs = robustbench().load_model(MODEL, model_dir="models", dataset="cifar10", threat_model="Linf")
     with torch.no_grad():
         logits, expected = ours(data.images), theirs(data.images)
@@ -69,7 +70,7 @@ def test_the_arena_sees_robustbench_s_own_logits_from_its_model_folder(model_dir
     assert matchup.clean_accuracy == pytest.approx((expected.argmax(1) == data.labels).float().mean().item())
     assert arena.store.run(run_id).weights["robustbench/none"]["source"] == "pretrained"
     checkpoint = model_dir / "cifar10" / "Linf" / f"{MODEL}.pt"
-    _, fields = arena.weights_key(data, loaded.models[0], loaded.defenses[0])
+    _, fields = arena.networks.weights_key(data, loaded.models[0], loaded.defenses[0])
     assert fields["pretrained"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "identity: the file's hash"
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir()), "never trained or cached"
 

@@ -1,4 +1,6 @@
-"""Spread a run over a Ray cluster: a local one for free (``ray.init()``), or one started with ``ray start --head``.
+"""Executors play a run's model × defense pairs: ``LocalExecutor`` one after the other in this process (the
+default); ``RayExecutor`` spreads them over a Ray cluster: a local one for free (``ray.init()``), or one started with
+``ray start --head``.
 
 The work graph: first every set of weights the run needs is trained (undefended models first, since a defense such
 as static FGSM augmentation crafts on its undefended baseline), then every model × defense pair plays its attack
@@ -21,24 +23,65 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
+from arena.data import Data
 from arena.errors import ArenaError
-from arena.matchups import Arena, Data
+from arena.networks import Networks
 from arena.records import Matchup
 from arena.registry import load_registry
 from arena.runtime import Runtime
-from arena.scenario import DATA_ENV, DefenseRef, ModelRef, parse_scenario
+from arena.schema import DATA_ENV, DefenseRef, ModelRef, Scenario
 from arena.threat import ThreatModel
 from arena.training import WeightsCache
+from arena.validation import parse_scenario
 
 log = logging.getLogger(__name__)
+
+Pairs = list[tuple[ModelRef, DefenseRef]]
+
+
+class Tournament(Protocol):
+    """What an executor uses of a run (``arena.matchups.Arena``): its settings, its networks, and two calls."""
+
+    scenario: Scenario
+    device: torch.device
+    cache: WeightsCache
+    runtime: Runtime
+    threat: ThreatModel | None
+    progress: bool
+    networks: Networks
+    weights: dict[str, dict[str, str]]
+
+    def prepare(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef
+    ) -> tuple[dict[str, str], dict[str, Matchup]]: ...
+
+    def play_pair(
+        self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, keys: dict[str, str],
+        earlier: dict[str, Matchup],
+    ) -> Iterator[Matchup]: ...
+
+
+class Executor(Protocol):
+    """Plays a run's model × defense pairs and yields their matchups as they finish, in any order."""
+
+    def play(self, arena: Tournament, data: Data, pairs: Pairs) -> Iterator[Matchup]: ...
+
+
+class LocalExecutor:
+    """Plays the pairs one after the other in this process: the default."""
+
+    def play(self, arena: Tournament, data: Data, pairs: Pairs) -> Iterator[Matchup]:
+        for model_ref, defense_ref in pairs:
+            yield from arena.play_pair(data, model_ref, defense_ref, *arena.prepare(data, model_ref, defense_ref))
+
 
 INSTALL = "pip install -e '.[ray]' in a checkout, or pip install 'ray>=2.9'"
 
@@ -69,16 +112,17 @@ class WorkerSpec:
 
 
 class Worker:
-    """One Ray actor: the scenario, its plugins and its data, loaded once; trains weights and plays pairs."""
+    """One Ray actor: the scenario, its plugins and its data, loaded once; trains weights and plays pairs. It builds
+    an arena of the driver's class (``kind``), so it plays pairs exactly as the driver would."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, kind: Callable[..., Tournament]) -> None:
         torch.set_num_threads(spec.threads)
         os.environ[DATA_ENV] = spec.data_dir  # the driver's data folder (a scenario's own data_dir still wins)
         registry = load_registry(modules=spec.plugins, blocked=spec.blocked)
         scenario = parse_scenario(spec.scenario_text, spec.scenario_path, registry)
         device = torch.device("cuda" if spec.device == "auto" and torch.cuda.is_available() else
                               "cpu" if spec.device == "auto" else spec.device)
-        self.arena = Arena(scenario, registry, Path("."), device, WeightsCache(Path(spec.cache)), progress=False,
+        self.arena = kind(scenario, registry, Path("."), device, WeightsCache(Path(spec.cache)), progress=False,
                            threat=spec.threat, runtime=spec.runtime)
         self.data = Data.load(scenario, registry)
         self.data.known_fingerprint = spec.fingerprint
@@ -91,7 +135,7 @@ class Worker:
     def train(self, model: str, defense: str) -> None:
         """Make sure these weights are in the cache (trained here if not)."""
         model_ref, defense_ref = self._refs(model, defense)
-        self.arena._network(self.data, model_ref, defense_ref)
+        self.arena.networks.network(self.data, model_ref, defense_ref)
 
     def play_pair(self, model: str, defense: str, keys: dict[str, str],
                   earlier: dict[str, Matchup]) -> tuple[list[Matchup], dict[str, Any]]:
@@ -119,7 +163,7 @@ class RayExecutor:
     #: Whether this executor started the (local) cluster, and so shuts it down when the run ends.
     _started: bool = field(default=False, init=False, repr=False)
 
-    def play(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]]) -> Iterator[Matchup]:
+    def play(self, arena: Tournament, data: Data, pairs: Pairs) -> Iterator[Matchup]:
         require_ray()
         import ray
         from ray.util import ActorPool
@@ -136,7 +180,7 @@ class RayExecutor:
                               str(arena.scenario.data_dir()), data.fingerprint(), self.threads, arena.runtime)
             actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_worker, max_restarts=2,
                                max_task_retries=2)(Worker)
-            pool = ActorPool([actor.remote(spec) for _ in range(self.workers)])
+            pool = ActorPool([actor.remote(spec, type(arena)) for _ in range(self.workers)])
             try:
                 yield from self._run(arena, data, pairs, pool)
             except ray.exceptions.RayError as exc:
@@ -149,7 +193,7 @@ class RayExecutor:
                 ray.shutdown()
                 self._started = False
 
-    def _run(self, arena: Arena, data: Data, pairs: list[tuple[ModelRef, DefenseRef]], pool: Any) -> Iterator[Matchup]:
+    def _run(self, arena: Tournament, data: Data, pairs: Pairs, pool: Any) -> Iterator[Matchup]:
         jobs, done = [], []
         for model_ref, defense_ref in pairs:
             keys, earlier = arena.prepare(data, model_ref, defense_ref)
@@ -166,15 +210,16 @@ class RayExecutor:
                 bar.update(len(matchups))
                 yield from matchups
 
-    def _train(self, arena: Arena, data: Data, jobs: list[tuple], pool: Any) -> None:
+    def _train(self, arena: Tournament, data: Data, jobs: list[tuple], pool: Any) -> None:
         """Train every set of weights the jobs need, each once: undefended ones first, then defended ones."""
+        networks = arena.networks
         needed: dict[str, tuple[str, str, bool]] = {}
         for model_ref, defense_ref, _, _ in jobs:
             entries = [(model_ref, defense_ref)]
-            entries += [(arena._source(model_ref, a)) for a in arena.scenario.attacks if a.source is not None]
+            entries += [networks.transfer_source(model_ref, a) for a in arena.scenario.attacks if a.source is not None]
             for m, d in entries:
-                key = arena.weights_key(data, m, d)[0]
-                needed.setdefault(key, (m.key, d.key, arena._training(d) is None))
+                key = networks.weights_key(data, m, d)[0]
+                needed.setdefault(key, (m.key, d.key, networks.training(d) is None))
         for undefended in (True, False):
             work = [(m, d) for m, d, plain in needed.values() if plain == undefended]
             for _ in pool.map_unordered(lambda a, job: a.train.remote(*job), work):
