@@ -29,7 +29,7 @@ from arena.kinds import (  # noqa: E402
     TrainingDefense,
 )
 from arena.matchups import Arena  # noqa: E402
-from arena.records import Matchup, Run, Verification  # noqa: E402
+from arena.records import Matchup, Run, Status, Verification  # noqa: E402
 from arena.registry import PluginError, Registry, unknown_name_message  # noqa: E402
 from arena.runtime import Runtime  # noqa: E402
 from arena.scenario import Scenario, ScenarioError  # noqa: E402
@@ -59,6 +59,7 @@ __all__ = [
     "Runtime",
     "Scenario",
     "ScenarioError",
+    "Status",
     "StoreError",
     "Suite",
     "ThreatModel",

@@ -56,7 +56,7 @@ def load_model(entry: str | dict[str, Any], num_classes: int = 10, plugins: Iter
     architecture's last layer where no checkpoint fixes it."""
     registry = load_registry(modules=plugins)
     ref = resolve_model(entry, registry, "load_model()")
-    return registry.build("model", ref).build(num_classes).eval()
+    return registry.build(Model, ref).build(num_classes).eval()
 
 
 @dataclass
@@ -122,10 +122,8 @@ def evaluate(
         arena = Arena(scenario, registry, folder, device, WeightsCache(Path(scratch) / "weights"),
                       progress=False, runtime=runtime or Runtime())
         run_id = arena.play()
-        try:
-            run, matchups = arena.store.run(run_id), arena.store.matchups(run_id)
-        finally:
-            arena.store.close()
+        with arena.store as store:
+            run, matchups = store.run(run_id), store.matchups(run_id)
     [row] = rows(matchups, run)
     worst = worst_case(matchups)
     if worst is None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from arena.active import PASS_SHARE
 from arena.indicators import UNSTABLE_SHARE, unconstrained_failed
-from arena.records import Matchup
+from arena.records import Matchup, Status
 
 #: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
 PROBE_SAMPLES = 100
@@ -93,7 +93,7 @@ def _single_step(m: Matchup) -> bool | None:
 
 def flags(group: list[Matchup]) -> list[str]:
     """The trust flags of one model × defense from its matchups' checks and per-sample results."""
-    ok = [m for m in group if m.status == "ok"]
+    ok = [m for m in group if m.status == Status.OK]
     found = []
     if any(m.checks.get("probabilities") for m in ok):
         found.append("the model returns probabilities (rows sum to 1), not logits: gradient attacks on a saturated "

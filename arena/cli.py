@@ -7,13 +7,13 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 from arena.active import ACTIVE_TESTS
 from arena.api import open_scenario
-from arena.conditions import SKIPPED
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, export_entry, select
@@ -94,13 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                       runtime=Runtime(args.precision, args.compile, args.channels_last),
                       active_tests=ACTIVE_TESTS if args.active_tests else ())
         run_id = arena.play(executor)
-        store = arena.store
-        try:
+        with arena.store as store:
             run = store.run(run_id)
             print(render(leaderboard_table(run, arena.table)))
-            failed += [m for m in store.matchups(run_id) if m.status not in ("ok", SKIPPED)]
-        finally:
-            store.close()
+            failed += [m for m in store.matchups(run_id) if m.status.failed]
         report = arena.report_path / "leaderboard.html" if arena.report_path else None
         print(f"\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
               + (f"; report: {report}" if report else ""))
@@ -148,16 +145,13 @@ def _pick_run(store: Store, run_id: str | None, scenario: str | None) -> Run:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    store = Store.open_existing(args.results)
-    try:
+    with Store.open_existing(args.results) as store:
         if args.compare:
             a, b = (store.run(run_id) for run_id in args.compare)
             table = compare_table(a, board(store, a), b, board(store, b))
         else:
             run = _pick_run(store, args.run, args.scenario)
             table = leaderboard_table(run, board(store, run))
-    finally:
-        store.close()
     text = render(table, args.format)
     if args.out:
         try:
@@ -178,8 +172,8 @@ def cmd_board(args: argparse.Namespace) -> int:
     if args.format in ("html", "robustbench") and args.out is None:
         raise ArenaError(f"--format {args.format} writes a folder: pass --out FOLDER")
     reported = read_all(args.reported)
-    stores = open_stores(args.results or [DEFAULT_RESULTS])
-    try:
+    with ExitStack() as opened:
+        stores = [opened.enter_context(store) for store in open_stores(args.results or [DEFAULT_RESULTS])]
         table = standing(stores, reported)
         if args.format in ("html", "robustbench"):
             try:
@@ -192,9 +186,6 @@ def cmd_board(args: argparse.Namespace) -> int:
                 raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror}: {exc.filename}); pass "
                                  "--out FOLDER in a place you can write") from None
             return 0
-    finally:
-        for store in stores:
-            store.close()
     text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format) for t in tables(table))
     if args.out:
         try:
@@ -218,38 +209,29 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Reads only the store: no plugin is loaded, no data read, nothing trained or attacked."""
-    store = Store.open_existing(args.results)
-    try:
+    with Store.open_existing(args.results) as store:
         run = store.run(args.run_id)
         try:
             page = write_report(store, run, board(store, run), args.out)
         except OSError as exc:
             raise ArenaError(f"cannot write the report to {exc.filename or args.out} ({exc.strerror}); pass "
                              "--out FOLDER in a place you can write") from None
-    finally:
-        store.close()
     print(f"wrote {page} and its pictures")
     return 0
 
 
 def cmd_examples(args: argparse.Namespace) -> int:
     """Reads only the store, like ``report``."""
-    store = Store.open_existing(args.results)
-    if args.entry:
-        try:
+    with Store.open_existing(args.results) as store:
+        if args.entry:
             if args.format != "npz":
                 raise ArenaError("--entry writes npz (what `arena submit-examples` reads); pass --format npz")
             path, count, broken = export_entry(store, args.entry, args.out, args.all)
-        finally:
-            store.close()
-        print(f"wrote {path} ({count} of the entry's {broken} broken samples)")
-        return 0
-    try:
+            print(f"wrote {path} ({count} of the entry's {broken} broken samples)")
+            return 0
         run = store.run(args.run_id)
         matchups = select(store, run, args.model, args.defense, args.attack)
         written = export(store, run, matchups, args.out, args.format, args.limit)
-    finally:
-        store.close()
     for path, count in written:
         print(f"wrote {path} ({count} example{'s' * (count != 1)})")
     return 0

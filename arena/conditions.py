@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from arena.indicators import unconstrained_failed
-from arena.records import Matchup
+from arena.records import Matchup, Status
 
 #: ``gradients``: a gradient attack before it had a reason to doubt its gradients (zero input gradients, forward
 #: passes that disagree, probability outputs, a non-differentiable stage crossed by BPDA or not at all, a
@@ -16,7 +16,6 @@ from arena.records import Matchup
 #: sample that the gradient attacks before it had missed.
 Condition = Literal["gradients", "black_box"]
 CONDITIONS: tuple[str, ...] = ("gradients", "black_box")
-SKIPPED = "skipped"
 
 
 def gradient_doubts(before: list[Matchup]) -> list[str]:
@@ -25,7 +24,7 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
     An unconstrained-attack failure doubts the gradients only when no earlier white-box attack broke its whole
     unconstrained probe: once the gradients carried one attack across the box, another's failure there is its own
     optimiser's (FAB-T toward one class on the CNN-LSTM, README), not evidence against the gradients."""
-    white_box = [m for m in before if m.status == "ok" and m.white_box]
+    white_box = [m for m in before if m.status == Status.OK and m.white_box]
     crossed = any("broken" in (m.checks.get("unconstrained") or {}) and not unconstrained_failed(m.checks)
                   for m in white_box)
     found = []
@@ -52,9 +51,9 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
 def black_box_wins(before: list[Matchup]) -> list[str]:
     """Gradient-free attacks that broke samples which every earlier gradient attack that ran on them missed."""
     found = []
-    for m in (m for m in before if m.status == "ok" and m.gradient.get("gradient_free")):
+    for m in (m for m in before if m.status == Status.OK and m.gradient.get("gradient_free")):
         broken = m.attacked_mask & ~m.robust_correct
-        for w in (w for w in before if w.status == "ok" and w.white_box):
+        for w in (w for w in before if w.status == Status.OK and w.white_box):
             broken &= ~(w.attacked_mask & ~w.robust_correct)
         if broken.any():
             found.append(f"{m.attack} broke {int(broken.sum())} samples the gradient attacks missed")

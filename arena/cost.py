@@ -47,7 +47,6 @@ class Counted(nn.Module):
         self.module = module
         self.autocast = autocast
         self.passes = Passes()
-        self.counting = True
         self._labels: torch.Tensor | None = None
         self._active: torch.Tensor | None = None
         self._trace: list[torch.Tensor] = []
@@ -59,14 +58,13 @@ class Counted(nn.Module):
 
     @contextmanager
     def apart(self) -> Iterator[Passes]:
-        """Count the block's passes on their own, out of ``passes`` (counting on inside, as it was after): what an
-        auxiliary computation costs, kept out of the matchup's count. Yields the block's count."""
-        saved, counting = self.passes, self.counting
-        self.passes, self.counting = Passes(), True
+        """Count the block's passes on their own, out of ``passes``: what an auxiliary computation costs, kept out
+        of the matchup's count. Yields the block's count."""
+        saved, self.passes = self.passes, Passes()
         try:
             yield self.passes
         finally:
-            self.passes, self.counting = saved, counting
+            self.passes = saved
 
     def watch(self, labels: torch.Tensor | None) -> None:
         """Trace the margins of a batch with these labels (None stops tracing)."""
@@ -89,8 +87,6 @@ class Counted(nn.Module):
         else:
             with torch.autocast(images.device.type, dtype=self.autocast):
                 output = self.module(images).float()
-        if not self.counting:
-            return output
         self.passes.forward += passes
         if output.requires_grad:
             output.register_hook(lambda grad: self._backward(passes))

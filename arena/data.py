@@ -29,7 +29,7 @@ class Data:
     def load(cls, scenario: Scenario, registry: Registry) -> Data:
         """The evaluation slice the scenario names, checked against the split's size."""
         ref = scenario.dataset
-        dataset = registry.build("dataset", ref)
+        dataset = registry.build(Dataset, ref)
         images, labels = dataset.load(ref.split, scenario.data_dir())
         if ref.samples is not None:
             if ref.samples > len(images):

@@ -24,7 +24,7 @@ from arena.defended import Defended
 from arena.indicators import measure, silent_success
 from arena.keys import derive_seed
 from arena.kinds import Attack
-from arena.records import Example, Matchup
+from arena.records import Example, Matchup, Status
 from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 from arena.training import seed_everything
@@ -93,9 +93,8 @@ class Engine:
                 if self.only is not None and not self.only[index.numpy()].any():
                     continue
                 if not record.checks and self.only is None:
-                    counted.counting = False
-                    record.checks.update(probe(target, counted.module, images, labels))
-                    counted.counting = True
+                    with counted.apart():
+                        record.checks.update(probe(target, counted.module, images, labels))
                     first = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
                 counted.watch(labels)
                 seed_everything(derive_seed(self.seed, *(ref.key for ref in refs), "batch", int(index[0])))
@@ -104,17 +103,16 @@ class Engine:
                 traces.append(counted.trace())
                 counted.watch(None)
                 if violation:
-                    return record.finish("invalid", violation, counted.passes)
+                    return record.finish(Status.INVALID, violation, counted.passes)
                 silent += silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
             if self.only is not None:
-                return record.finish("ok", passes=counted.passes)
+                return record.finish(Status.OK, passes=counted.passes)
             record.checks["convergence"] = convergence(traces)
             one_step = single_step(counted.passes.backward, int(todo.sum()), record.gradient)
             if first is not None:
-                counted.counting = False
-                record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
-                                             record.checks.get("zero_gradient", 0), not one_step))
-                counted.counting = True
+                with counted.apart():
+                    record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
+                                                 record.checks.get("zero_gradient", 0), not one_step))
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent
             if self.active_samples and first is not None and record.gradient.get("source") is None \
@@ -124,18 +122,18 @@ class Engine:
                 record.checks["binarization"] = active_checks(attack, counted, images, labels, self.threat)
             record.passes = counted.passes
             if not before and one_step:
-                counted.counting = False
                 fixed = np.zeros(len(todo), dtype=bool)
-                for index, images, labels in self.batches(data, ~clean_correct, desc + " (label-leak check)"):
-                    violation = self.judge(attack, counted, target, images, labels, index, fixed, norms=[])
-                    if violation:
-                        return record.finish("invalid", violation, record.passes)
+                with counted.apart():  # a check, not the attack: its passes stay out of the matchup's count
+                    for index, images, labels in self.batches(data, ~clean_correct, desc + " (label-leak check)"):
+                        violation = self.judge(attack, counted, target, images, labels, index, fixed, norms=[])
+                        if violation:
+                            return record.finish(Status.INVALID, violation, record.passes)
                 record.checks["accuracy_all"] = float((record.robust | fixed).mean())
         except Exception:
             detail = traceback.format_exc()
             log.error("%s failed:\n%s", desc, detail)
-            return record.finish("error", detail)
-        return record.finish("ok")
+            return record.finish(Status.ERROR, detail)
+        return record.finish(Status.OK)
 
     def batches(
         self, data: Data, mask: np.ndarray, desc: str
@@ -210,19 +208,20 @@ class _Recorder:
     def __post_init__(self) -> None:
         self.robust = np.zeros(self.samples, dtype=bool)
 
-    def finish(self, status: str, detail: str | None = None, passes: Passes | None = None) -> Matchup:
+    def finish(self, status: Status, detail: str | None = None, passes: Passes | None = None) -> Matchup:
         passes = passes or self.passes
         base = record_matchup(self.refs, self.samples, self.started, status, detail, self.clean_correct,
-                       self.robust if status == "ok" else None, self.norms, self.gradient, self.attacked)
+                       self.robust if status == Status.OK else None, self.norms, self.gradient, self.attacked)
         return replace(
             base, checks={k: v for k, v in self.checks.items() if v is not None}, cascade_after=self.after,
-            examples=self.examples if status == "ok" else [],
+            examples=self.examples if status == Status.OK else [],
             forward_passes=passes.forward if passes else None, backward_passes=passes.backward if passes else None,
         )
 
 
 def record_matchup(
-    refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: str, detail: str | None = None,
+    refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: Status,
+    detail: str | None = None,
     clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
     gradient: dict[str, Any] | None = None, attacked_mask: np.ndarray | None = None,
 ) -> Matchup:

@@ -11,7 +11,7 @@ import torch
 
 from arena.audit import audit
 from arena.errors import ArenaError
-from arena.records import Example, Matchup, Run
+from arena.records import Example, Matchup, Run, Status
 from arena.registry import unknown_name_message
 from arena.report import gallery
 from arena.standing import standing
@@ -27,7 +27,7 @@ def select(store: Store, run: Run, model: str | None = None, defense: str | None
            attack: str | None = None) -> list[Matchup]:
     """The run's successful (status ``ok``) matchups matching the given names; an unknown name is refused with the
     names the run has."""
-    matchups = [m for m in store.matchups(run.id) if m.status == "ok"]
+    matchups = [m for m in store.matchups(run.id) if m.status == Status.OK]
     for field, wanted in (("model", model), ("defense", defense), ("attack", attack)):
         known = sorted({getattr(m, field) for m in matchups})
         if wanted is not None and wanted not in known:

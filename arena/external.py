@@ -22,7 +22,7 @@ import torch
 from arena.audit import TOLERANCE
 from arena.engine import predict
 from arena.errors import ArenaError
-from arena.records import Example, Matchup, Run
+from arena.records import Example, Matchup, Run, Status
 from arena.standing import standing
 from arena.store import Store
 from arena.training import content_key
@@ -137,8 +137,7 @@ def submit(results: Path, path: Path, entry_name: str, name: str, device: torch.
         raise ArenaError(f"--name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
     path = Path(path)
     Store.open_existing(results).close()  # refuses a folder without a store, rather than making one
-    store = Store(results)
-    try:
+    with Store(results) as store:
         entry = find_entry(standing([store]), entry_name)
         run, original = next((r, m) for r, m in reversed(behind(store, entry)) if not m.gradient.get("external"))
         rebuilt = Rebuilt.of(run, [original], device, cache, plugins)
@@ -170,7 +169,7 @@ def submit(results: Path, path: Path, entry_name: str, name: str, device: torch.
             model=original.model, defense=original.defense, attack=attack,
             params={"model": original.params.get("model"), "defense": original.params.get("defense"),
                     "attack": {"plugin": "external", "name": name, "file": path.name, "sha256": digest}},
-            gradient={"external": digest}, key=key, status="ok", samples=len(clean),
+            gradient={"external": digest}, key=key, status=Status.OK, samples=len(clean),
             wall_time_s=time.perf_counter() - started, clean_accuracy=float(clean.mean()),
             robust_accuracy=float(robust.mean()),
             attack_success_rate=float(broken.sum() / attacked.sum()) if attacked.any() else None,
@@ -184,8 +183,6 @@ def submit(results: Path, path: Path, entry_name: str, name: str, device: torch.
         store.finish_run(run_id, "complete", {f"{original.model}/{original.defense}": {"key": weights,
                                                                                         "source": "external"}})
         return matchup, run_id
-    finally:
-        store.close()
 
 
 @torch.no_grad()

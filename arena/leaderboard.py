@@ -18,8 +18,7 @@ import numpy as np
 
 from arena import checks
 from arena.checks import TOLERANCE
-from arena.conditions import SKIPPED
-from arena.records import Matchup, Run
+from arena.records import Matchup, Run, Status
 from arena.store import Store
 
 FORMATS = ("table", "md", "csv", "json", "html")
@@ -53,7 +52,7 @@ class Row:
 
 def worst_case(matchups: list[Matchup]) -> np.ndarray | None:
     """Per-sample robustness over every valid attack: a sample counts only if every attack failed on it."""
-    masks = [m.robust_correct for m in matchups if m.status == "ok"]
+    masks = [m.robust_correct for m in matchups if m.status == Status.OK]
     return np.logical_and.reduce(masks) if masks else None
 
 
@@ -73,8 +72,8 @@ def _same_samples(a: Matchup, b: Matchup) -> bool:
 
 def trust_flags(group: list[Matchup]) -> list[str]:
     """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
-    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status not in ("ok", SKIPPED)]
-    ok = [m for m in group if m.status == "ok"]
+    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status.failed]
+    ok = [m for m in group if m.status == Status.OK]
     white = [m for m in ok if m.white_box]
     other = [m for m in ok if not m.white_box]
     for m in other:
@@ -134,7 +133,7 @@ def _suites(group: list[Matchup]) -> dict[str, float | str]:
             members.setdefault(m.suite, []).append(m)
     result: dict[str, float | str] = {}
     for suite, ms in members.items():
-        failed = [m.status for m in ms if m.status not in ("ok", SKIPPED)]
+        failed = [m.status for m in ms if m.status.failed]
         result[suite] = failed[0] if failed else float(worst_case(ms).mean())
     return result
 
@@ -167,7 +166,7 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
                                        "interrupted; run the same command again to resume"] if absent else [])
         table.append(Row(
             model, defense, group[0].samples if group else (run.samples if run else 0), clean,
-            attacks={**{m.attack: m.robust_accuracy if m.status == "ok" else m.status for m in group},
+            attacks={**{m.attack: m.robust_accuracy if m.status == Status.OK else m.status for m in group},
                      **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
             flags=flags, evaluation=_evaluation(group) + _actively_tested(group),
@@ -177,7 +176,8 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
             threat=str(run.threat) if run else "", run=run.id if run else "",
             arena_version=run.arena_version if run else "",
         ))
-    rankable = sorted((r for r in table if all(not isinstance(v, str) or v == SKIPPED for v in r.attacks.values())),
+    rankable = sorted((r for r in table
+                       if all(not isinstance(v, str) or v == Status.SKIPPED for v in r.attacks.values())),
                       key=lambda r: (-(r.worst_case or 0.0), -(r.clean_accuracy or 0.0)))
     for position, row in enumerate(rankable):
         tied = position and row.worst_case == rankable[position - 1].worst_case
@@ -304,7 +304,7 @@ def _cell(value: Any, percent: bool) -> str:
     if isinstance(value, list):
         return "; ".join(value)
     if isinstance(value, str):
-        return value.upper() if value in ("invalid", "error") else value
+        return value.upper() if value in (Status.INVALID, Status.ERROR) else value
     return f"{100 * value:.1f}%" if percent else str(value)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arena.conditions import SKIPPED, reasons, skip_reason
+from arena.conditions import reasons, skip_reason
 from arena.cost import Counted
 from arena.data import Data
 from arena.defended import describe_gradient
@@ -30,7 +30,7 @@ from arena.keys import derive_seed, matchup_key
 from arena.kinds import Attack
 from arena.leaderboard import Row, board, write_summary
 from arena.networks import Networks
-from arena.records import Matchup
+from arena.records import Matchup, Status
 from arena.registry import Registry
 from arena.report import write_report
 from arena.runtime import Runtime
@@ -183,7 +183,7 @@ class Arena:
             detail = traceback.format_exc()
             log.error("preparing %s + %s failed:\n%s", model_ref.key, defense_ref.key, detail)
             for attack_ref in attacks:
-                yield record_matchup((model_ref, defense_ref, attack_ref), len(data.images), started, "error",
+                yield record_matchup((model_ref, defense_ref, attack_ref), len(data.images), started, Status.ERROR,
                                      detail=detail)
             return
         played: dict[str, Matchup] = {}
@@ -198,7 +198,7 @@ class Arena:
                 refs = (model_ref, defense_ref, attack_ref)
                 if attack_ref.when and not reasons(attack_ref.when, before):
                     found = replace(
-                        record_matchup(refs, len(data.images), time.perf_counter(), SKIPPED,
+                        record_matchup(refs, len(data.images), time.perf_counter(), Status.SKIPPED,
                                        skip_reason(attack_ref.when, before, int(todo.sum())), clean,
                                        attacked_mask=np.zeros_like(todo)),
                         forward_passes=0, backward_passes=0, cascade_after=[m.attack for m in before])
@@ -236,13 +236,13 @@ class Arena:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
         counted = Counted(crafted_on, autocast=self.runtime.autocast).eval()
-        return self.registry.build("attack", attack_ref, counted, self.threat), counted, gradient
+        return self.registry.build(Attack, attack_ref, counted, self.threat), counted, gradient
 
 
 def describe(m: Matchup) -> str:
     """One log line for a finished matchup."""
     head = f"{m.attack} vs {m.model}+{m.defense}: "
-    if m.status == "ok":
+    if m.status == Status.OK:
         origin = f"reused from run {m.reused_from}" if m.reused_from else f"{m.wall_time_s:.1f} s"
         if m.passes_per_sample is not None and not m.reused_from:
             origin += f", {m.passes_per_sample:.1f} passes/sample"

@@ -9,12 +9,12 @@ the standing board flags them as reproducibility failures.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from arena.standing import disagreements
 from arena.store import Store, StoreError, results_folder
+from arena.tables import columns, insert
 
 
 @dataclass
@@ -28,28 +28,15 @@ class MergeResult:
     failures: list[str] = field(default_factory=list)
 
 
-def _columns(db: sqlite3.Connection, table: str) -> list[str]:
-    return [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
-
-
-def _insert(db: sqlite3.Connection, table: str, values: dict) -> int:
-    names = ", ".join(values)
-    cursor = db.execute(f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(values))})',
-                        list(values.values()))
-    return cursor.lastrowid
-
-
 def merge(target: Path, other: Path) -> MergeResult:
     """Import every run of the store at ``other`` (a results folder or its ``arena.db``) into the store at
     ``target``; the columns a side lacks (an older schema) take their defaults."""
     source_dir = results_folder(other)
     if source_dir.resolve() == Path(target).resolve():
         raise StoreError(f"{other}: is the --results store itself; pass another results folder to merge")
-    source = Store.open_existing(source_dir)
-    store = Store(target)
     result = MergeResult()
-    try:
-        columns = {t: _columns(store.db, t) for t in ("runs", "matchups", "examples")}
+    with Store.open_existing(source_dir) as source, Store(target) as store:
+        fields = {t: columns(store.db, t) for t in ("runs", "matchups", "examples")}
         origin = str(source.results_dir.resolve())
         kept = source.has_table("examples")  # a store older than examples kept none
         for run in source.runs():
@@ -59,10 +46,10 @@ def merge(target: Path, other: Path) -> MergeResult:
                                               " FROM matchups WHERE run_id = ?", (run.id,))}
             exists = store.db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone() is not None
             added = 0
-            with store._writing():
+            with store.writing():
                 if not exists:
-                    values = {k: v for k, v in row.items() if k in columns["runs"]}
-                    _insert(store.db, "runs", {**values, "status": run.status, "origin": row.get("origin") or origin})
+                    values = {k: v for k, v in row.items() if k in fields["runs"]}
+                    insert(store.db, "runs", {**values, "status": run.status, "origin": row.get("origin") or origin})
                 elif run.status == "complete":  # a run merged while it was still running: now finished
                     store.db.execute("UPDATE runs SET status = ?, finished_at = ?, weights = ? WHERE id = ?",
                                      (run.status, row["finished_at"], row["weights"], run.id))
@@ -75,11 +62,11 @@ def merge(target: Path, other: Path) -> MergeResult:
                                                    "differs from the copy already here (kept this store's); one "
                                                    "of the two stores was altered")
                         continue
-                    new_id = _insert(store.db, "matchups",
-                                     {k: v for k, v in m.items() if k in columns["matchups"] and k != "id"})
+                    new_id = insert(store.db, "matchups",
+                                     {k: v for k, v in m.items() if k in fields["matchups"] and k != "id"})
                     for example in _examples(source, m["id"]) if kept else []:
-                        _insert(store.db, "examples", {**{k: v for k, v in example.items()
-                                                          if k in columns["examples"]}, "matchup_id": new_id})
+                        insert(store.db, "examples", {**{k: v for k, v in example.items()
+                                                          if k in fields["examples"]}, "matchup_id": new_id})
                     added += 1
             (result.known if exists else result.runs).append(run.id)
             result.matchups += added
@@ -87,9 +74,6 @@ def merge(target: Path, other: Path) -> MergeResult:
             store.add_verification(mark)
         pairs = [(run, m) for run in store.runs() for m in store.matchups(run.id)]
         result.failures += disagreements(pairs)
-    finally:
-        source.close()
-        store.close()
     return result
 
 

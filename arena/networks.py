@@ -14,7 +14,7 @@ from torch import nn
 from arena import keys
 from arena.data import Data
 from arena.defended import Defended
-from arena.kinds import Model
+from arena.kinds import Defense, Model
 from arena.registry import PluginError, Registry
 from arena.runtime import Runtime
 from arena.schema import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
@@ -61,7 +61,7 @@ class Networks:
     def model(self, model_ref: ModelRef) -> Model:
         """The model plugin of an entry, built once per run (a pretrained one may hash a checkpoint)."""
         if model_ref.key not in self._models:
-            self._models[model_ref.key] = self.registry.build("model", model_ref)
+            self._models[model_ref.key] = self.registry.build(Model, model_ref)
         return self._models[model_ref.key]
 
     def transfer_source(self, model_ref: ModelRef, attack_ref: AttackRef) -> tuple[ModelRef, DefenseRef]:
@@ -96,7 +96,7 @@ class Networks:
             if training is None:
                 trainer.fit(net, train_images, train_labels)
             else:
-                defense = self.registry.build("defense", training)
+                defense = self.registry.build(Defense, training)
                 seed_everything(self.scenario.seed)
                 defense.train(net, train_images, train_labels, trainer)
             self.provenance[key] = "trained"
@@ -115,7 +115,7 @@ class Networks:
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef | None = None
     ) -> Defended:
         """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
-        stages = [self.registry.build("defense", ref) for ref in defense_ref.chain]
+        stages = [self.registry.build(Defense, ref) for ref in defense_ref.chain]
         adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
         return Defended(
             self.prepared(data, model_ref, defense_ref),

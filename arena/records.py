@@ -7,11 +7,30 @@ without depending on each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from arena.threat import ThreatModel
+
+
+class Status(StrEnum):
+    """How a matchup ended; the values are what the store keeps, so a ``Status`` equals its stored string."""
+
+    #: Played and judged: its numbers count.
+    OK = "ok"
+    #: Played, but an adversarial batch broke the threat model (the audit's finding is the detail).
+    INVALID = "invalid"
+    #: The attack, its defense or its model raised (the traceback is the detail).
+    ERROR = "error"
+    #: A conditional entry none of whose conditions held (the reason is the detail); no passes spent.
+    SKIPPED = "skipped"
+
+    @property
+    def failed(self) -> bool:
+        """Invalid or errored: its numbers are left out of the worst case, and the row says so."""
+        return self in (Status.INVALID, Status.ERROR)
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,7 @@ class Matchup:
     defense: str
     attack: str
     params: dict[str, Any]
-    status: str
+    status: Status
     samples: int
     wall_time_s: float
     #: How the attack got its gradients: ``source`` (transfer), ``bpda``, ``masked``, ``randomized``, ``eot_samples``.
@@ -103,6 +122,9 @@ class Matchup:
     cascade_after: list[str] = field(default_factory=list)
     #: A few of the adversarial examples it counted as successful, kept in the store for reports.
     examples: list[Example] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a stored or hand-written ``"ok"`` becomes ``Status.OK``
 
     @property
     def attacked_mask(self) -> np.ndarray | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import pluggy
 
@@ -31,6 +31,7 @@ from arena.kinds import KINDS, Plugin
 from arena.version import DISTRIBUTION
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", bound=Plugin)
 
 ENTRY_POINT_GROUP = "arena"
 #: Set to 1 to load only the arena's own plugins, as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest.
@@ -105,11 +106,11 @@ class Registry:
         except KeyError:
             raise PluginError(unknown_name_message(kind, name, self.names(kind))) from None
 
-    def build(self, kind: str, ref: Ref | str, *args: Any) -> Plugin:
-        """An instance of the plugin a scenario entry names, with its validated parameters; ``args`` go first
-        (an attack's ``model`` and ``threat``)."""
+    def build(self, kind: type[P], ref: Ref | str, *args: Any) -> P:
+        """An instance of the plugin of ``kind`` (``Model``, ``Attack``, ...) that a scenario entry names, with its
+        validated parameters; ``args`` go first (an attack's ``model`` and ``threat``)."""
         name, params = (ref, {}) if isinstance(ref, str) else (ref.name, ref.params)
-        return self.get(kind, name).cls(*args, **params)
+        return cast(P, self.get(kind.kind, name).cls(*args, **params))  # registering checked it is a ``kind``
 
     def training_stages(self, chain: Iterable[Ref]) -> list[Ref]:
         """The training-time defenses of a defense chain (validation allows at most one)."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from arena.leaderboard import Row, curves, leaderboard_table, render
-from arena.records import Example, Run
+from arena.records import Example, Run, Status
 from arena.scenario import DEFAULT_EXAMPLES
 from arena.store import Store
 
@@ -66,7 +66,7 @@ def examples_grid(store: Store, run: Run, table: list[Row], path: Path) -> Path 
     any. None when no row has one. Nothing is rebuilt: no plugin, data, weights or attack is needed."""
     matchups = store.matchups(run.id)
     for row in table:
-        white = [m for m in matchups if m.model == row.model and m.defense == row.defense and m.status == "ok"
+        white = [m for m in matchups if m.model == row.model and m.defense == row.defense and m.status == Status.OK
                  and not m.gradient.get("source")]
         for m in sorted(white, key=lambda m: m.robust_accuracy):
             examples = store.examples(m)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from arena.leaderboard import Table, board
-from arena.records import Matchup, Run, Verification
+from arena.records import Matchup, Run, Status, Verification
 from arena.store import Store, results_folder
 
 
@@ -148,7 +148,7 @@ def disagreements(matchups: list[tuple[Run, Matchup]]) -> list[str]:
     """Reproducibility failures: one matchup key with different per-sample results in different runs."""
     by_key: dict[str, list[tuple[Run, Matchup]]] = {}
     for run, m in matchups:
-        if m.status == "ok" and m.key:
+        if m.status == Status.OK and m.key:
             by_key.setdefault(m.key, []).append((run, m))
     found = []
     for key, group in by_key.items():
@@ -179,7 +179,7 @@ def _cover(target: np.ndarray, candidates: list[tuple[str, np.ndarray]]) -> list
 def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entry:
     """One measured entry from the runs that evaluated it on the same images."""
     pairs = [(p.run, m) for p in parts for m in p.matchups]
-    ok = [(run, m) for run, m in pairs if m.status == "ok" and m.robust_correct is not None]
+    ok = [(run, m) for run, m in pairs if m.status == Status.OK and m.robust_correct is not None]
     first = pairs[0][1]
     samples = parts[0].run.samples
     entry = Entry(threat, first.model, first.defense, identity=identity, samples=samples, sample_set=data,
@@ -213,7 +213,7 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     entry.passes = None if not costs or None in costs else float(sum(costs))
     for part in parts:
         run = part.run
-        costs = [m.passes_per_sample for m in part.matchups if m.status == "ok"]
+        costs = [m.passes_per_sample for m in part.matchups if m.status == Status.OK]
         entry.sources.append(Source(
             run.id, run.origin or str(part.store.results_dir.resolve()), run.scenario, run.scenario_digest,
             run.arena_version, entry_identity(run, part.matchups[0])[1], run.data_fingerprint, run.seed, run.device,

@@ -16,132 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from arena.errors import ArenaError
+from arena.errors import StoreError
 from arena.records import Example, Matchup, Run, Verification
+from arena.tables import create_or_migrate, insert, refuse_newer
 from arena.threat import ThreatModel
 from arena.version import __version__
 
 DB_NAME = "arena.db"
-#: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 8
 
 
 def results_folder(path: Path) -> Path:
     """The results folder ``path`` names: the folder itself, or the one holding it when it is its ``.db`` file."""
     path = Path(path)
     return path.parent if path.suffix == ".db" and path.is_file() else path
-
-
-class StoreError(ArenaError):
-    """A results store or run that does not exist; the message says what does."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    scenario TEXT NOT NULL,
-    scenario_path TEXT NOT NULL,
-    scenario_digest TEXT NOT NULL,
-    scenario_text TEXT NOT NULL,
-    arena_version TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    norm TEXT NOT NULL,
-    eps REAL NOT NULL,
-    dataset TEXT NOT NULL,
-    samples INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    weights TEXT NOT NULL DEFAULT '{}',
-    classes TEXT NOT NULL DEFAULT '[]',
-    expected TEXT NOT NULL DEFAULT '[]',
-    pid INTEGER,
-    host TEXT,
-    data_fingerprint TEXT,
-    runtime TEXT NOT NULL DEFAULT '{}',
-    origin TEXT,
-    status TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT
-);
-CREATE TABLE IF NOT EXISTS matchups (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    model TEXT NOT NULL,
-    defense TEXT NOT NULL,
-    attack TEXT NOT NULL,
-    params TEXT NOT NULL,
-    gradient TEXT NOT NULL DEFAULT '{}',
-    key TEXT NOT NULL,
-    reused_from TEXT,
-    status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error', 'skipped')),
-    detail TEXT,
-    samples INTEGER NOT NULL,
-    clean_accuracy REAL,
-    robust_accuracy REAL,
-    attack_success_rate REAL,
-    mean_norm REAL,
-    max_norm REAL,
-    wall_time_s REAL NOT NULL,
-    clean_correct BLOB,
-    robust_correct BLOB,
-    finished_at TEXT NOT NULL,
-    attacked BLOB,
-    forward_passes INTEGER,
-    backward_passes INTEGER,
-    checks TEXT NOT NULL DEFAULT '{}',
-    suite TEXT NOT NULL DEFAULT '',
-    cascade_after TEXT NOT NULL DEFAULT '[]',
-    UNIQUE (run_id, model, defense, attack)
-);
-CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
-CREATE TABLE IF NOT EXISTS examples (
-    matchup_id INTEGER NOT NULL REFERENCES matchups(id),
-    sample INTEGER NOT NULL,
-    label INTEGER NOT NULL,
-    shape TEXT NOT NULL,
-    clean BLOB NOT NULL,
-    adversarial BLOB NOT NULL,
-    predicted_before INTEGER NOT NULL,
-    predicted_after INTEGER NOT NULL,
-    confidence_before REAL NOT NULL,
-    confidence_after REAL NOT NULL,
-    codec TEXT NOT NULL DEFAULT 'raw'
-);
-CREATE TABLE IF NOT EXISTS verifications (
-    id TEXT PRIMARY KEY,
-    entry TEXT NOT NULL,
-    identity TEXT NOT NULL,
-    sample_set TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    norm TEXT NOT NULL,
-    eps REAL NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('verified', 'not reproducible')),
-    samples TEXT NOT NULL,
-    keys TEXT NOT NULL,
-    differing TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    machine TEXT NOT NULL,
-    device TEXT NOT NULL,
-    arena_version TEXT NOT NULL,
-    verified_at TEXT NOT NULL
-);
-"""
-
-#: How a store of an older schema is brought up to date in place, so no recorded result is lost: the columns each
-#: schema version added (tables a version added come from the schema script, with all their columns).
-_MIGRATIONS: dict[int, list[tuple[str, str]]] = {
-    1: [("matchups", "gradient TEXT NOT NULL DEFAULT '{}'")],
-    2: [("matchups", column) for column in (
-        "attacked BLOB", "forward_passes INTEGER", "backward_passes INTEGER", "checks TEXT NOT NULL DEFAULT '{}'",
-        "suite TEXT NOT NULL DEFAULT ''", "cascade_after TEXT NOT NULL DEFAULT '[]'",
-    )],
-    3: [("runs", column) for column in (
-        "classes TEXT NOT NULL DEFAULT '[]'", "expected TEXT NOT NULL DEFAULT '[]'", "pid INTEGER", "host TEXT",
-    )],
-    4: [("examples", "codec TEXT NOT NULL DEFAULT 'raw'")],
-    5: [("runs", column) for column in ("data_fingerprint TEXT", "runtime TEXT NOT NULL DEFAULT '{}'", "origin TEXT")],
-}
-#: Tables whose constraints a schema version changed (7: a matchup may be ``skipped``). SQLite cannot alter a CHECK,
-#: so such a table is rebuilt from the schema script and its rows copied over (SQLite's documented procedure).
-_REBUILDS: dict[int, list[str]] = {6: ["matchups"]}
 
 
 def _encode(image: np.ndarray) -> bytes:
@@ -215,12 +102,12 @@ class Store:
         try:
             if readonly:
                 self.db = self._connect_readonly()
-                self._refuse_newer(self.db.execute("PRAGMA user_version").fetchone()[0])
+                refuse_newer(self.path, self.db.execute("PRAGMA user_version").fetchone()[0])
                 return
             self.db = sqlite3.connect(self.path)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
-            self._create_or_migrate()
+            create_or_migrate(self.db, self.path)
             self._mark_interrupted()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} ({exc}); "
@@ -261,56 +148,6 @@ class Store:
         db.row_factory = sqlite3.Row
         return db
 
-    def _refuse_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} was written by a newer arena (store schema {version}, this arena reads up "
-                             f"to {SCHEMA_VERSION}); upgrade arena or pass another --results folder")
-
-    def _create_or_migrate(self) -> None:
-        """Create the tables, or bring an older schema up to date, in one transaction: a crash leaves the store as
-        it was. A store left half-made by an older arena (tables but no version) is rebuilt when it holds no run."""
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        tables = [r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"
-                                                 " AND name NOT LIKE 'sqlite_%'")]
-        self._refuse_newer(version)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            if tables and version == 0:
-                if "runs" in tables and self.db.execute("SELECT count(*) FROM runs").fetchone()[0]:
-                    raise StoreError(f"{self.path} was not created completely but holds runs; move it away (or "
-                                     "pass another --results folder) and keep it for its data")
-                for table in tables:
-                    self.db.execute(f'DROP TABLE "{table}"')
-                tables = []
-            self._apply_schema()
-            for step in range(version, SCHEMA_VERSION) if tables else ():
-                for table, column in _MIGRATIONS.get(step, ()):
-                    present = {row[1] for row in self.db.execute(f'PRAGMA table_info("{table}")')}
-                    if column.split()[0] not in present:  # a table the schema script just made has it already
-                        self.db.execute(f'ALTER TABLE "{table}" ADD COLUMN {column}')
-                for table in _REBUILDS.get(step, ()):
-                    self._rebuild(table)
-            self._apply_schema()  # the indexes a rebuilt table dropped
-            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self.db.commit()
-        except BaseException:
-            self.db.rollback()
-            raise
-
-    def _apply_schema(self) -> None:
-        """Create whatever table or index of the schema script is missing (inside the caller's transaction)."""
-        for statement in filter(str.strip, _SCHEMA.split(";")):
-            self.db.execute(statement)
-
-    def _rebuild(self, table: str) -> None:
-        """Recreate ``table`` with the schema script's definition, keeping every row (ids included) and column."""
-        create = next(s for s in _SCHEMA.split(";") if f"TABLE IF NOT EXISTS {table} (" in s)
-        columns = ", ".join(f'"{row[1]}"' for row in self.db.execute(f'PRAGMA table_info("{table}")'))
-        self.db.execute(create.replace(f"IF NOT EXISTS {table} (", f'"{table}_rebuilt" ('))
-        self.db.execute(f'INSERT INTO "{table}_rebuilt" ({columns}) SELECT {columns} FROM "{table}"')
-        self.db.execute(f'DROP TABLE "{table}"')
-        self.db.execute(f'ALTER TABLE "{table}_rebuilt" RENAME TO "{table}"')
-
     def _mark_interrupted(self) -> None:
         """Runs left ``running`` by a process that is gone (killed, crashed) become ``interrupted``."""
         rows = self.db.execute("SELECT id, pid, host FROM runs WHERE status = 'running'").fetchall()
@@ -325,9 +162,9 @@ class Store:
             raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
         store = cls(results_dir, readonly=True)
         if not store.has_table("runs"):
-            store.close()  # an empty file, or a store whose creation never finished: nothing to read
-            raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
-                             f"--results {results_dir}` first, or pass another --results folder")
+            with store:  # an empty file, or a store whose creation never finished: nothing to read
+                raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
+                                 f"--results {results_dir}` first, or pass another --results folder")
         return store
 
     def start_run(
@@ -342,20 +179,20 @@ class Store:
         if expected is None:
             expected = [(m.key, d.key, a.key) for m in scenario.models for d in scenario.defenses
                         for a in scenario.attacks]
-        with self._writing():
-            self.db.execute(
-                "INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
-                " norm, eps, dataset, samples, device, status, started_at, classes, expected, pid, host,"
-                " data_fingerprint, runtime) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, scenario.name, scenario.path, scenario.digest, scenario.text, __version__, scenario.seed,
-                 threat.norm, threat.eps, scenario.dataset.name, samples, device, "running", _now(),
-                 json.dumps(list(classes)), json.dumps([list(e) for e in expected]), os.getpid(), socket.gethostname(),
-                 data_fingerprint, json.dumps(runtime or {}, sort_keys=True)),
-            )
+        with self.writing():
+            insert(self.db, "runs", {
+                "id": run_id, "scenario": scenario.name, "scenario_path": scenario.path,
+                "scenario_digest": scenario.digest, "scenario_text": scenario.text, "arena_version": __version__,
+                "seed": scenario.seed, "norm": threat.norm, "eps": threat.eps, "dataset": scenario.dataset.name,
+                "samples": samples, "device": device, "status": "running", "started_at": _now(),
+                "classes": json.dumps(list(classes)), "expected": json.dumps([list(e) for e in expected]),
+                "pid": os.getpid(), "host": socket.gethostname(), "data_fingerprint": data_fingerprint,
+                "runtime": json.dumps(runtime or {}, sort_keys=True),
+            })
         return run_id
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
+    def writing(self) -> Iterator[None]:
         """One transaction; a failed write (disk full, read-only) becomes one clear error, and what was committed
         before stays."""
         try:
@@ -368,28 +205,27 @@ class Store:
 
     def add_matchup(self, run_id: str, m: Matchup) -> None:
         """Write one matchup and its examples atomically: it is in the store whole, or not at all."""
-        with self._writing():
-            cursor = self.db.execute(
-                "INSERT INTO matchups (run_id, model, defense, attack, params, gradient, key, reused_from, status,"
-                " detail, samples, clean_accuracy, robust_accuracy, attack_success_rate, mean_norm, max_norm,"
-                " wall_time_s, clean_correct, robust_correct, finished_at, attacked, forward_passes, backward_passes,"
-                " checks, suite, cascade_after) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, m.model, m.defense, m.attack, json.dumps(m.params, sort_keys=True),
-                 json.dumps(m.gradient, sort_keys=True), m.key, m.reused_from,
-                 m.status, m.detail,
-                 m.samples, m.clean_accuracy, m.robust_accuracy, m.attack_success_rate, m.mean_norm, m.max_norm,
-                 m.wall_time_s, _pack(m.clean_correct), _pack(m.robust_correct), _now(), _pack(m.attacked),
-                 m.forward_passes, m.backward_passes, json.dumps(m.checks, sort_keys=True), m.suite,
-                 json.dumps(m.cascade_after)),
-            )
-            self.db.executemany(
-                "INSERT INTO examples (matchup_id, sample, label, shape, clean, adversarial, predicted_before,"
-                " predicted_after, confidence_before, confidence_after, codec) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [(cursor.lastrowid, e.sample, e.label, json.dumps(list(e.clean.shape)),
-                  _encode(e.clean), _encode(e.adversarial),
-                  e.predicted_before, e.predicted_after, e.confidence_before, e.confidence_after, "zlib")
-                 for e in m.examples],
-            )
+        with self.writing():
+            matchup_id = insert(self.db, "matchups", {
+                "run_id": run_id, "model": m.model, "defense": m.defense, "attack": m.attack,
+                "params": json.dumps(m.params, sort_keys=True), "gradient": json.dumps(m.gradient, sort_keys=True),
+                "key": m.key, "reused_from": m.reused_from, "status": m.status.value, "detail": m.detail,
+                "samples": m.samples, "clean_accuracy": m.clean_accuracy, "robust_accuracy": m.robust_accuracy,
+                "attack_success_rate": m.attack_success_rate, "mean_norm": m.mean_norm, "max_norm": m.max_norm,
+                "wall_time_s": m.wall_time_s, "clean_correct": _pack(m.clean_correct),
+                "robust_correct": _pack(m.robust_correct), "finished_at": _now(), "attacked": _pack(m.attacked),
+                "forward_passes": m.forward_passes, "backward_passes": m.backward_passes,
+                "checks": json.dumps(m.checks, sort_keys=True), "suite": m.suite,
+                "cascade_after": json.dumps(m.cascade_after),
+            })
+            for e in m.examples:
+                insert(self.db, "examples", {
+                    "matchup_id": matchup_id, "sample": e.sample, "label": e.label,
+                    "shape": json.dumps(list(e.clean.shape)), "clean": _encode(e.clean),
+                    "adversarial": _encode(e.adversarial), "predicted_before": e.predicted_before,
+                    "predicted_after": e.predicted_after, "confidence_before": e.confidence_before,
+                    "confidence_after": e.confidence_after, "codec": "zlib",
+                })
 
     def has_table(self, name: str) -> bool:
         """Whether the store holds the table ``name`` (an older store lacks the newer tables)."""
@@ -418,14 +254,12 @@ class Store:
 
     def add_verification(self, v: Verification) -> None:
         """Record an ``arena verify`` mark (a mark with the same id, merged twice, is kept once)."""
-        with self._writing():
-            self.db.execute(
-                "INSERT OR IGNORE INTO verifications (id, entry, identity, sample_set, dataset, norm, eps, status,"
-                " samples, keys, differing, seed, machine, device, arena_version, verified_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (v.id, v.entry, v.identity, v.sample_set, v.dataset, v.norm, v.eps, v.status, json.dumps(v.samples),
-                 json.dumps(v.keys), json.dumps(v.differing), v.seed, v.machine, v.device, v.arena_version,
-                 v.verified_at))
+        if self.db.execute("SELECT 1 FROM verifications WHERE id = ?", (v.id,)).fetchone():
+            return
+        with self.writing():
+            insert(self.db, "verifications", {
+                **{k: v.__dict__[k] for k in Verification.__dataclass_fields__},
+                **{k: json.dumps(v.__dict__[k]) for k in ("samples", "keys", "differing")}})
 
     def verifications(self) -> list[Verification]:
         """Every verification mark, oldest first (none in a store older than verification)."""
@@ -437,7 +271,7 @@ class Store:
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
         """Close a run with its final status and where each model's weights came from (trained or cache)."""
-        with self._writing():
+        with self.writing():
             self.db.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, weights = ? WHERE id = ?",
                 (status, _now(), json.dumps(weights, sort_keys=True), run_id),
@@ -491,4 +325,11 @@ class Store:
         return found
 
     def close(self) -> None:
+        """Close the database connection (``with Store(...) as store:`` does it on leaving the block)."""
         self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,7 +17,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from arena.kinds import Dataset, Param
+from arena.kinds import Dataset, Model, Param, Suite
 from arena.registry import PluginError, Registry, unknown_name_message
 from arena.safe_yaml import line_map, read_yaml
 from arena.schema import (
@@ -153,7 +153,7 @@ class _Resolver:
         resolved = self.plugin("model", ref, loc)
         if resolved is None:
             return None
-        problem = self.registry.build("model", resolved).input_problem(self.shape) if self.shape else None
+        problem = self.registry.build(Model, resolved).input_problem(self.shape) if self.shape else None
         if problem:
             self.problems.add(loc + ("name",), problem)
             return None
@@ -186,7 +186,7 @@ class _Resolver:
         if suite is None:
             return [None]
         members = []
-        for entry in self.registry.build("suite", suite).attacks():
+        for entry in self.registry.build(Suite, suite).attacks():
             label = f"{ref.key}/{entry.get('label') or entry['name']}"
             member = {"bpda": ref.bpda, "eot_samples": ref.eot_samples, **entry, "label": label}
             member_ref = AttackRef.model_validate(member).model_copy(update={"source": ref.source, "suite": ref.key})
@@ -232,7 +232,7 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
     else:
         resolved["dataset"] = resolver.plugin("dataset", dataset, ("dataset",))
         if resolved["dataset"] is not None:
-            resolver.shape = registry.build("dataset", resolved["dataset"]).input_shape()
+            resolver.shape = registry.build(Dataset, resolved["dataset"]).input_shape()
         if dataset.name in registry.names("dataset"):
             _check_sizes(data, dataset, registry.get("dataset", dataset.name).cls, resolver.shape, problems)
     model_keys = [ref.key for _, ref in _entries(data, "models", ModelRef)]

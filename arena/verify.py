@@ -27,7 +27,7 @@ from arena.engine import predict
 from arena.errors import ArenaError
 from arena.keys import derive_seed
 from arena.matchups import Arena
-from arena.records import Matchup, Run, Verification
+from arena.records import Matchup, Run, Status, Verification
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.runtime import Runtime
 from arena.scenario import AttackRef, DefenseRef, ModelRef, Scenario, ScenarioError, parse_scenario
@@ -65,7 +65,7 @@ def behind(store: Store, entry: Entry) -> list[tuple[Run, Matchup]]:
     found = []
     for source in entry.sources:
         run = store.run(source.run)
-        found += [(run, m) for m in store.matchups(run.id) if m.status == "ok" and m.robust_correct is not None
+        found += [(run, m) for m in store.matchups(run.id) if m.status == Status.OK and m.robust_correct is not None
                   and entry_identity(run, m)[0] == entry.identity]
     return found
 
@@ -189,10 +189,10 @@ def _replay(rebuilt: Rebuilt, store: Store, m: Matchup, target: torch.nn.Module,
     engine = replace(arena.engine, only=chosen)
     played = engine.play(lambda: arena.attacker(rebuilt.data, model, defense, attack), target, rebuilt.data, clean,
                          m.attacked_mask.copy(), (model, defense, attack), [])
-    if played.status == "error":
+    if played.status == Status.ERROR:
         raise ArenaError(f"replaying {m.attack} vs {m.model}+{m.defense} failed here: "
                          f"{(played.detail or '').strip().splitlines()[-1]}")
-    if played.status == "invalid":
+    if played.status == Status.INVALID:
         return np.zeros_like(clean), played.detail
     return played.robust_correct, None
 
@@ -229,8 +229,7 @@ def verify(results: Path, name: str, samples: int = DEFAULT_SAMPLES, seed: int |
     """Replay ``samples`` seeded-random samples of every matchup behind the entry ``name`` of the store at
     ``results``, compare them per sample with what is stored, and store the mark (verified or not reproducible)."""
     Store.open_existing(results).close()  # refuses a folder without a store, rather than making one
-    store = Store(results)
-    try:
+    with Store(results) as store:
         entry = find_entry(standing([store]), name)
         pairs = behind(store, entry)
         seed = secrets.randbelow(2**31) if seed is None else seed
@@ -281,5 +280,3 @@ def verify(results: Path, name: str, samples: int = DEFAULT_SAMPLES, seed: int |
             arena_version=__version__, verified_at=datetime.now(UTC).isoformat(timespec="seconds"))
         store.add_verification(mark)
         return mark
-    finally:
-        store.close()

@@ -280,8 +280,9 @@ class Phases:
             attack, counted, gradient = built(arena, *args)
             if hasattr(attack, "seed"):
                 self.seeds[args[-1].key] = attack.seed
-            # the engine turns pass counting off for the label-leak pass: those calls are a check, not the attack
-            call = self._timed(lambda: "attack" if counted.counting else "checks", attack)
+            # the engine counts the label-leak pass apart (``Counted.apart``): those calls are a check, not the attack
+            main = counted.passes
+            call = self._timed(lambda: "attack" if counted.passes is main else "checks", attack)
             return _Timed(attack, call), counted, gradient
 
         return attacker

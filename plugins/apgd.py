@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arena import Attack, Counted, Param, ThreatModel, hookimpl
-from arena_plugins.autoattack import _APGD
+from arena_plugins.autoattack import APGD_PARAMS
 from arena_plugins.pgd import PGD
 
 
@@ -88,7 +88,7 @@ class EarlyAPGDCE(_Seeded):
     """APGD on the cross-entropy loss with per-sample early exit: the original's robust set at fewer passes."""
 
     name = "early_apgd_ce"
-    params = _APGD
+    params = APGD_PARAMS
     loss: ClassVar[str] = "ce"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -215,7 +215,7 @@ class EarlyAPGDT(EarlyAPGDCE):
 
     name = "early_apgd_t"
     params = {
-        **_APGD,
+        **APGD_PARAMS,
         "n_target_classes": Param(int, 9, "target classes tried, most promising first", ge=1),
         "ranking": Param(str, "logits", "target order: logits (most likely wrong class first, the original's) or "
                                         "malt (smallest linearised distance first, Melamed et al. 2024)",

@@ -43,7 +43,8 @@ class _Original(Attack):
         return self.attack.perturb(images, labels).detach()
 
 
-_APGD = {
+#: APGD's parameters, shared by the original attacks here and the early-exit ones of ``apgd``.
+APGD_PARAMS = {
     "n_iter": Param(int, 100, "iterations per restart", ge=1),
     "n_restarts": Param(int, 1, "restarts from random points; the best is kept", ge=1),
     "rho": Param(float, 0.75, "step-size halving threshold (checkpoint condition)", gt=0, le=1),
@@ -56,7 +57,7 @@ class APGDCE(_Original):
     """APGD on the cross-entropy loss (Croce and Hein, 2020): AutoAttack's first attack."""
 
     name = "apgd_ce"
-    params = _APGD
+    params = APGD_PARAMS
     loss: ClassVar[str] = "ce"
 
     def build(self, norm: str) -> APGDAttack:
@@ -77,7 +78,7 @@ class APGDT(_Original):
     """Targeted APGD on the DLR loss, one run per target class (the most likely wrong ones first)."""
 
     name = "apgd_t"
-    params = {**_APGD, "n_target_classes": Param(int, 9, "target classes tried, most likely first", ge=1)}
+    params = {**APGD_PARAMS, "n_target_classes": Param(int, 9, "target classes tried, most likely first", ge=1)}
 
     def build(self, norm: str) -> APGDAttack_targeted:
         from pyautoattack.autopgd_base import APGDAttack_targeted

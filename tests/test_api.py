@@ -79,9 +79,9 @@ def test_every_user_error_is_an_arena_error():
 
 def test_registry_builds_plugins_from_entries(registry: Registry):
     scenario_like = type("Ref", (), {"name": "cnn", "params": {"normalize": False}})()
-    model = registry.build("model", scenario_like)
+    model = registry.build(arena.Model, scenario_like)
     assert isinstance(model, CNN) and model.normalize is False
-    attack = registry.build("attack", "fgsm", torch.nn.Identity(), arena.ThreatModel("linf", 0.1))
+    attack = registry.build(arena.Attack, "fgsm", torch.nn.Identity(), arena.ThreatModel("linf", 0.1))
     assert attack.threat.eps == 0.1
     chain = [type("Ref", (), {"name": n, "params": {}})() for n in ("art.madry_pgd", "art.jpeg")]
     assert [r.name for r in registry.training_stages(chain)] == ["art.madry_pgd"]
@@ -98,7 +98,7 @@ def test_readme_python_example_runs_verbatim(monkeypatch):
 @pytest.fixture(scope="module")
 def data():
     scenario, registry = arena.open_scenario(REPO / "scenarios" / "quickstart.yaml")
-    images, labels = registry.build("dataset", scenario.dataset).load("test", scenario.data_dir())
+    images, labels = registry.build(arena.Dataset, scenario.dataset).load("test", scenario.data_dir())
     torch.manual_seed(0)
     return CNN().build(10), images[:64], labels[:64]
 
@@ -217,7 +217,7 @@ def test_params_take_any_sequence_of_choices_and_resolve_paths_against_the_scena
     path = write_scenario(tmp_path, tiny(models=[{"name": "loaded", "weights": "w.pt", "kind": "b"}]))
     [ref] = load_scenario(path, registry).models
     assert ref.params == {"weights": str((tmp_path / "w.pt").resolve()), "width": 10, "kind": "b"}
-    model = registry.build("model", ref)
+    model = registry.build(arena.Model, ref)
     assert model.weights == (tmp_path / "w.pt").resolve() and model.kind == "b"
     with pytest.raises(arena.ScenarioError, match=r"models\[0\]\.kind: Input should be 'a' or 'b' \(got 'c'\)"):
         load_scenario(write_scenario(tmp_path, tiny(models=[{"name": "loaded", "kind": "c"}])), registry)

@@ -12,7 +12,8 @@ from conftest import play, tiny, write_scenario
 
 from arena.defended import Defended
 from arena.scenario import ScenarioError, TrainConfig, load_scenario
-from arena.store import SCHEMA_VERSION, Store
+from arena.store import Store
+from arena.tables import SCHEMA_VERSION
 from arena.training import Trainer
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.models import CNN

@@ -562,7 +562,7 @@ def test_a_half_made_store_is_rebuilt_when_empty_and_refused_when_it_holds_runs(
 
 
 def test_reading_never_migrates_or_switches_the_journal(tmp_path, capsys):
-    from arena.store import SCHEMA_VERSION
+    from arena.tables import SCHEMA_VERSION
 
     Store(tmp_path).close()
     db = sqlite3.connect(tmp_path / "arena.db")

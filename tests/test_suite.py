@@ -15,7 +15,8 @@ from arena import conditions, keys, matchups
 from arena.leaderboard import leaderboard_table, render, rows
 from arena.registry import load_registry
 from arena.scenario import ScenarioError, load_scenario
-from arena.store import _SCHEMA, SCHEMA_VERSION, Store
+from arena.store import Store
+from arena.tables import SCHEMA, SCHEMA_VERSION
 from benchmarks import suite
 
 
@@ -128,7 +129,7 @@ def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeyp
 
 def test_an_older_store_learns_to_record_skipped_members(tmp_path):
     old = sqlite3.connect(tmp_path / "arena.db")
-    old.executescript(_SCHEMA.replace("'error', 'skipped')", "'error')"))
+    old.executescript(SCHEMA.replace("'error', 'skipped')", "'error')"))
     old.execute("INSERT INTO runs (id, scenario, scenario_path, scenario_digest, scenario_text, arena_version, seed,"
                 " norm, eps, dataset, samples, device, status, started_at) VALUES ('r', 's', 'p', 'd', 't', '0', 0,"
                 " 'linf', 0.1, 'cifar10', 1, 'cpu', 'done', 'then')")
