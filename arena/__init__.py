@@ -5,72 +5,47 @@ This namespace is the public face, as ``pytest`` is pytest's: it re-exports ever
 type a plugin or a notebook needs, so nothing outside ``arena`` imports ``arena.<module>``.
 """
 
+import importlib
+from typing import Any
+
 import pluggy
 
-from arena.version import __version__
+from arena.version import __version__ as __version__
 
 #: Decorator for plugin hook implementations, as ``pytest.hookimpl`` or ``datasette.hookimpl``.
 hookimpl = pluggy.HookimplMarker("arena")
 
-from arena.api import Evaluation, evaluate, load_model, open_scenario  # noqa: E402
-from arena.cost import Counted, Passes  # noqa: E402
-from arena.errors import ArenaError  # noqa: E402
-from arena.kinds import (  # noqa: E402
-    Attack,
-    DataError,
-    Dataset,
-    Defense,
-    Model,
-    Param,
-    Plugin,
-    Postprocessor,
-    Preprocessor,
-    Suite,
-    TrainingDefense,
-)
-from arena.matchups import Arena  # noqa: E402
-from arena.records import Matchup, Run, Status, Verification  # noqa: E402
-from arena.registry import PluginError, Registry, unknown_name_message  # noqa: E402
-from arena.runtime import Runtime  # noqa: E402
-from arena.scenario import Scenario, ScenarioError  # noqa: E402
-from arena.store import StoreError  # noqa: E402
-from arena.threat import ThreatModel  # noqa: E402
-from arena.training import TrainConfig, Trainer  # noqa: E402
+#: Where each re-exported name lives. A name's module is imported when the name is first used, so ``import arena``
+#: costs only pluggy: the ``arena`` command handles Ctrl-C before torch and the plugins load (``arena.__main__``).
+_EXPORTS = {
+    "arena.api": ("Evaluation", "evaluate", "load_model", "open_scenario"),
+    "arena.cost": ("Counted", "Passes"),
+    "arena.errors": ("ArenaError",),
+    "arena.kinds": ("Attack", "DataError", "Dataset", "Defense", "Model", "Param", "Plugin", "Postprocessor",
+                    "Preprocessor", "Suite", "TrainingDefense"),
+    "arena.matchups": ("Arena",),
+    "arena.records": ("GradientPath", "Matchup", "Run", "Status", "Verification"),
+    "arena.registry": ("PluginError", "Registry", "unknown_name_message"),
+    "arena.runtime": ("Runtime",),
+    "arena.scenario": ("Scenario", "ScenarioError"),
+    "arena.store": ("StoreError",),
+    "arena.threat": ("ThreatModel",),
+    "arena.training": ("TrainConfig", "Trainer"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "Arena",
-    "ArenaError",
-    "Attack",
-    "Counted",
-    "DataError",
-    "Dataset",
-    "Defense",
-    "Evaluation",
-    "Matchup",
-    "Model",
-    "Param",
-    "Passes",
-    "Plugin",
-    "PluginError",
-    "Postprocessor",
-    "Preprocessor",
-    "Registry",
-    "Run",
-    "Runtime",
-    "Scenario",
-    "ScenarioError",
-    "Status",
-    "StoreError",
-    "Suite",
-    "ThreatModel",
-    "TrainConfig",
-    "Trainer",
-    "TrainingDefense",
-    "Verification",
-    "__version__",
-    "evaluate",
-    "hookimpl",
-    "load_model",
-    "open_scenario",
-    "unknown_name_message",
-]
+
+def __getattr__(name: str) -> Any:
+    """``arena.Attack`` and ``from arena import Attack``: the name from its module, imported on first use."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'arena' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
+
+__all__ = sorted([*_HOME, "hookimpl", "__version__"])

@@ -163,8 +163,11 @@ def binarization(
     threat: ThreatModel,
 ) -> Binarization:
     """Run the binarization test of ``attack`` (built on ``counted``, which wraps the defended model containing
-    ``net``) on each of ``images`` whose clean prediction is right; ``labels`` are their true classes."""
+    ``net``) on each of ``images`` whose clean prediction is right; ``labels`` are their true classes. The binary
+    head has one target class: an attack that declares ``n_target_classes`` runs with one."""
     layer = last_linear(net, images)
+    if getattr(attack, "n_target_classes", 1) > 1 and "n_target_classes" in attack.params:
+        attack = attack.rebuilt(threat, n_target_classes=1)
     head = _Head(layer)
     tested = passed = failed = 0
     with head.handle, counted.apart() as passes:  # the hook's handle removes it on the way out
@@ -200,9 +203,13 @@ def active_checks(
     attack: Attack, counted: Counted, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
 ) -> dict[str, int | str]:
     """The binarization test of one white-box matchup as stored in its checks: the ``Binarization`` fields, or the
-    ``error`` saying why the model cannot be tested."""
+    ``error`` saying why the model cannot be tested or why the attack failed on the binary head (a failing test
+    never discards the attack's own results)."""
     net = getattr(counted.module, "net", counted.module)
     try:
         return asdict(binarization(attack, counted, net, images, labels, threat))
     except ActiveTestError as error:
         return {"error": str(error)}
+    except Exception as error:  # the attack itself failed on the 2-class head: a result of the test, said so
+        return {"error": f"{attack.name} failed on the test's 2-class head ({type(error).__name__}: {error}); the "
+                         "attack may assume more classes"}

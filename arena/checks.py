@@ -20,7 +20,8 @@ from torch import nn
 
 from arena.active import PASS_SHARE
 from arena.indicators import UNSTABLE_SHARE, unconstrained_failed
-from arena.records import Matchup, Status
+from arena.model_checks import Once, fresh
+from arena.records import GradientPath, Matchup, Status
 
 #: Samples of the first attacked batch the probe looks at (AutoAttack's checks look at one batch too).
 PROBE_SAMPLES = 100
@@ -39,11 +40,22 @@ TOLERANCE = 0.005
 BLACK_BOX_TOLERANCE = 0.002
 
 
-def probe(target: nn.Module, attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+def probe(
+    target: nn.Module, attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor, once: Once = fresh,
+) -> dict[str, Any]:
     """The checks one batch answers: ``probabilities`` (the module the attack differentiates returns rows summing to
     1), ``nondeterministic`` (the judged module's forward passes disagree), ``zero_gradient`` of ``checked`` samples
-    (the first ``PROBE_SAMPLES`` of the batch)."""
+    (the first ``PROBE_SAMPLES`` of the batch). Properties of the defended model: ``once`` shares them among its
+    attacks."""
     images, labels = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
+    return {**once("outputs", lambda: outputs(target, attacked, images)),
+            "zero_gradient": once("zero_gradient", lambda: zero_gradients(attacked, images, labels), gradient=True),
+            "checked": len(images)}
+
+
+def outputs(target: nn.Module, attacked: nn.Module, images: torch.Tensor) -> dict[str, bool]:
+    """Whether ``attacked`` returns ``probabilities`` and whether ``target``'s forward passes disagree
+    (``nondeterministic``) on ``images``."""
     with torch.no_grad():
         outputs = [target(images).float() for _ in range(DETERMINISM_PASSES)]
         seen = attacked(images).float()
@@ -52,12 +64,15 @@ def probe(target: nn.Module, attacked: nn.Module, images: torch.Tensor, labels: 
     disagree = any(not torch.equal(o.argmax(1), outputs[0].argmax(1)) for o in outputs)
     slack = PROBABILITY_TOLERANCE
     probabilities = bool(seen.min() > -slack and seen.max() < 1 + slack and ((seen.sum(1) - 1).abs() < slack).all())
+    return {"probabilities": probabilities, "nondeterministic": disagree or spread > DETERMINISM_TOLERANCE}
+
+
+def zero_gradients(attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """Samples whose cross-entropy input gradient through ``attacked`` is all zero."""
     x = images.clone().requires_grad_(True)
     with torch.enable_grad():
         (grad,) = torch.autograd.grad(F.cross_entropy(attacked(x), labels, reduction="sum"), x)
-    zero = int((grad.flatten(1).abs().sum(1) == 0).sum())
-    return {"probabilities": probabilities, "nondeterministic": disagree or spread > DETERMINISM_TOLERANCE,
-            "zero_gradient": zero, "checked": len(images)}
+    return int((grad.flatten(1).abs().sum(1) == 0).sum())
 
 
 def convergence(traces: list[torch.Tensor]) -> dict[str, Any] | None:
@@ -79,7 +94,7 @@ def convergence(traces: list[torch.Tensor]) -> dict[str, Any] | None:
     return {"calls": max(len(t) for t in traces), "robust": robust, "rise": total, "late_rise": late}
 
 
-def single_step(backward_passes: int | None, attacked: int, gradient: dict[str, Any]) -> bool | None:
+def single_step(backward_passes: int | None, attacked: int, gradient: GradientPath) -> bool | None:
     """Whether an attack took at most one gradient step per attacked sample (None when that was not counted)."""
     if backward_passes is None or not attacked:
         return None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from arena import catalog
 from arena.active import ACTIVE_TESTS
 from arena.api import open_scenario
 from arena.errors import ArenaError
@@ -19,7 +20,6 @@ from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, export_entry, select
 from arena.executors import RayExecutor, require_ray
 from arena.external import submit
-from arena.hookspecs import HOOKSPEC_VERSION
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
 from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
@@ -269,24 +269,8 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    listing = [
-        {"kind": info.kind, "stage": getattr(info.cls, "stage", None), "name": info.name, "provider": info.provider,
-         "package": info.package,
-         "version": info.version, "description": info.cls.description(),
-         "params": {k: p.describe() for k, p in info.cls.params.items()}}
-        for info in registry
-    ]
-    if args.json:
-        print(json.dumps({"hookspec_version": HOOKSPEC_VERSION, "plugins": listing, "errors": registry.load_errors},
-                         indent=2))
-        return 0
-    kinds = [f"{i['kind']} ({i['stage']})" if i["stage"] else i["kind"] for i in listing]
-    origins = [f"{i['package']} {i['version']}" if i["package"] else i["provider"] for i in listing]
-    widths = [max(map(len, column), default=0) for column in (kinds, [i["name"] for i in listing], origins)]
-    for kind, item, origin in zip(kinds, listing, origins):
-        print(f"{kind:{widths[0]}}  {item['name']:{widths[1]}}  {origin:{widths[2]}}  {item['description']}")
-        for key, text in item["params"].items():
-            print(f"{'':{sum(widths) + 6}}{key}: {text}")
+    print(json.dumps(catalog.as_json(registry), indent=2) if args.json
+          else "\n".join(catalog.lines(registry, verbose=args.verbose)))
     return 0
 
 
@@ -419,14 +403,16 @@ def parser() -> argparse.ArgumentParser:
                                     help="list the bundled scenarios, which `arena run NAME` takes")
     scenarios.set_defaults(func=cmd_scenarios)
 
-    listing = commands.add_parser("plugins", parents=[common], help="list loaded plugins and their parameters")
+    listing = commands.add_parser("plugins", parents=[common], help="list the loaded plugins, one line each")
+    listing.add_argument("-v", "--verbose", action="store_true", help="each plugin's parameters too")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_plugins)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``arena`` console script; exit 2 on bad input, 1 when a matchup failed."""
+    """The ``arena`` command on ``argv``: exit 2 on bad input, 1 when a matchup failed, 130 on Ctrl-C (the console
+    script, ``arena.__main__.run``, also covers the imports and the exit)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
@@ -436,6 +422,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         results = getattr(args, "results", DEFAULT_RESULTS)
-        print(f"arena: interrupted; every finished matchup is kept in {results / 'arena.db'} (the run is marked "
-              "interrupted); run the same command again to resume", file=sys.stderr)
+        print(f"arena: interrupted; every finished matchup is kept in {results / 'arena.db'}; run the same command "
+              "again to resume", file=sys.stderr)
         return 130

@@ -4,7 +4,10 @@ gradient attacks may be failing. A member whose conditions all fail is recorded 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
+
+import numpy as np
 
 from arena.indicators import unconstrained_failed
 from arena.records import Matchup, Status
@@ -41,32 +44,37 @@ def gradient_doubts(before: list[Matchup]) -> list[str]:
             box = checks["unconstrained"]
             found.append(f"{m.attack}: with an ε covering the whole box it broke only {box['broken']} of "
                          f"{box['checked']} probed samples (unconstrained attack failure)")
-        for name, what in (("bpda", "crossed by BPDA"), ("masked", "crossed with no gradient"),
-                           ("randomized", "randomized, averaged by EOT")):
-            if gradient.get(name):
-                found.append(f"{m.attack}: {', '.join(gradient[name])} {what}")
+        found += [f"{m.attack}: {', '.join(stages)} {what}" for stages, what in (
+            (gradient.get("bpda"), "crossed by BPDA"), (gradient.get("masked"), "crossed with no gradient"),
+            (gradient.get("randomized"), "randomized, averaged by EOT")) if stages]
     return found
+
+
+def _robust(m: Matchup) -> np.ndarray:
+    """A finished matchup's per-sample robust mask (every ``ok`` matchup has one)."""
+    assert m.robust_correct is not None, "an ok matchup records its robust samples"
+    return m.robust_correct
 
 
 def black_box_wins(before: list[Matchup]) -> list[str]:
     """Gradient-free attacks that broke samples which every earlier gradient attack that ran on them missed."""
     found = []
     for m in (m for m in before if m.status == Status.OK and m.gradient.get("gradient_free")):
-        broken = m.attacked_mask & ~m.robust_correct
+        broken = m.attacked_mask & ~_robust(m)
         for w in (w for w in before if w.status == Status.OK and w.white_box):
-            broken &= ~(w.attacked_mask & ~w.robust_correct)
+            broken &= ~(w.attacked_mask & ~_robust(w))
         if broken.any():
             found.append(f"{m.attack} broke {int(broken.sum())} samples the gradient attacks missed")
     return found
 
 
-def reasons(when: list[str], before: list[Matchup]) -> list[str]:
+def reasons(when: Sequence[str], before: list[Matchup]) -> list[str]:
     """The findings that let an entry with these conditions run; empty means it is skipped."""
     readers = {"gradients": gradient_doubts, "black_box": black_box_wins}
     return [reason for condition in when for reason in readers[condition](before)]
 
 
-def skip_reason(when: list[str], before: list[Matchup], left: int) -> str:
+def skip_reason(when: Sequence[str], before: list[Matchup], left: int) -> str:
     """Why an entry was skipped (with how many samples it would have attacked), for its record and the leaderboard."""
     ran = ", ".join(m.attack for m in before) or "no attack"
     return f"not run on the {left} samples left: none of its conditions ({', '.join(when)}) held after {ran}"

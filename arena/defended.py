@@ -10,13 +10,14 @@ attacks the expected model.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from arena.kinds import Postprocessor, Preprocessor
+from arena.records import GradientPath
 
 
 class _Bridge(torch.autograd.Function):
@@ -43,7 +44,7 @@ class Defended(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, pre: list[Preprocessor] = (), post: list[Postprocessor] = (),
+        self, net: nn.Module, pre: Sequence[Preprocessor] = (), post: Sequence[Postprocessor] = (),
         bpda: bool = True, eot_samples: int = 1,
     ) -> None:
         super().__init__()
@@ -74,24 +75,24 @@ class Defended(nn.Module):
         log_probs = logits.log_softmax(1)
         with torch.no_grad():
             probabilities = log_probs.exp()
-            for stage in self.post:
-                probabilities = stage(probabilities).to(log_probs.dtype)
+            for post in self.post:
+                probabilities = post(probabilities).to(log_probs.dtype)
             output = probabilities.clamp_min(1e-12).log()
         # Straight through: the value is the postprocessed output, the gradient that of log_probs (BPDA) or zero.
         return log_probs + (output - log_probs).detach() if self.bpda else output + 0 * log_probs
 
-    def gradient(self) -> dict[str, Any]:
+    def gradient(self) -> GradientPath:
         """How attacks differentiate this module, recorded with each matchup."""
         crossed = [s.name for s in self.pre if not s.differentiable] + [s.name for s in self.post]
-        return {
-            "bpda": crossed if self.bpda else [],
-            "masked": [] if self.bpda else crossed,
-            "randomized": [s.name for s in self.pre if s.randomized],
-            "eot_samples": self.eot_samples if self.randomized else 1,
-        }
+        return GradientPath(
+            bpda=crossed if self.bpda else [],
+            masked=[] if self.bpda else crossed,
+            randomized=[s.name for s in self.pre if s.randomized],
+            eot_samples=self.eot_samples if self.randomized else 1,
+        )
 
 
-def describe_gradient(gradient: dict[str, Any]) -> str:
+def describe_gradient(gradient: GradientPath) -> str:
     """One phrase such as ``white-box, BPDA through art.jpeg`` (or ``gradient-free`` for noise, Square) for tables
     and logs."""
     parts = [f"transfer from {gradient['source']}" if gradient.get("source") else

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -24,7 +24,8 @@ from arena.defended import Defended
 from arena.indicators import measure, silent_success
 from arena.keys import derive_seed
 from arena.kinds import Attack
-from arena.records import Example, Matchup, Status
+from arena.model_checks import ModelChecks, fresh
+from arena.records import Example, GradientPath, Matchup, Status
 from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
 from arena.training import seed_everything
@@ -64,13 +65,15 @@ class Engine:
     progress: bool = True
     #: Samples each white-box matchup's binarization test (``arena.active``) runs on; 0: not asked, never run.
     active_samples: int = 0
+    #: The model-level checks already measured, shared by the attacks on each model × defense.
+    checked: ModelChecks = field(default_factory=ModelChecks)
     #: The scenario seed, from which each batch's seed is derived.
     seed: int = 0
     #: When set, only the batches holding one of these samples are played, and no check is run (a replay).
     only: np.ndarray | None = None
 
     def play(
-        self, attacker: Callable[[], tuple[Attack, Counted, dict[str, Any]]], target: Defended, data: Data,
+        self, attacker: Callable[[], tuple[Attack, Counted, GradientPath]], target: Defended, data: Data,
         clean_correct: np.ndarray, todo: np.ndarray, refs: tuple[ModelRef, DefenseRef, AttackRef],
         before: list[Matchup],
     ) -> Matchup:
@@ -78,7 +81,8 @@ class Engine:
         every adversarial batch.
 
         White-box, the attack differentiates the target itself; a transfer attack crafts on its source and the
-        examples are then judged by the target. The first batch also answers the checks of ``arena.checks``; a
+        examples are then judged by the target. The first batch also answers the checks of ``arena.checks`` (those of
+        the defended model measured once, by the first of its attacks, in ``checked``); a
         single-step attack outside a cascade is then run on the initially-misclassified samples too, so that label
         leaking (the attack fixing images) can be measured.
         """
@@ -88,13 +92,14 @@ class Engine:
         desc = f"{attack_ref.key} vs {model_ref.key}+{defense_ref.key}"
         try:
             attack, counted, record.gradient = attacker()
-            traces, first, silent = [], None, 0
+            traces, first, silent, once = [], None, 0, fresh
             for index, images, labels in self.batches(data, todo, desc):
                 if self.only is not None and not self.only[index.numpy()].any():
                     continue
                 if not record.checks and self.only is None:
+                    once = self.checked.scope(model_ref.key, defense_ref.key, record.gradient, index[:PROBE_SAMPLES])
                     with counted.apart():
-                        record.checks.update(probe(target, counted.module, images, labels))
+                        record.checks.update(probe(target, counted.module, images, labels, once))
                     first = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
                 counted.watch(labels)
                 seed_everything(derive_seed(self.seed, *(ref.key for ref in refs), "batch", int(index[0])))
@@ -112,7 +117,7 @@ class Engine:
             if first is not None:
                 with counted.apart():
                     record.checks.update(measure(attack, counted, target, *first, self.threat, record.gradient,
-                                                 record.checks.get("zero_gradient", 0), not one_step))
+                                                 record.checks.get("zero_gradient", 0), not one_step, once))
                 if not record.gradient.get("source"):
                     record.checks["silent_success"] = silent
             if self.active_samples and first is not None and record.gradient.get("source") is None \
@@ -200,7 +205,7 @@ class _Recorder:
     after: list[str]
     robust: np.ndarray = field(init=False)
     norms: list[torch.Tensor] = field(default_factory=list)
-    gradient: dict[str, Any] = field(default_factory=dict)
+    gradient: GradientPath = field(default_factory=lambda: GradientPath())
     checks: dict[str, Any] = field(default_factory=dict)
     passes: Passes | None = None
     examples: list[Example] = field(default_factory=list)
@@ -222,8 +227,8 @@ class _Recorder:
 def record_matchup(
     refs: tuple[ModelRef, DefenseRef, AttackRef], samples: int, started: float, status: Status,
     detail: str | None = None,
-    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: list[torch.Tensor] = (),
-    gradient: dict[str, Any] | None = None, attacked_mask: np.ndarray | None = None,
+    clean_correct: np.ndarray | None = None, robust: np.ndarray | None = None, norms: Sequence[torch.Tensor] = (),
+    gradient: GradientPath | None = None, attacked_mask: np.ndarray | None = None,
 ) -> Matchup:
     """The stored result: accuracies over all samples, attack success over the attacked ones (by default the
     initially-correct ones)."""
@@ -239,7 +244,7 @@ def record_matchup(
             "attack": {"plugin": attack_ref.name, **attack_ref.params,
                        **attack_ref.model_dump(include={"source", "bpda", "eot_samples"}, exclude_none=True)},
         },
-        gradient=gradient or {},
+        gradient=gradient or GradientPath(),
         status=status, detail=detail, samples=samples, wall_time_s=time.perf_counter() - started,
         clean_accuracy=float(clean_correct.mean()) if clean_correct is not None else None,
         robust_accuracy=float(robust.mean()) if robust is not None else None,

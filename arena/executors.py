@@ -45,6 +45,8 @@ from arena.validation import parse_scenario
 log = logging.getLogger(__name__)
 
 Pairs = list[tuple[ModelRef, DefenseRef]]
+#: A pair to play: its model and defense, its matchup keys, and the matchups the store already holds for them.
+Job = tuple[ModelRef, DefenseRef, dict[str, str], dict[str, Matchup]]
 
 
 class Tournament(Protocol):
@@ -101,7 +103,7 @@ class WorkerSpec:
     scenario_path: str
     plugins: tuple[str, ...]
     blocked: tuple[str, ...]
-    threat: ThreatModel
+    threat: ThreatModel | None
     device: str
     cache: str
     data_dir: str
@@ -194,7 +196,8 @@ class RayExecutor:
                 self._started = False
 
     def _run(self, arena: Tournament, data: Data, pairs: Pairs, pool: Any) -> Iterator[Matchup]:
-        jobs, done = [], []
+        jobs: list[Job] = []
+        done: list[Job] = []
         for model_ref, defense_ref in pairs:
             keys, earlier = arena.prepare(data, model_ref, defense_ref)
             # all reused, or not even keyable (play_pair records why): no worker needed
@@ -210,7 +213,7 @@ class RayExecutor:
                 bar.update(len(matchups))
                 yield from matchups
 
-    def _train(self, arena: Tournament, data: Data, jobs: list[tuple], pool: Any) -> None:
+    def _train(self, arena: Tournament, data: Data, jobs: list[Job], pool: Any) -> None:
         """Train every set of weights the jobs need, each once: undefended ones first, then defended ones."""
         networks = arena.networks
         needed: dict[str, tuple[str, str, bool]] = {}

@@ -20,6 +20,8 @@ from torch import nn
 
 from arena.cost import Counted, margins
 from arena.kinds import Attack
+from arena.model_checks import Once, fresh
+from arena.records import GradientPath
 from arena.threat import ThreatModel
 
 #: Probe samples the unconstrained attack runs on (its cost: the attack's passes on these, stored with the check).
@@ -98,7 +100,7 @@ def saturated(attacked: nn.Module, images: torch.Tensor, labels: torch.Tensor) -
 
 def measure(
     attack: Attack, counted: Counted, target: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-    threat: ThreatModel, gradient: dict[str, Any], zero_gradient: int, iterative: bool,
+    threat: ThreatModel, gradient: GradientPath, zero_gradient: int, iterative: bool, once: Once = fresh,
 ) -> dict[str, Any]:
     """The cheap indicators of one matchup's first batch, run after the attack so they change none of its random
     draws: ``unstable``, ``saturated`` (when some gradient was zero) and, for an ``iterative`` gradient attack on the
@@ -106,9 +108,10 @@ def measure(
     single-step attack is not asked: one sign step across the whole box is a jump to a corner, not an optimisation
     that an unbounded budget lets converge (FGSM broke 8 of 10 on a sound CNN), and the check that an iterative
     attack is never weaker than a single-step one already judges it."""
-    found: dict[str, Any] = {"unstable": unstable(counted.module, images, threat.eps)}
+    found: dict[str, Any] = {
+        "unstable": once(f"unstable {threat.eps!r}", lambda: unstable(counted.module, images, threat.eps))}
     if zero_gradient:
-        found["saturated"] = saturated(counted.module, images, labels)
+        found["saturated"] = once("saturated", lambda: saturated(counted.module, images, labels), gradient=True)
     if iterative and not gradient.get("source") and not gradient.get("gradient_free"):
         try:
             found["unconstrained"] = unconstrained(attack, counted, target, images, labels, threat)

@@ -7,6 +7,7 @@ with the validated values, which become attributes of the instance.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,15 @@ class Param:
         return ", ".join([text, *bounds])
 
 
+def first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, on one line (a sentence may span lines; ``et al.``,
+    ``e.g.`` and ``i.e.`` end none)."""
+    paragraph = " ".join(re.split(r"\n\s*\n", (doc or "").strip())[0].split())
+    return re.split(r"(?<=[.!?])(?<! al\.)(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z(`])", paragraph, maxsplit=1)[0]
+
+
 class Plugin:
-    """Base of every plugin kind: a registered ``name``, declared ``params`` and the docstring's first line."""
+    """Base of every plugin kind: a registered ``name``, declared ``params`` and the docstring's first sentence."""
 
     kind: ClassVar[str]
     name: ClassVar[str]
@@ -91,8 +99,8 @@ class Plugin:
 
     @classmethod
     def description(cls) -> str:
-        """The first line of the class docstring, shown by ``arena plugins``."""
-        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        """The first sentence of the class docstring, shown by ``arena plugins``."""
+        return first_sentence(cls.__doc__)
 
 
 class Dataset(Plugin):

@@ -13,8 +13,9 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ from arena.executors import Executor, LocalExecutor
 from arena.keys import derive_seed, matchup_key
 from arena.kinds import Attack
 from arena.leaderboard import Row, board, write_summary
+from arena.model_checks import ModelChecks
 from arena.networks import Networks
-from arena.records import Matchup, Status
+from arena.records import GradientPath, Matchup, Status
 from arena.registry import Registry
 from arena.report import write_report
 from arena.runtime import Runtime
@@ -84,6 +86,8 @@ class Arena:
     report_path: Path | None = field(default=None, init=False)
     #: The run's networks: built, trained or loaded from the weights cache, once per weights key.
     networks: Networks = field(init=False, repr=False)
+    #: The model-level checks measured this run, shared by the attacks on each model × defense.
+    _checked: ModelChecks = field(default_factory=ModelChecks, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.networks = Networks(self.scenario, self.registry, self.device, self.cache, self.runtime, self.progress)
@@ -203,7 +207,7 @@ class Arena:
                                        attacked_mask=np.zeros_like(todo)),
                         forward_passes=0, backward_passes=0, cascade_after=[m.attack for m in before])
                 else:
-                    found = self.engine.play(lambda ref=attack_ref: self.attacker(data, model_ref, defense_ref, ref),
+                    found = self.engine.play(partial(self.attacker, data, model_ref, defense_ref, attack_ref),
                                              target, data, clean, todo, refs, before)
                 found = replace(found, key=keys[attack_ref.key])
             played[attack_ref.key] = found
@@ -212,8 +216,9 @@ class Arena:
     @property
     def engine(self) -> Engine:
         """The per-batch engine that plays this run's matchups."""
+        assert self.threat is not None, "a run's threat model is set when it starts"
         return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
-                      self.scenario.active_samples if self.active else 0, self.scenario.seed)
+                      self.scenario.active_samples if self.active else 0, self._checked, self.scenario.seed)
 
     @property
     def active(self) -> list[str]:
@@ -222,7 +227,7 @@ class Arena:
 
     def attacker(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, attack_ref: AttackRef
-    ) -> tuple[Attack, Counted, dict[str, Any]]:
+    ) -> tuple[Attack, Counted, GradientPath]:
         """The attack built on the module it differentiates (the target, or a transfer attack's source) with its
         passes counted, seeded for this matchup, and a record of how it gets its gradients."""
         if attack_ref.source is None:
@@ -231,8 +236,9 @@ class Arena:
         else:
             source_model, source_defense = self.networks.transfer_source(model_ref, attack_ref)
             crafted_on = self.networks.defended(data, source_model, source_defense, attack_ref)
-            gradient = {**crafted_on.gradient(), "source": f"{source_model.key}+{source_defense.key}"}
-        if self.registry.get("attack", attack_ref.name).cls.gradient_free:
+            gradient = crafted_on.gradient()
+            gradient["source"] = f"{source_model.key}+{source_defense.key}"
+        if cast(type[Attack], self.registry.get("attack", attack_ref.name).cls).gradient_free:
             gradient["gradient_free"] = True
         seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key, attack_ref.key))
         counted = Counted(crafted_on, autocast=self.runtime.autocast).eval()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torch import nn
 from arena import keys
 from arena.data import Data
 from arena.defended import Defended
-from arena.kinds import Defense, Model
+from arena.kinds import Defense, Model, Postprocessor, Preprocessor, TrainingDefense
 from arena.registry import PluginError, Registry
 from arena.runtime import Runtime
 from arena.schema import NO_DEFENSE, AttackRef, DefenseRef, ModelRef, PluginRef, Scenario
@@ -96,7 +96,7 @@ class Networks:
             if training is None:
                 trainer.fit(net, train_images, train_labels)
             else:
-                defense = self.registry.build(Defense, training)
+                defense = self.registry.build(TrainingDefense, training)
                 seed_everything(self.scenario.seed)
                 defense.train(net, train_images, train_labels, trainer)
             self.provenance[key] = "trained"
@@ -116,11 +116,12 @@ class Networks:
     ) -> Defended:
         """The defended module of an entry; ``attack_ref`` sets how it is differentiated (BPDA, EOT)."""
         stages = [self.registry.build(Defense, ref) for ref in defense_ref.chain]
-        adaptive = {"bpda": attack_ref.bpda, "eot_samples": attack_ref.eot_samples} if attack_ref else {}
+        bpda, eot_samples = (attack_ref.bpda, attack_ref.eot_samples) if attack_ref else (True, 1)
         return Defended(
             self.prepared(data, model_ref, defense_ref),
-            pre=[s for s in stages if s.stage == "preprocess"], post=[s for s in stages if s.stage == "postprocess"],
-            **adaptive,
+            pre=[cast(Preprocessor, s) for s in stages if s.stage == "preprocess"],
+            post=[cast(Postprocessor, s) for s in stages if s.stage == "postprocess"],
+            bpda=bpda, eot_samples=eot_samples,
         ).to(self.device).eval()
 
 

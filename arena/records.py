@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -31,6 +31,22 @@ class Status(StrEnum):
     def failed(self) -> bool:
         """Invalid or errored: its numbers are left out of the worst case, and the row says so."""
         return self in (Status.INVALID, Status.ERROR)
+
+
+class GradientPath(TypedDict, total=False):
+    """How an attack got its gradients, recorded with each matchup and read by conditions, checks and flags."""
+
+    #: Non-differentiable stages crossed with their gradient estimate (BPDA).
+    bpda: list[str]
+    #: Non-differentiable stages that gave no gradient (BPDA off).
+    masked: list[str]
+    #: Randomized stages, whose gradients are averaged over ``eot_samples`` draws (EOT).
+    randomized: list[str]
+    eot_samples: int
+    #: A transfer attack's source, ``model+defense``.
+    source: str
+    #: The attack asks the model for outputs only (noise, Square).
+    gradient_free: bool
 
 
 @dataclass(frozen=True)
@@ -98,7 +114,7 @@ class Matchup:
     samples: int
     wall_time_s: float
     #: How the attack got its gradients: ``source`` (transfer), ``bpda``, ``masked``, ``randomized``, ``eot_samples``.
-    gradient: dict[str, Any] = field(default_factory=dict)
+    gradient: GradientPath = field(default_factory=lambda: GradientPath())
     key: str = ""
     reused_from: str | None = None
     detail: str | None = None

@@ -27,7 +27,7 @@ import pluggy
 
 from arena import hookspecs
 from arena.errors import ArenaError
-from arena.kinds import KINDS, Plugin
+from arena.kinds import KINDS, Plugin, first_sentence
 from arena.version import DISTRIBUTION
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ ENTRY_POINT_GROUP = "arena"
 #: Set to 1 to load only the arena's own plugins, as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest.
 AUTOLOAD_ENV = "ARENA_DISABLE_PLUGIN_AUTOLOAD"
 _REGISTER_HOOKS = {kind: f"arena_register_{kind}s" for kind in KINDS}
+#: The hooks called during a run, which reporters implement.
+REPORTER_HOOKS = tuple(name for name in vars(hookspecs) if name.startswith("arena_")
+                       and name not in _REGISTER_HOOKS.values())
 
 
 class PluginError(ArenaError):
@@ -66,11 +69,28 @@ class PluginInfo:
         return f"{self.provider}{dist}"
 
 
+@dataclass(frozen=True)
+class ReporterInfo:
+    """One registered module (or object) implementing reporter hooks, and where it came from."""
+
+    name: str
+    hooks: tuple[str, ...]
+    description: str
+    package: str | None
+    version: str | None
+
+
 class Ref(Protocol):
     """What names a plugin in a scenario: its ``name`` and validated ``params`` (``arena.scenario.PluginRef``)."""
 
-    name: str
-    params: dict[str, Any]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Ref)
 
 
 @dataclass
@@ -79,6 +99,8 @@ class Registry:
 
     plugins: dict[str, dict[str, PluginInfo]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     load_errors: list[str] = field(default_factory=list)
+    #: The distribution (name, version) of each plugin loaded from an entry point, by its name.
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)
     pm: pluggy.PluginManager = field(default_factory=lambda: make_manager(), repr=False)
 
     def notify(self, event: str, **kwargs: Any) -> None:
@@ -112,9 +134,20 @@ class Registry:
         name, params = (ref, {}) if isinstance(ref, str) else (ref.name, ref.params)
         return cast(P, self.get(kind.kind, name).cls(*args, **params))  # registering checked it is a ``kind``
 
-    def training_stages(self, chain: Iterable[Ref]) -> list[Ref]:
+    def training_stages(self, chain: Iterable[R]) -> list[R]:
         """The training-time defenses of a defense chain (validation allows at most one)."""
-        return [ref for ref in chain if self.get("defense", ref.name).cls.stage == "training"]
+        return [ref for ref in chain if getattr(self.get("defense", ref.name).cls, "stage", None) == "training"]
+
+    def reporters(self) -> list[ReporterInfo]:
+        """Every registered module implementing reporter hooks (``arena_run_started`` ...), by name."""
+        found = []
+        for plugin in self.pm.get_plugins():
+            name = self.pm.get_name(plugin)
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or () if h.name in REPORTER_HOOKS)
+            if hooks:
+                found.append(ReporterInfo(name, tuple(hooks), first_sentence(inspect.getdoc(plugin)),
+                                          *self.origins.get(name, (None, None))))
+        return sorted(found, key=lambda info: info.name)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.plugins[kind])
@@ -170,13 +203,26 @@ def _load_entry_points(pm: pluggy.PluginManager, blocked: set[str], errors: list
 
 
 def _import(module: str) -> ModuleType:
-    """Import a dotted module path, or a ``.py`` file named explicitly (never searched for in the working folder)."""
+    """Import a dotted module path (installed, else from the current folder, as ``python -m`` finds one), or a ``.py``
+    file named explicitly."""
     if not module.endswith(".py"):
+        top = module.partition(".")[0]
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            here = Path.cwd()
+            if exc.name != top:
+                raise
+            if not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+                raise ModuleNotFoundError(f"no module named {top!r} is installed or in the current folder {here}",
+                                          name=top) from None
+        sys.path.insert(0, str(here))  # kept, so the module's own later imports of its neighbours work too
         return importlib.import_module(module)
     path = Path(module)
     if not path.is_file():
         raise FileNotFoundError(f"no such file {path}")
     spec = importlib.util.spec_from_file_location(f"arena_local_{path.stem}", path)
+    assert spec is not None and spec.loader is not None, "a .py file always has a spec and a loader"
     loaded = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = loaded
     spec.loader.exec_module(loaded)
@@ -192,7 +238,7 @@ def load_registry(modules: Iterable[str | ModuleType | object] = (), blocked: It
     blocked = set(blocked)
     registry = Registry()
     pm = registry.pm
-    dists = _load_entry_points(pm, blocked, registry.load_errors)
+    registry.origins = _load_entry_points(pm, blocked, registry.load_errors)
     for module in modules:
         if not isinstance(module, str):
             name = getattr(module, "__name__", type(module).__name__)
@@ -215,7 +261,7 @@ def load_registry(modules: Iterable[str | ModuleType | object] = (), blocked: It
 
     for kind, hook_name in _REGISTER_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            origin = dists.get(impl.plugin_name, (None, None))
+            origin = registry.origins.get(impl.plugin_name, (None, None))
             kwargs = {"register": _registrar(registry, kind, impl.plugin_name, *origin)}
             impl.function(*(kwargs[arg] for arg in impl.argnames))  # as pluggy calls an implementation
     return registry

@@ -8,7 +8,7 @@ adversarial example is still audited, and judged by the float32 model, so a numb
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -47,5 +47,5 @@ class Runtime:
         if self.channels_last:
             network = ChannelsLast(network).eval()
         if self.compile:
-            network = torch.compile(network)
+            return cast(nn.Module, torch.compile(network))
         return network

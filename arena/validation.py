@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import pydantic
 import yaml
@@ -33,6 +33,9 @@ from arena.schema import (
     fraction,
 )
 from arena.training import TrainConfig
+
+#: A plugin entry of any section: resolving it gives back the same kind of entry.
+R = TypeVar("R", bound=PluginRef)
 
 
 def _dotted(path: tuple) -> str:
@@ -76,7 +79,7 @@ class _Problems:
     """Collects ``file:line: field: message`` lines, finding each field's line in the YAML."""
 
     def __init__(self, path: str, lines: dict[tuple, int]) -> None:
-        self.path, self.lines, self.items = path, lines, []
+        self.path, self.lines, self.items = path, lines, list[str]()
 
     def add(self, loc: tuple, message: str) -> None:
         if loc and isinstance(loc[-1], int) and loc not in self.lines and loc[:-1] in self.lines:
@@ -116,7 +119,7 @@ class _Resolver:
         #: One image's shape ``(C, H, W)`` as the scenario's data set states it; each model is checked against it.
         self.shape: tuple[int, ...] | None = None
 
-    def plugin(self, kind: str, ref: PluginRef, loc: tuple) -> PluginRef | None:
+    def plugin(self, kind: str, ref: R, loc: tuple) -> R | None:
         """``ref`` with its parameters validated and defaults filled in; None (and a problem) when it is wrong."""
         try:
             info = self.registry.get(kind, ref.name)
@@ -157,7 +160,7 @@ class _Resolver:
         if problem:
             self.problems.add(loc + ("name",), problem)
             return None
-        recipe = self.registry.get("model", ref.name).cls.recipe
+        recipe = cast(type[Model], self.registry.get("model", ref.name).cls).recipe
         given = ref.train.model_dump(include=ref.train.model_fields_set)
         try:
             return resolved.model_copy(update={"train": TrainConfig.model_validate({**recipe, **given})})
@@ -167,9 +170,10 @@ class _Resolver:
 
     def defense(self, ref: DefenseRef, loc: tuple) -> DefenseRef | None:
         """A defense entry with each plugin resolved; at most one training-time defense per entry."""
-        chain = [self.plugin("defense", item, loc if ref.single else loc + ("chain", j))
+        found = [self.plugin("defense", item, loc if ref.single else loc + ("chain", j))
                  for j, item in enumerate(ref.chain)]
-        if None in chain:
+        chain = [item for item in found if item is not None]
+        if len(chain) < len(found):
             return None
         training = [item.name for item in self.registry.training_stages(chain)]
         if len(training) > 1:
@@ -234,15 +238,17 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
         if resolved["dataset"] is not None:
             resolver.shape = registry.build(Dataset, resolved["dataset"]).input_shape()
         if dataset.name in registry.names("dataset"):
-            _check_sizes(data, dataset, registry.get("dataset", dataset.name).cls, resolver.shape, problems)
+            cls = cast(type[Dataset], registry.get("dataset", dataset.name).cls)
+            _check_sizes(data, dataset, cls, resolver.shape, problems)
     model_keys = [ref.key for _, ref in _entries(data, "models", ModelRef)]
-    checks = {
+    checks: dict[str, tuple[type[PluginRef] | type[DefenseRef], Callable[[Any, tuple], Any]]] = {
         "models": (ModelRef, resolver.model),
         "defenses": (DefenseRef, resolver.defense),
         "attacks": (AttackRef, lambda ref, loc: resolver.attacks(ref, loc, model_keys)),
     }
     for section, (ref_type, check) in checks.items():
-        refs, seen = [], {}
+        refs: list[Any] = []
+        seen: dict[str, int] = {}
         for index, ref in _entries(data, section, ref_type):
             checked = check(ref, (section, index))
             for item in checked if isinstance(checked, list) else [checked]:
@@ -268,7 +274,7 @@ def _check_sizes(
                                              f"{dataset.name}; lower it, or leave it unset to use all")
     section = data.get("threat_model")
     listed = isinstance(section, list)
-    for index, threat in enumerate(section if listed else [section]):
+    for index, threat in enumerate(section if isinstance(section, list) else [section]):
         if not isinstance(threat, dict):
             continue
         loc = ("threat_model", index, "eps") if listed else ("threat_model", "eps")
@@ -297,6 +303,7 @@ def resolve_model(entry: str | dict[str, Any], registry: Registry, shown: str) -
         problems.add_validation(exc, ("model",), known=_fields_at(ModelRef, ()))
         ref = None
     problems.raise_if_any()
+    assert ref is not None, "a model entry without problems resolves"
     return ref
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arena import Attack, Counted, Param, ThreatModel, hookimpl
-from arena_plugins.autoattack import APGD_PARAMS
+from arena_plugins.autoattack import APGD_PARAMS, margin_loss
 from arena_plugins.pgd import PGD
 
 
@@ -45,7 +45,10 @@ def _project_l2(x: torch.Tensor, point: torch.Tensor, eps: float) -> torch.Tenso
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Untargeted DLR: the best other logit's lead over the true one, over the top-1 minus top-3 spread."""
+    """Untargeted DLR: the best other logit's lead over the true one, over the top-1 minus top-3 spread; with fewer
+    than 3 classes (the binarization test's 2-class head) its substitute, that lead alone (``margin_loss``)."""
+    if logits.shape[1] < 3:
+        return margin_loss(logits, labels)
     ordered, order = logits.sort(dim=1)
     top_is_true = (order[:, -1] == labels).float()
     rows = torch.arange(len(logits), device=logits.device)
@@ -54,7 +57,10 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) 
 
 
 def dlr_loss_targeted(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR: the target logit's lead over the true one, over the top-1 minus mean of top-3 and top-4."""
+    """Targeted DLR: the target logit's lead over the true one, over the top-1 minus mean of top-3 and top-4; with
+    fewer than 4 classes (the binarization test's 2-class head) its substitute, that lead alone (``margin_loss``)."""
+    if logits.shape[1] < 4:
+        return margin_loss(logits, labels, targets)
     ordered = logits.sort(dim=1)[0]
     rows = torch.arange(len(logits), device=logits.device)
     lead = logits[rows, labels] - logits[rows, targets]

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 _EPOCHS = Param(int, None, nullable=True, ge=1, help="training epochs; the model's recipe when unset")
 _STEP = Param(float, None, nullable=True, gt=0, help="attack step size; 2.5 * eps / max_iter when unset")
+_TRAIN_EPS = Param(float, 0.1, "L∞ budget of the adversarial examples trained on", gt=0)
+_MAX_ITER = Param(int, 7, "PGD steps per training example", ge=1)
 
 
 def art_classifier(
@@ -71,8 +73,9 @@ class MadryPGD(_ArtTrainer):
     """PGD adversarial training (Madry et al.), ART's AdversarialTrainerMadryPGD."""
 
     name = "art.madry_pgd"
-    params = {"eps": Param(float, 0.1, gt=0), "eps_step": _STEP, "max_iter": Param(int, 7, ge=1),
-              "num_random_init": Param(int, 1, ge=0), "epochs": _EPOCHS}
+    params = {"eps": _TRAIN_EPS, "eps_step": _STEP, "max_iter": _MAX_ITER,
+              "num_random_init": Param(int, 1, "random starts of each training PGD (0: start at the image)", ge=0),
+              "epochs": _EPOCHS}
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
         from art.defences.trainer import AdversarialTrainerMadryPGD
@@ -109,7 +112,7 @@ class FastFGSM(_ArtTrainer):
     """
 
     name = "art.fbf"
-    params = {"eps": Param(float, 0.1, gt=0), "epochs": _EPOCHS}
+    params = {"eps": _TRAIN_EPS, "epochs": _EPOCHS}
 
     def classifier_class(self) -> type[PyTorchClassifier]:
         return _train_mode_classifier()
@@ -127,8 +130,9 @@ class Trades(_ArtTrainer):
     """TRADES (Zhang et al.): clean loss plus beta × the KL to PGD examples, ART's AdversarialTrainerTRADESPyTorch."""
 
     name = "art.trades"
-    params = {"eps": Param(float, 0.1, gt=0), "eps_step": _STEP, "max_iter": Param(int, 7, ge=1),
-              "beta": Param(float, 6.0, gt=0), "epochs": _EPOCHS}
+    params = {"eps": _TRAIN_EPS, "eps_step": _STEP, "max_iter": _MAX_ITER,
+              "beta": Param(float, 6.0, "weight of the KL term against the clean loss (robustness vs accuracy)", gt=0),
+              "epochs": _EPOCHS}
 
     def art_trainer(self, classifier: PyTorchClassifier, trainer: Trainer) -> Any:
         from art.attacks.evasion import ProjectedGradientDescent
@@ -149,7 +153,9 @@ class FGSMAugmentation(_ArtTrainer):
     """
 
     name = "fgsm_augmentation"
-    params = {"eps": Param(float, 0.2, gt=0), "mode": Param(str, "static", choices=("static", "on_the_fly")),
+    params = {"eps": Param(float, 0.2, "L∞ budget of the FGSM examples mixed into training", gt=0),
+              "mode": Param(str, "static", "static: crafted once on the undefended model; on_the_fly: on the model "
+                            "being trained", choices=("static", "on_the_fly")),
               "ratio": Param(float, 0.5, gt=0, le=1, help="share of each batch replaced by adversarial examples"),
               "epochs": _EPOCHS}
 
@@ -194,7 +200,7 @@ class Jpeg(_ArtPreprocessor):
 
     name = "art.jpeg"
     differentiable = False
-    params = {"quality": Param(int, 50, ge=1, le=95)}
+    params = {"quality": Param(int, 50, "JPEG quality: lower compresses more", ge=1, le=95)}
 
     def art(self) -> Any:
         from art.defences.preprocessor import JpegCompression
@@ -206,7 +212,7 @@ class SpatialSmoothing(_ArtPreprocessor):
     """Median filter over a window (ART SpatialSmoothingPyTorch); differentiable, attacked directly."""
 
     name = "art.spatial_smoothing"
-    params = {"window_size": Param(int, 3, ge=1)}
+    params = {"window_size": Param(int, 3, "side of the median filter's square window, in pixels", ge=1)}
 
     def art(self) -> Any:
         from art.defences.preprocessor import SpatialSmoothingPyTorch
@@ -221,7 +227,7 @@ class Squeezing(_ArtPreprocessor):
 
     name = "art.feature_squeezing"
     differentiable = False
-    params = {"bit_depth": Param(int, 4, ge=1, le=8)}
+    params = {"bit_depth": Param(int, 4, "bits kept per colour channel", ge=1, le=8)}
 
     def art(self) -> Any:
         from art.defences.preprocessor import FeatureSqueezing
@@ -235,7 +241,9 @@ class TotalVariation(_ArtPreprocessor):
     name = "art.total_var_min"
     differentiable = False
     randomized = True
-    params = {"prob": Param(float, 0.3, gt=0, le=1), "lamb": Param(float, 0.5, gt=0), "max_iter": Param(int, 10, ge=1)}
+    params = {"prob": Param(float, 0.3, "share of pixels kept at random for the reconstruction", gt=0, le=1),
+              "lamb": Param(float, 0.5, "weight of the total-variation term", gt=0),
+              "max_iter": Param(int, 10, "optimiser iterations of the reconstruction", ge=1)}
 
     def art(self) -> Any:
         from art.defences.preprocessor import TotalVarMin
@@ -249,7 +257,7 @@ class GaussianNoise(_ArtPreprocessor):
     name = "art.gaussian_noise"
     differentiable = False
     randomized = True
-    params = {"sigma": Param(float, 0.1, gt=0)}
+    params = {"sigma": Param(float, 0.1, "standard deviation of the noise, on [0, 1] pixels", gt=0)}
 
     def art(self) -> Any:
         from art.defences.preprocessor import GaussianAugmentation
@@ -276,7 +284,8 @@ class ReverseSigmoidPost(_ArtPostprocessor):
 
     name = "art.reverse_sigmoid"
     tool_class = "ReverseSigmoid"
-    params = {"beta": Param(float, 1.0, gt=0), "gamma": Param(float, 0.1, gt=0)}
+    params = {"beta": Param(float, 1.0, "magnitude of the reverse-sigmoid perturbation", gt=0),
+              "gamma": Param(float, 0.1, "convergence parameter of the perturbation (data- and model-specific)", gt=0)}
 
 
 class HighConfidencePost(_ArtPostprocessor):
@@ -284,7 +293,7 @@ class HighConfidencePost(_ArtPostprocessor):
 
     name = "art.high_confidence"
     tool_class = "HighConfidence"
-    params = {"cutoff": Param(float, 0.25, ge=0, le=1)}
+    params = {"cutoff": Param(float, 0.25, "probabilities below it are set to zero", ge=0, le=1)}
 
 
 @hookimpl

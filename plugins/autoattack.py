@@ -26,6 +26,21 @@ if TYPE_CHECKING:
 NORMS = {"linf": "Linf", "l2": "L2"}
 
 
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """DLR's numerator: the target logit's (untargeted: the best other logit's) lead over the true one. DLR's
+    substitute on a head with too few classes for its scale (the top-3 and top-4 logits), such as the binarization
+    test's 2-class head, whose logits are already calibrated to a unit range."""
+    rows = torch.arange(len(logits), device=logits.device)
+    if targets is None:
+        targets = logits.scatter(1, labels.view(-1, 1), float("-inf")).argmax(1)
+    return logits[rows, targets] - logits[rows, labels]
+
+
+def _with_few_classes(original: Any, classes: int, substitute: Any) -> Any:
+    """The original's DLR loss where the logits have at least ``classes`` columns, else ``substitute``."""
+    return lambda x, y: original(x, y) if x.shape[1] >= classes else substitute(x, y)
+
+
 class _Original(Attack):
     """An attack of the original AutoAttack built on the arena's module; the seed is drawn from the matchup's seeded
     generator, so runs repeat exactly (the original re-seeds torch with it on every call)."""
@@ -63,8 +78,10 @@ class APGDCE(_Original):
     def build(self, norm: str) -> APGDAttack:
         from pyautoattack.autopgd_base import APGDAttack
 
-        return APGDAttack(self.model, n_iter=self.n_iter, norm=norm, n_restarts=self.n_restarts, eps=self.threat.eps,
-                          seed=self.seed, loss=self.loss, eot_iter=self.eot_iter, rho=self.rho)
+        attack = APGDAttack(self.model, n_iter=self.n_iter, norm=norm, n_restarts=self.n_restarts,
+                            eps=self.threat.eps, seed=self.seed, loss=self.loss, eot_iter=self.eot_iter, rho=self.rho)
+        attack.dlr_loss = _with_few_classes(attack.dlr_loss, 3, margin_loss)
+        return attack
 
 
 class APGDDLR(APGDCE):
@@ -83,9 +100,12 @@ class APGDT(_Original):
     def build(self, norm: str) -> APGDAttack_targeted:
         from pyautoattack.autopgd_base import APGDAttack_targeted
 
-        return APGDAttack_targeted(self.model, n_iter=self.n_iter, norm=norm, n_restarts=self.n_restarts,
-                                   eps=self.threat.eps, seed=self.seed, eot_iter=self.eot_iter, rho=self.rho,
-                                   n_target_classes=self.n_target_classes)
+        attack = APGDAttack_targeted(self.model, n_iter=self.n_iter, norm=norm, n_restarts=self.n_restarts,
+                                     eps=self.threat.eps, seed=self.seed, eot_iter=self.eot_iter, rho=self.rho,
+                                     n_target_classes=self.n_target_classes)
+        attack.dlr_loss_targeted = _with_few_classes(attack.dlr_loss_targeted, 4,
+                                                     lambda x, y: margin_loss(x, y, attack.y_target))
+        return attack
 
 
 class FABT(_Original):

@@ -66,6 +66,21 @@ class Forgetful(Attack):
         return images.clone()
 
 
+class TenClasses(Attack):
+    """One FGSM step that assumes ten classes, as an attack written for CIFAR-10 may: it fails on the binarization
+    test's 2-class head."""
+
+    name = "ten_classes"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = images.clone().requires_grad_(True)
+        logits = self.model(x)
+        if logits.shape[1] < 10:
+            raise ValueError(f"needs 10 classes, got {logits.shape[1]}")
+        (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels), x)
+        return (images + self.threat.eps * grad.sign()).clamp(0, 1).detach()
+
+
 class HiddenMask(Preprocessor):
     """Rounds pixels to 8 levels but declares itself differentiable: every gradient through it is zero, which only
     the arena's own zero-gradient check can tell (masking the plugin did not declare)."""
@@ -131,5 +146,5 @@ def arena_register_suites(register) -> None:
 
 @hookimpl
 def arena_register_attacks(register) -> None:
-    for cls in (Cheat, ModeProbe, Explode, WrongShape, Forgetful):
+    for cls in (Cheat, ModeProbe, Explode, WrongShape, Forgetful, TenClasses):
         register(cls)

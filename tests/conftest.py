@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import sqlite3
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -98,18 +103,72 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def wait_for_matchups(db: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for_matchups(db: Path, count: int, process: subprocess.Popen, timeout: float = 900) -> None:
     """Wait until the store at ``db`` holds ``count`` matchups (read-only, as another process writes it) or
-    ``process`` has ended."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
+    ``process`` has ended; ``timeout`` is only a guard against a hang (a loaded machine is slow, never wrong)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
         try:
             with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as con:
                 if con.execute("SELECT count(*) FROM matchups").fetchone()[0] >= count:
                     return
         except sqlite3.Error:
             pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{db} held fewer than {count} matchups after {timeout:.0f} s")
         time.sleep(0.05)
+
+
+#: The ``arena`` command with one function wrapped to say on stderr that it was reached and then wait (before or
+#: after calling the real one), so that a test can press Ctrl-C exactly there:
+#: ``python -c PAUSE module:attribute before|after ARGV``.
+PAUSE = """
+import importlib, sys, time
+from arena.__main__ import run
+where, when, *argv = sys.argv[1:]
+module, _, path = where.partition(":")
+*owner_path, name = path.split(".")
+owner = importlib.import_module(module)
+for part in owner_path:
+    owner = getattr(owner, part)
+real = getattr(owner, name)
+def paused(*args, **kwargs):
+    result = real(*args, **kwargs) if when == "after" else None
+    print("arena-test: paused at", where, file=sys.stderr, flush=True)
+    time.sleep(900)
+    return result if when == "after" else real(*args, **kwargs)
+setattr(owner, name, paused)
+sys.argv = ["arena", *argv]
+run()
+"""
+
+def press_ctrl_c(argv: list[str], pause: tuple[str, str] | None, folder: Path) -> tuple[int, list[str]]:
+    """Run ``arena ARGV`` in a session of its own, wait until it reaches ``pause`` (``(module:attribute, "before" or
+    "after")``; None: the imports), press Ctrl-C as a terminal does (SIGINT to the whole process group) and return
+    the exit status and the stderr lines (import timings left out). Waits on events, never on a clock."""
+    command = ["-X", "importtime", "-m", "arena", *argv] if pause is None else ["-c", PAUSE, *pause, *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, *command], cwd=folder, env=env, text=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    reached, lines = threading.Event(), []
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("arena-test: paused") or re.search(r"\| +torch\.nn$", line):
+                reached.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert reached.wait(600), f"never reached {pause or 'the imports'}: {lines[-20:]}"
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever the run left in its group (Ray's processes)
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(60)
+    return code, [line for line in lines if not line.startswith(("import time:", "arena-test: paused"))]
 
 
 def matchup(attack: str, robust: tuple, clean: tuple = (1, 1, 1, 1, 1, 1, 0, 0), defense: str = "none",

@@ -89,7 +89,8 @@ def test_registry_builds_plugins_from_entries(registry: Registry):
 
 def test_readme_python_example_runs_verbatim(monkeypatch):
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Python API"):readme.index("## Writing a plugin")]
+    start = readme.index("## Evaluate your own model")
+    section = readme[start:readme.index("\n## ", start)]
     [code] = _code_blocks(section)
     monkeypatch.chdir(REPO)
     exec(compile(code, "README.md (Python API)", "exec"), {})

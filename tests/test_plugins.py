@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -20,17 +24,63 @@ from arena.version import DISTRIBUTION
 EXAMPLE = REPO / "examples" / "arena-extras"
 
 
-@pytest.fixture
-def installed_example(tmp_path, monkeypatch):
-    """The example package as pip would leave it: its code importable, a dist-info folder declaring its entry point."""
-    site = tmp_path / "site"
-    dist_info = site / "arena_extras-0.1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-extras\nVersion: 0.1.0\n")
-    (dist_info / "entry_points.txt").write_text("[arena]\nextras = arena_extras\n")
-    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
-    monkeypatch.syspath_prepend(str(site))
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory) -> Path:
+    """The example package installed by pip, built from its own ``pyproject.toml``, into a folder of its own. Its one
+    dependency is the arena under test, so pip is told not to resolve it (nor to reach any index)."""
+    source, site = tmp_path_factory.mktemp("src") / "arena-extras", tmp_path_factory.mktemp("site")
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # the checkout stays clean
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                           "--no-build-isolation", "--target", str(site), str(source)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
     return site
+
+
+@pytest.fixture
+def installed_example(example_site, monkeypatch) -> Path:
+    """The pip-installed example on the path, as a user's environment has it."""
+    monkeypatch.syspath_prepend(str(example_site))
+    return example_site
+
+
+def test_pip_installs_the_example_beside_the_arena_and_every_command_still_works(example_site, tmp_path):
+    [dist_info] = example_site.glob("arena_extras-*.dist-info")
+    assert importlib.metadata.Distribution.at(dist_info).requires == [DISTRIBUTION], "never the other `arena`"
+    assert sorted(p.name for p in example_site.iterdir() if not p.name.endswith(".dist-info")) == ["arena_extras"]
+    env = {**os.environ, "PYTHONPATH": str(example_site)}
+    listed = subprocess.run([sys.executable, "-m", "arena", "plugins"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=600)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    text = re.sub(r"\n {5,}", " ", listed.stdout)  # a long first sentence, wrapped, back on its line
+    assert re.search(r"^  mifgsm +Momentum iterative FGSM .*\[arena-extras 0\.1\.0\]$", text, re.M)
+    assert re.search(r"^  checkpoint +", text, re.M) and re.search(r"^  pgd +", text, re.M)
+
+
+def test_plugins_p_finds_a_module_in_the_current_folder(tmp_path):
+    (tmp_path / "my_plugins.py").write_text(textwrap.dedent('''
+        """My plugins."""
+        from arena import Attack, hookimpl
+
+        class Nothing(Attack):
+            """Returns the images unchanged, a floor for the real attacks."""
+            name = "nothing"
+            def __call__(self, images, labels):
+                return images
+
+        @hookimpl
+        def arena_register_attacks(register):
+            register(Nothing)
+    '''))
+    command = Path(sys.executable).with_name("arena")  # the console script, run from the plugin's own folder
+    listed = subprocess.run([str(command), "plugins", "-p", "my_plugins"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^  nothing +Returns the images unchanged, a floor for the real attacks\. \[my_plugins\]$",
+                     listed.stdout, re.M)
+    missing = subprocess.run([str(command), "plugins", "-p", "no_plugins_here"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=600)
+    assert missing.returncode == 2 and "no_plugins_here" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_the_example_package_is_discovered_through_its_entry_point(installed_example, capsys):
@@ -112,12 +162,12 @@ def test_it_runs_in_a_scenario_with_a_checkpoint_trained_elsewhere(installed_exa
 
 def test_a_plugin_that_fails_to_import_is_reported_once_and_the_rest_load(installed_example, tmp_path, monkeypatch,
                                                                           capsys):
-    for site in (installed_example, tmp_path / "stale"):  # found twice on the path, as a stale egg-info can be
+    for site in (tmp_path / "broken", tmp_path / "stale"):  # found twice on the path, as a stale egg-info can be
         broken = site / "arena_broken-1.0.dist-info"
         broken.mkdir(parents=True)
         (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: arena-broken\nVersion: 1.0\n")
         (broken / "entry_points.txt").write_text("[arena]\nbroken = arena_broken_missing_module\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "stale"))
+        monkeypatch.syspath_prepend(str(site))
     registry = load_registry()
     assert sum("broken = arena_broken_missing_module (arena-broken)" in e and "ModuleNotFoundError" in e
                for e in registry.load_errors) == 1, registry.load_errors

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny, wait_for_matchups
+from conftest import press_ctrl_c, tiny, wait_for_matchups
 
 from arena.cli import main
 from arena.store import Store
@@ -121,6 +121,19 @@ def test_the_driver_killed_and_run_again_resumes(local, tmp_path):
     latest = store.runs()[0]
     assert per_sample(tmp_path / "r") == expected
     assert sum(1 for m in store.matchups(latest.id) if m.reused_from == first.id) == kept
+
+
+def test_ctrl_c_once_ray_has_started_is_one_line_and_exit_130(local, tmp_path):
+    """Before ``cluster`` too: the driver starts its own local cluster, and stops it on Ctrl-C."""
+    folder, _ = local
+    argv = ["run", str(scenario(tmp_path)), "--results", str(tmp_path / "r"), "--cache-dir", str(folder / "cache"),
+            "-q", "--no-report", "--executor", "ray", "--workers", "1"]
+    code, err = press_ctrl_c(argv, ("ray:init", "after"), tmp_path)
+    ours = [line for line in err if line.startswith("arena")]
+    assert code == 130 and "Traceback" not in "\n".join(err), err
+    assert len(ours) == 1 and ours[0].startswith("arena: interrupted; "), err
+    [run] = Store(tmp_path / "r", readonly=True).runs()
+    assert run.status == "interrupted"
 
 
 def test_ray_stores_the_same_per_sample_results_as_one_process(cluster, local, tmp_path):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, tiny, wait_for_matchups
+from conftest import REPO, press_ctrl_c, tiny, wait_for_matchups
 
 from arena.cli import main
 from arena.store import Store
@@ -466,7 +466,7 @@ def _interrupt(folder: Path, reference_folder: Path, sig: int) -> subprocess.Pop
     proc = _run_slow(folder, reference_folder / "cache")
     wait_for_matchups(folder / "r" / "arena.db", 1, proc)
     proc.send_signal(sig)
-    proc.wait(120)
+    proc.wait(600)
     return proc
 
 
@@ -511,6 +511,40 @@ def test_an_interrupted_run_keeps_what_it_finished_and_resumes_to_the_same_numbe
     }
     assert {k: v[0] for k, v in resumed.items()} == expected, "resumed numbers equal the uninterrupted run's"
     assert sum(1 for _, origin in resumed.values() if origin == run.id) == len(finished), "finished work is reused"
+
+
+#: Where Ctrl-C is pressed: a function to pause in (``module:attribute``, and whether before or after calling it), or,
+#: for the imports, torch.nn as ``-X importtime`` reports it done (torch itself is then still importing).
+CTRL_C_POINTS = {
+    "imports": None,
+    "training": ("arena.training:Trainer.fit", "before"),
+    "an attack batch": ("arena_plugins.pgd:PGD.__call__", "before"),
+    "a store write": ("arena.store:Store.add_matchup", "before"),
+    "the run's outputs": ("arena.matchups:Arena._outputs", "before"),
+}
+
+
+@pytest.mark.parametrize("point", list(CTRL_C_POINTS))
+def test_ctrl_c_anywhere_is_one_line_nothing_lost_and_exit_130(point, tmp_path, reference):
+    ref_folder, _ = reference
+    cache = tmp_path / "cache" if point == "training" else ref_folder / "cache"
+    argv = ["run", str(_scenario(tmp_path, SLOW)), "--results", str(tmp_path / "r"), "--cache-dir", str(cache), "-q",
+            "--no-report"]
+    code, err = press_ctrl_c(argv, CTRL_C_POINTS[point], tmp_path)
+    assert code == 130, (code, err)
+    assert len(err) == 1 and err[0].startswith("arena: interrupted; ") and "run the same command again" in err[0], err
+    if point == "imports":
+        assert not (tmp_path / "r").exists(), "nothing started"
+        return
+    store = Store(tmp_path / "r", readonly=True)
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    [run] = store.runs()
+    finished = store.matchups(run.id)
+    assert all(m.status == "ok" for m in finished)
+    if point == "the run's outputs":  # every matchup stored and the run marked complete before its outputs
+        assert run.status == "complete" and len(finished) == 4
+    else:
+        assert run.status == "interrupted" and len(finished) < 4, "a run whose process stopped is never left running"
 
 
 def test_a_full_disk_is_one_message_and_the_finished_matchups_stay(tmp_path, reference, capsys, monkeypatch):

@@ -150,10 +150,9 @@ def test_load_model_hands_evaluate_the_same_module_and_the_same_one_line_errors(
         arena.load_model({"name": "robustbench", "model": "Wong2020Fats", "model_dir": str(model_dir)})
 
 
-def test_the_readme_yaml_validates_with_the_checkpoint_in_robustbench_s_folder(tmp_path, capsys, monkeypatch):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Any model, any data"):readme.index("## Python API")]
-    text = section.split("```yaml\n")[1].split("```")[0]
+def test_the_documented_yaml_validates_with_the_checkpoint_in_robustbench_s_folder(tmp_path, capsys, monkeypatch):
+    page = (REPO / "docs" / "models-and-data.md").read_text(encoding="utf-8")
+    text = page[page.index("## RobustBench's zoo"):].split("```yaml\n")[1].split("```")[0]
     name = "Carmon2019Unlabeled"
     assert f"model: {name}" in text and len(text.strip().splitlines()) == 4, "a name and three lines"
     checkpoint = tmp_path / "models" / "cifar10" / "Linf" / f"{name}.pt"
