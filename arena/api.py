@@ -30,6 +30,7 @@ from arena.runtime import Runtime
 from arena.scenario import Scenario, check_declared, declared_plugins, load_scenario, parse_scenario, resolve_model
 from arena.threat import ThreatModel
 from arena.training import WeightsCache, fingerprint
+from arena.untrusted import check_split
 
 _hookimpl = pluggy.HookimplMarker("arena")
 
@@ -101,13 +102,20 @@ def evaluate(
     ``arena leaderboard`` shows it; by default nothing is kept. ``runtime``: opt-in speed settings
     (``arena.Runtime(precision="bf16", compile=True)``). Raises an ``ArenaError`` naming the attacks when none
     finished (each crashed or failed its audit), so no number is returned that no attack measured."""
-    images, labels = images.detach().float().cpu().contiguous(), labels.detach().long().cpu()
+    images, labels = images.detach().float().cpu().contiguous(), labels.detach().cpu()
     if images.dim() != 4 or len(images) != len(labels) or not len(images):
         raise ArenaError(f"evaluate: images must be [N, C, H, W] with one label each; got {tuple(images.shape)} "
                          f"images and {tuple(labels.shape)} labels")
     device = torch.device(device)
     with torch.no_grad():
-        classes = model.to(device).eval()(images[:1].to(device)).shape[1]
+        logits = model.to(device).eval()(images[:1].to(device))
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ArenaError(f"evaluate: the model returns {shape} for one image; it must return one tensor of logits, "
+                         "[N, classes]")
+    classes = logits.shape[1]
+    check_split(images, labels, classes, "evaluate")  # float labels, labels beyond the logits, 0-255 images
+    labels = labels.long()
     registry = load_registry(modules=[*plugins, _Given(model, images, labels, classes)])
     chain = list(defenses or ["none"])
     entry = {

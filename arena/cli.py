@@ -202,6 +202,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     result = merge(args.results, args.other)
     print(f"merged {args.other} into {args.results}: {len(result.runs)} run(s) added, {len(result.known)} already "
           f"here, {result.matchups} matchup(s) imported")
+    for altered in result.altered:
+        print(f"ALTERED: {altered}", file=sys.stderr)
     for failure in result.failures:
         print(f"REPRODUCIBILITY: {failure}", file=sys.stderr)
     return 0

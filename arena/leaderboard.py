@@ -81,8 +81,11 @@ def trust_flags(group: list[Matchup]) -> list[str]:
             "gradient-free"
         beyond = checks.beyond_white_box(m, white)
         if beyond:
-            flags.append(f"{m.attack} ({kind}) broke {beyond} samples that every white-box attack missed; gradients "
-                         "may be masked: attack adaptively (BPDA, EOT) or with more iterations")
+            bpda = sorted({stage for w in white for stage in w.gradient.get("bpda", [])})
+            advice = (f"the BPDA approximation of {', '.join(bpda)} is weak here: give the stage a closer "
+                      "differentiable approximation (estimate_gradient), or attack with more iterations and restarts"
+                      if bpda else "gradients may be masked: attack adaptively (BPDA, EOT) or with more iterations")
+            flags.append(f"{m.attack} ({kind}) broke {beyond} samples that every white-box attack missed; {advice}")
             continue
         # Else compare with the white-box run of the same attack plugin when there is one, else with the strongest.
         same = [w for w in white if _same_samples(w, m)]

@@ -15,6 +15,7 @@ from arena.leaderboard import Row, curves, leaderboard_table, render
 from arena.records import Example, Run, Status
 from arena.scenario import DEFAULT_EXAMPLES
 from arena.store import Store
+from arena.untrusted import child
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,12 @@ def _save(fig: Any, path: Path) -> Path:
 def write_report(store: Store, run: Run, table: list[Row], out: Path | None = None) -> Path:
     """Write the pictures and ``leaderboard.html`` of a run (its ``board`` rows in ``table``) into ``out``
     (default ``<results>/reports/<run id>``)."""
-    folder = Path(out or store.results_dir / "reports" / run.id)
-    pictures = [bar_chart(table, folder / "leaderboard.png"),
-                curve_chart(curves(store, run), table, run.threat.norm, folder / "robustness.png")]
-    grid = examples_grid(store, run, table, folder / "examples.png")
+    folder = Path(out) if out else child(store.results_dir, "reports", run.id)
+    pictures = [bar_chart(table, child(folder, "leaderboard.png")),
+                curve_chart(curves(store, run), table, run.threat.norm, child(folder, "robustness.png"))]
+    grid = examples_grid(store, run, table, child(folder, "examples.png"))
     if grid is None:
         log.warning("no adversarial-example grid: the store keeps no successful example of this run")
     page = render(leaderboard_table(run, table), "html", [p.name for p in pictures + [grid] if p is not None])
-    (folder / "leaderboard.html").write_text(page, encoding="utf-8")
+    child(folder, "leaderboard.html").write_text(page, encoding="utf-8")
     return folder / "leaderboard.html"

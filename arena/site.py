@@ -13,6 +13,7 @@ from arena.leaderboard import board
 from arena.report import write_report
 from arena.standing import Entry, Source, Threat, data_label, load, percent
 from arena.store import Store
+from arena.untrusted import child
 from arena.version import __version__
 
 _CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.3em;margin:0 0 .3em}
@@ -180,10 +181,10 @@ def write_site(stores: list[Store], board_: dict[Threat, list[Entry]], out: Path
     wanted = {s.run for entries in board_.values() for e in entries for s in e.sources}
     for store, run in load(stores):
         if run.id in wanted:
-            write_report(store, run, board(store, run), out / "reports" / run.id)
+            write_report(store, run, board(store, run), child(out, "reports", run.id))
     for entries in board_.values():
         for source in (s for e in entries for s in e.sources):
             source.report = f"reports/{source.run}/leaderboard.html"
-    index = out / "index.html"
+    index = child(out, "index.html")
     index.write_text(page(board_, [str(s.results_dir) for s in stores]), encoding="utf-8")
     return index

@@ -18,7 +18,7 @@ import numpy as np
 
 from arena.leaderboard import Table, board
 from arena.records import Matchup, Run, Status, Verification
-from arena.store import Store, results_folder
+from arena.store import Store
 
 
 def eps_text(eps: float) -> str:
@@ -332,5 +332,14 @@ def as_json(board_: dict[Threat, list[Entry]]) -> str:
 
 
 def open_stores(folders: list[Path]) -> list[Store]:
-    """Read-only stores of the folders (or their ``arena.db`` files), each refused clearly when it is not one."""
-    return [Store.open_existing(results_folder(f)) for f in folders]
+    """Read-only stores of the folders (or their ``.db`` files), each checked whole and refused clearly when it is
+    not a sound store (``arena.untrusted.check_store``)."""
+    opened: list[Store] = []
+    try:
+        for folder in folders:
+            opened.append(Store.open_existing(folder))
+    except BaseException:
+        for store in opened:
+            store.close()
+        raise
+    return opened

@@ -9,7 +9,7 @@ import sqlite3
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ import numpy as np
 
 from arena.errors import StoreError
 from arena.records import Example, Matchup, Run, Verification
-from arena.tables import create_or_migrate, insert, refuse_newer
+from arena.tables import SCHEMA_VERSION, create_or_migrate, insert, refuse_newer
 from arena.threat import ThreatModel
+from arena.untrusted import check_store, one_line
 from arena.version import __version__
 
 DB_NAME = "arena.db"
@@ -94,9 +95,9 @@ class Store:
     written, its journal mode is left alone and an older schema is read as it is, so a read-only copy works.
     """
 
-    def __init__(self, results_dir: Path, readonly: bool = False) -> None:
+    def __init__(self, results_dir: Path, readonly: bool = False, file: Path | None = None) -> None:
         self.results_dir = Path(results_dir)
-        self.path = self.results_dir / DB_NAME
+        self.path = Path(file) if file else self.results_dir / DB_NAME
         self.readonly = readonly
         self._check_files()
         try:
@@ -109,8 +110,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             create_or_migrate(self.db, self.path)
             self._mark_interrupted()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} ({exc}); "
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file fails as either
+            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} "
+                             f"({one_line(exc)}); "
                              "check the folder's permissions and free space, or pass another --results folder"
                              ) from None
 
@@ -157,14 +159,24 @@ class Store:
 
     @classmethod
     def open_existing(cls, results_dir: Path) -> Store:
-        """Open, read-only, a results folder that must already hold a store."""
-        if not (Path(results_dir) / DB_NAME).exists():
-            raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
-        store = cls(results_dir, readonly=True)
-        if not store.has_table("runs"):
-            with store:  # an empty file, or a store whose creation never finished: nothing to read
-                raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
-                                 f"--results {results_dir}` first, or pass another --results folder")
+        """Open, read-only, a results folder that must already hold a store (or a store's ``.db`` file itself), and
+        check it whole before anything reads it (``arena.untrusted.check_store``)."""
+        file = Path(results_dir) if Path(results_dir).suffix == ".db" and Path(results_dir).is_file() else None
+        results_dir = results_folder(results_dir)
+        if not (file or results_dir / DB_NAME).exists():
+            raise StoreError(f"no results store at {results_dir / DB_NAME}; run `arena run SCENARIO` first")
+        store = cls(results_dir, readonly=True, file=file)
+        with ExitStack() as closing:
+            closing.callback(store.close)  # unless the store passes every check
+            try:
+                if not store.has_table("runs"):  # an empty file, or a store whose creation never finished
+                    raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
+                                     f"--results {results_dir}` first, or pass another --results folder")
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise StoreError(f"{store.path}: cannot be read ({one_line(exc)}); pass another --results folder"
+                                 ) from None
+            check_store(store.db, store.path, SCHEMA_VERSION)
+            closing.pop_all()
         return store
 
     def start_run(
