@@ -17,8 +17,9 @@ from arena.active import ACTIVE_TESTS
 from arena.api import open_scenario
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
-from arena.examples import GALLERY_ROWS, export, select
+from arena.examples import GALLERY_ROWS, export, export_entry, select
 from arena.executors import RayExecutor, require_ray
+from arena.external import submit
 from arena.formats import FORMATS, render
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
@@ -35,6 +36,7 @@ from arena.site import write_site
 from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
+from arena.verify import DEFAULT_SAMPLES, verify
 from arena.version import __version__
 
 log = logging.getLogger("arena")
@@ -230,11 +232,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_examples(args: argparse.Namespace) -> int:
     """Reads only the store, like ``report``."""
     with Store.open_existing(args.results) as store:
+        if args.entry:
+            if args.format != "npz":
+                raise ArenaError("--entry writes npz (what `arena submit-examples` reads); pass --format npz")
+            path, count, broken = export_entry(store, args.entry, args.out, args.all)
+            print(f"wrote {path} ({count} of the entry's {broken} broken samples)")
+            return 0
         run = store.run(args.run_id)
         matchups = select(store, run, args.model, args.defense, args.attack)
         written = export(store, run, matchups, args.out, args.format, args.limit)
     for path, count in written:
         print(f"wrote {path} ({count} example{'s' * (count != 1)})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when the entry verified, 1 when it is not reproducible (the differing samples on stderr)."""
+    device = device_option(args.device) if args.device else None
+    mark = verify(args.results, args.entry, args.samples, args.seed, device, args.cache_dir, tuple(args.plugin),
+                  args.train)
+    print(f"{mark.entry}: {mark.mark}; {len(mark.keys)} matchup(s), samples {mark.samples}, seed {mark.seed}")
+    for line in mark.differing:
+        print(f"DIFFERS: {line}", file=sys.stderr)
+    return 0 if mark.status == "verified" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    device = device_option(args.device) if args.device else None
+    m, run_id = submit(args.results, args.file, args.entry, args.name, device, args.cache_dir, tuple(args.plugin))
+    print(f"{m.attack} vs {m.model}+{m.defense}: {int(m.attacked.sum())} images audited, "
+          f"{int((m.clean_correct & ~m.robust_correct).sum())} samples broken, robust {m.robust_accuracy:.1%} "
+          f"(run {run_id}, sha256 {m.params['attack']['sha256'][:12]})")
     return 0
 
 
@@ -354,7 +382,36 @@ def parser() -> argparse.ArgumentParser:
     examples.add_argument("--limit", type=positive, default=None,
                           help=f"at most N examples per matchup (default: all for npz, {GALLERY_ROWS} for png)")
     examples.add_argument("--out", type=Path, required=True, help="folder to write into, one file per matchup")
+    examples.add_argument("--entry", default=None, help="instead: the worst-case image of each broken sample of this "
+                                                        "board entry (MODEL+DEFENSE), one .npz")
+    examples.add_argument("--all", action="store_true", help="with --entry: refuse unless every broken sample has one")
     examples.set_defaults(func=cmd_examples)
+
+    checking = commands.add_parser("verify", parents=[common, results],
+                                   help="replay seeded-random samples of a board entry's matchups here and mark it "
+                                        "verified or not reproducible")
+    checking.add_argument("entry", help="MODEL+DEFENSE as the board names it (MODEL+DEFENSE@HASH or @EPS when "
+                                        "several entries share the label)")
+    checking.add_argument("--samples", type=positive, default=DEFAULT_SAMPLES,
+                          help="samples replayed per matchup (default: %(default)s)")
+    checking.add_argument("--seed", type=int, default=None, help="seed of the sample draw (default: a fresh one, "
+                                                                 "recorded with the mark)")
+    checking.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the run's device type)")
+    checking.add_argument("--cache-dir", type=Path, default=None, help="weights cache (default: $ARENA_CACHE_DIR "
+                                                                       "or the user cache folder)")
+    checking.add_argument("--train", action="store_true", help="train weights the cache lacks (default: refuse)")
+    checking.set_defaults(func=cmd_verify)
+
+    submitting = commands.add_parser("submit-examples", parents=[common, results],
+                                     help="count adversarial images made elsewhere against a board entry")
+    submitting.add_argument("file", type=Path, help=".npz or .safetensors ('adversarial', 'sample'), or "
+                                                    "RobustBench's .pt tensor")
+    submitting.add_argument("--entry", required=True, help="MODEL+DEFENSE as the board names it")
+    submitting.add_argument("--name", required=True, help="recorded as the attack external:NAME")
+    submitting.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the run's device type)")
+    submitting.add_argument("--cache-dir", type=Path, default=None, help="weights cache (default: $ARENA_CACHE_DIR "
+                                                                         "or the user cache folder)")
+    submitting.set_defaults(func=cmd_submit)
 
     scenarios = commands.add_parser("scenarios", parents=[quiet],
                                     help="list the bundled scenarios, which `arena run NAME` takes")

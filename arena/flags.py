@@ -43,7 +43,8 @@ def trust_flags(group: list[Matchup]) -> list[str]:
     white = [m for m in ok if m.white_box]
     other = [m for m in ok if not m.white_box]
     for m in other:
-        kind = "transfer" if m.gradient.get("source") else "gradient-free"
+        kind = "transfer" if m.gradient.get("source") else "external" if m.gradient.get("external") else \
+            "gradient-free"
         beyond = checks.beyond_white_box(m, white)
         if beyond:
             bpda = sorted({stage for w in white for stage in w.gradient.get("bpda", [])})

@@ -58,7 +58,8 @@ def model_info(entry: Entry) -> dict[str, Any]:
     info["arena"] = {"identity": entry.identity, "samples": entry.samples, "sample_set": entry.sample_set,
                      "norm": entry.threat.norm, "eps": entry.threat.eps, "achieved_by": entry.achieved_by,
                      "suites": entry.suites, "passes_per_sample": entry.passes, "flags": entry.flags,
-                     "sources": [asdict(s) for s in entry.sources]}
+                     "verification": entry.verification, "verify": f"arena verify {entry.name}",
+                     "external_attacks": entry.external, "sources": [asdict(s) for s in entry.sources]}
     return info
 
 

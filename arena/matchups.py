@@ -224,7 +224,7 @@ class Arena:
         """The per-batch engine that plays this run's matchups."""
         assert self.threat is not None, "a run's threat model is set when it starts"
         return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
-                      self.scenario.active_samples if self.active else 0, self._checked)
+                      self.scenario.active_samples if self.active else 0, self._checked, self.scenario.seed)
 
     @property
     def active(self) -> list[str]:

@@ -21,7 +21,7 @@ from arena.version import __version__
 #: The columns in order, and whether each sorts as a number (flags sit folded under their row).
 _COLUMNS = [("rank", True), ("model", False), ("defense", False), ("kind", False), ("clean", True),
             ("best known", True), ("achieved by", False), ("samples", True), ("runs", False),
-            ("passes/sample", True), ("provenance", False)]
+            ("passes/sample", True), ("verified", False), ("provenance", False)]
 
 
 def _provenance(source: Source) -> list[tuple[str, str]]:
@@ -49,7 +49,8 @@ def _entry(entry: Entry, shared_label: bool) -> dict[str, Any]:
         "samples": entry.samples, "sample_set": data_label(entry.sample_set) if entry.sample_set else "",
         "runs": [(Path(entry.reported.get("file", "")).name, None)] if reported
         else [(s.run, s.report) for s in entry.sources],
-        "passes": entry.passes, "flags": entry.flags,
+        "passes": entry.passes, "flags": entry.flags, "verification": entry.verification,
+        "external": entry.external, "name": entry.name,
         "provenance": [[(str(k), str(v)) for k, v in entry.reported.items()]] if reported
         else [_provenance(s) for s in entry.sources],
     }
