@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.standing import Entry, Threat, eps_text
+from arena.standing import Entry, Threat
+from arena.threat import eps_text
 from arena.untrusted import child, finite, read_json, safe_name
 
 #: RobustBench's folder name of each norm, and back.
@@ -57,7 +58,8 @@ def model_info(entry: Entry) -> dict[str, Any]:
     info["arena"] = {"identity": entry.identity, "samples": entry.samples, "sample_set": entry.sample_set,
                      "norm": entry.threat.norm, "eps": entry.threat.eps, "achieved_by": entry.achieved_by,
                      "suites": entry.suites, "passes_per_sample": entry.passes, "flags": entry.flags,
-                     "sources": [asdict(s) for s in entry.sources]}
+                     "verification": entry.verification, "verify": f"arena verify {entry.name}",
+                     "external_attacks": entry.external, "sources": [asdict(s) for s in entry.sources]}
     return info
 
 

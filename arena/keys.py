@@ -68,6 +68,8 @@ def matchup_key(
         "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
         "threat": [threat.norm, threat.eps],
         "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": scenario.batch_size,
+        # each batch seeded on its own (``arena.engine``): results of the earlier per-matchup seeding differ
+        "seeding": "per-batch",
         **({"after": after} if after else {}),
         # a conditional entry's result also depends on the rules that decide whether it runs
         **({"when": [attack_ref.when, CONDITIONS_CODE]} if attack_ref.when else {}),

@@ -1,4 +1,5 @@
-"""``arena merge``: import another results store's runs (with their matchups and kept examples) into this one.
+"""``arena merge``: import another results store's runs (with their matchups and kept examples) and its ``arena
+verify`` marks into this one.
 
 A run is identified by its id, a matchup by its run and model × defense × attack, so merging twice, or merging
 stores that already share runs, adds nothing twice. The other store is someone else's file: it is checked whole first
@@ -112,6 +113,8 @@ def _import(source: Store, store: Store, other: Path) -> MergeResult:
                 added += 1
         (result.known if here is not None else result.runs).append(run.id)
         result.matchups += added
+    for mark in source.verifications():  # ``arena verify`` marks, each kept once
+        store.add_verification(mark)
     pairs = [(run, m) for run in store.runs() for m in store.matchups(run.id)]
     result.failures += disagreements(pairs)
     return result

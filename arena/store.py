@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from arena.errors import StoreError
-from arena.records import Example, Matchup, Run
+from arena.records import Example, Matchup, Run, Verification
 from arena.tables import SCHEMA_VERSION, create_or_migrate, insert, refuse_newer
 from arena.threat import ThreatModel
 from arena.untrusted import check_store, one_line
@@ -182,19 +182,23 @@ class Store:
     def start_run(
         self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = (),
         data_fingerprint: str | None = None, runtime: dict[str, Any] | None = None,
+        expected: list[tuple[str, str, str]] | None = None,
     ) -> str:
-        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play, the
-        process playing it, the evaluation images' content hash and the runtime settings) and return its id."""
+        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play: every
+        model × defense × attack unless ``expected`` says otherwise, the process playing it, the evaluation images'
+        content hash and the runtime settings) and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        expected = [[m.key, d.key, a.key] for m in scenario.models for d in scenario.defenses for a in scenario.attacks]
+        if expected is None:
+            expected = [(m.key, d.key, a.key) for m in scenario.models for d in scenario.defenses
+                        for a in scenario.attacks]
         with self.writing():
             insert(self.db, "runs", {
                 "id": run_id, "scenario": scenario.name, "scenario_path": scenario.path,
                 "scenario_digest": scenario.digest, "scenario_text": scenario.text, "arena_version": __version__,
                 "seed": scenario.seed, "norm": threat.norm, "eps": threat.eps, "dataset": scenario.dataset.name,
                 "samples": samples, "device": device, "status": "running", "started_at": _now(),
-                "classes": json.dumps(list(classes)), "expected": json.dumps(expected), "pid": os.getpid(),
-                "host": socket.gethostname(), "data_fingerprint": data_fingerprint,
+                "classes": json.dumps(list(classes)), "expected": json.dumps([list(e) for e in expected]),
+                "pid": os.getpid(), "host": socket.gethostname(), "data_fingerprint": data_fingerprint,
                 "runtime": json.dumps(runtime or {}, sort_keys=True),
             })
         return run_id
@@ -259,6 +263,23 @@ class Store:
                                  predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
                                  confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))
         return found
+
+    def add_verification(self, v: Verification) -> None:
+        """Record an ``arena verify`` mark (a mark with the same id, merged twice, is kept once)."""
+        if self.db.execute("SELECT 1 FROM verifications WHERE id = ?", (v.id,)).fetchone():
+            return
+        with self.writing():
+            insert(self.db, "verifications", {
+                **{k: v.__dict__[k] for k in Verification.__dataclass_fields__},
+                **{k: json.dumps(v.__dict__[k]) for k in ("samples", "keys", "differing")}})
+
+    def verifications(self) -> list[Verification]:
+        """Every verification mark, oldest first (none in a store older than verification)."""
+        if not self.has_table("verifications"):
+            return []
+        decoded = ("samples", "keys", "differing")
+        return [Verification(**{k: json.loads(row[k]) if k in decoded else row[k] for k in row.keys()})
+                for row in self.db.execute("SELECT * FROM verifications ORDER BY verified_at, rowid")]
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
         """Close a run with its final status and where each model's weights came from (trained or cache)."""
