@@ -24,7 +24,7 @@ _EXPORTS = {
     "arena.kinds": ("Attack", "DataError", "Dataset", "Defense", "Model", "Param", "Plugin", "Postprocessor",
                     "Preprocessor", "Suite", "TrainingDefense"),
     "arena.matchups": ("Arena",),
-    "arena.records": ("GradientPath", "Matchup", "Run", "Status"),
+    "arena.records": ("GradientPath", "Matchup", "Run", "Status", "Verification"),
     "arena.registry": ("PluginError", "Registry", "unknown_name_message"),
     "arena.running": ("Played", "resolve_device", "run_scenario"),
     "arena.runtime": ("Runtime",),

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from arena.errors import ArenaError
+from arena.flags import worst_case
 from arena.kinds import Dataset, Model
-from arena.leaderboard import rows, worst_case
+from arena.leaderboard import rows
 from arena.records import Matchup, Run, Status
 from arena.registry import PluginError, Registry, load_registry
 from arena.running import Played, resolve_device, run_scenario
@@ -285,8 +286,11 @@ def _labels(labels: Any, count: int) -> torch.Tensor:
                          "indices") from None
     if y.dim() == 2 and y.shape[1] > 1:
         raise ArenaError(f"labels: shape {tuple(y.shape)} looks one-hot; give class indices (labels.argmax(1))")
+    if y.dim() == 2 and y.shape[1] == 1:
+        raise ArenaError(f"labels: shape {tuple(y.shape)}; give one class index per image: flatten them "
+                         "(labels.reshape(-1))")
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise ArenaError(f"labels: dtype {y.dtype}; give integer class indices")
+        raise ArenaError(f"labels: dtype {y.dtype}; give integer class indices (float labels are not rounded for you)")
     y = y.reshape(-1).long()
     if len(y) != count:
         raise ArenaError(f"labels: {len(y)} labels for {count} images; give one label per image")

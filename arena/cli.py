@@ -14,23 +14,26 @@ from arena import catalog
 from arena.api import open_scenario
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
-from arena.examples import GALLERY_ROWS, export, select
+from arena.examples import GALLERY_ROWS, export, export_entry, select
 from arena.executors import RayExecutor, require_ray
+from arena.external import submit
+from arena.formats import FORMATS, render
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
-from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
+from arena.leaderboard import board, compare_table, leaderboard_table, leaderboards, sweep_runs
 from arena.matchups import REPORTERS
 from arena.merge import merge
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
-from arena.running import Played, resolve_device, run_scenario
+from arena.running import resolve_device, run_scenario
 from arena.runtime import Runtime
 from arena.scenario import Scenario, bundled, declared_plugins, find_scenario, read_text, read_yaml
 from arena.site import write_site
 from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
+from arena.verify import DEFAULT_SAMPLES, verify
 from arena.version import __version__
 
 log = logging.getLogger("arena")
@@ -63,16 +66,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         require_ray()
     scenario, registry = _scenario(args)
 
-    def show(played: Played) -> None:
-        print(render(leaderboard_table(played.run, played.table)))
-        print(f"\nresults: {played.store_path} (run {played.run.id}); summary: {played.summary_path}"
-              + (f"; report: {played.report_path}" if played.report_path else ""))
-
     executor = _executor(args, scenario)
     runs = run_scenario(scenario, registry, args.results, device=device, cache=cache, executor=executor,
                         progress=not args.quiet, fresh=args.fresh, report=not args.no_report, report_to=args.report_to,
                         runtime=Runtime(args.precision, args.compile, args.channels_last),
-                        active_tests=args.active_tests, on_played=show)
+                        active_tests=args.active_tests)
+    print("\n\n".join(render(leaderboard_table(p.run, p.table), wide=args.wide)  # tables once the bar is done
+                      + f"\n\nresults: {p.store_path} (run {p.run.id}); summary: {p.summary_path}"
+                      + (f"; report: {p.report_path}" if p.report_path else "") for p in runs))
     failed = [m for played in runs for m in played.failed]
     for m in failed:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
@@ -121,11 +122,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     with Store.open_existing(args.results) as store:
         if args.compare:
             a, b = (store.run(run_id) for run_id in args.compare)
-            table = compare_table(a, board(store, a), b, board(store, b))
+            text = render(compare_table(a, board(store, a), b, board(store, b)), args.format, wide=args.wide)
         else:
             run = _pick_run(store, args.run, args.scenario)
-            table = leaderboard_table(run, board(store, run))
-    text = render(table, args.format)
+            text, note = leaderboards(store, [run] if args.run else sweep_runs(store, run), args.format, args.wide)
+            if note:
+                print(note, file=sys.stderr)
     if args.out:
         try:
             args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -159,7 +161,8 @@ def cmd_board(args: argparse.Namespace) -> int:
                 raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror}: {exc.filename}); pass "
                                  "--out FOLDER in a place you can write") from None
             return 0
-    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format) for t in tables(table))
+    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format, wide=args.wide)
+                                                                    for t in tables(table))
     if args.out:
         try:
             args.out.write_text(text + "\n", encoding="utf-8")
@@ -175,6 +178,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     result = merge(args.results, args.other)
     print(f"merged {args.other} into {args.results}: {len(result.runs)} run(s) added, {len(result.known)} already "
           f"here, {result.matchups} matchup(s) imported")
+    for altered in result.altered:
+        print(f"ALTERED: {altered}", file=sys.stderr)
     for failure in result.failures:
         print(f"REPRODUCIBILITY: {failure}", file=sys.stderr)
     return 0
@@ -196,11 +201,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_examples(args: argparse.Namespace) -> int:
     """Reads only the store, like ``report``."""
     with Store.open_existing(args.results) as store:
+        if args.entry:
+            if args.format != "npz":
+                raise ArenaError("--entry writes npz (what `arena submit-examples` reads); pass --format npz")
+            path, count, broken = export_entry(store, args.entry, args.out, args.all)
+            print(f"wrote {path} ({count} of the entry's {broken} broken samples)")
+            return 0
         run = store.run(args.run_id)
         matchups = select(store, run, args.model, args.defense, args.attack)
         written = export(store, run, matchups, args.out, args.format, args.limit)
     for path, count in written:
         print(f"wrote {path} ({count} example{'s' * (count != 1)})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when the entry verified, 1 when it is not reproducible (the differing samples on stderr)."""
+    device = resolve_device(args.device) if args.device else None
+    mark = verify(args.results, args.entry, args.samples, args.seed, device, args.cache_dir, tuple(args.plugin),
+                  args.train)
+    print(f"{mark.entry}: {mark.mark}; {len(mark.keys)} matchup(s), samples {mark.samples}, seed {mark.seed}")
+    for line in mark.differing:
+        print(f"DIFFERS: {line}", file=sys.stderr)
+    return 0 if mark.status == "verified" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device) if args.device else None
+    m, run_id = submit(args.results, args.file, args.entry, args.name, device, args.cache_dir, tuple(args.plugin))
+    print(f"{m.attack} vs {m.model}+{m.defense}: {int(m.attacked.sum())} images audited, "
+          f"{int((m.clean_correct & ~m.robust_correct).sum())} samples broken, robust {m.robust_accuracy:.1%} "
+          f"(run {run_id}, sha256 {m.params['attack']['sha256'][:12]})")
     return 0
 
 
@@ -261,6 +292,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--active-tests", action="store_true",
                      help="run the binarization test (Zimmermann et al. 2022) with every white-box matchup, on the "
                           "scenario's active_samples (default 100); costs about the attack's passes again per sample")
+    run.add_argument("--wide", action="store_true", help="every column of the leaderboard, unwrapped")
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     run.add_argument("--executor", choices=("local", "ray"), default=None,
                      help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")
@@ -279,6 +311,8 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--scenario", default=None, help="the latest run of this scenario name")
     board.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
     board.add_argument("--out", type=Path, default=None, help="write to this file instead of the terminal")
+    board.add_argument("--wide", action="store_true",
+                       help="every column of the text table, unwrapped (default: fits 120 columns)")
     board.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="the rows both runs share, and B − A")
     board.set_defaults(func=cmd_leaderboard)
 
@@ -293,6 +327,8 @@ def parser() -> argparse.ArgumentParser:
     standing_board.add_argument("--format", choices=BOARD_FORMATS, default="table",
                                 help="html: a static site; robustbench: model-info JSON files (both need --out)")
     standing_board.add_argument("--out", type=Path, default=None, help="file, or folder for html and robustbench")
+    standing_board.add_argument("--wide", action="store_true",
+                                help="every column of the text table, unwrapped (default: fits 120 columns)")
     standing_board.set_defaults(func=cmd_board)
 
     merging = commands.add_parser("merge", parents=[quiet, results],
@@ -315,7 +351,36 @@ def parser() -> argparse.ArgumentParser:
     examples.add_argument("--limit", type=positive, default=None,
                           help=f"at most N examples per matchup (default: all for npz, {GALLERY_ROWS} for png)")
     examples.add_argument("--out", type=Path, required=True, help="folder to write into, one file per matchup")
+    examples.add_argument("--entry", default=None, help="instead: the worst-case image of each broken sample of this "
+                                                        "board entry (MODEL+DEFENSE), one .npz")
+    examples.add_argument("--all", action="store_true", help="with --entry: refuse unless every broken sample has one")
     examples.set_defaults(func=cmd_examples)
+
+    checking = commands.add_parser("verify", parents=[common, results],
+                                   help="replay seeded-random samples of a board entry's matchups here and mark it "
+                                        "verified or not reproducible")
+    checking.add_argument("entry", help="MODEL+DEFENSE as the board names it (MODEL+DEFENSE@HASH or @EPS when "
+                                        "several entries share the label)")
+    checking.add_argument("--samples", type=positive, default=DEFAULT_SAMPLES,
+                          help="samples replayed per matchup (default: %(default)s)")
+    checking.add_argument("--seed", type=int, default=None, help="seed of the sample draw (default: a fresh one, "
+                                                                 "recorded with the mark)")
+    checking.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the run's device type)")
+    checking.add_argument("--cache-dir", type=Path, default=None, help="weights cache (default: $ARENA_CACHE_DIR "
+                                                                       "or the user cache folder)")
+    checking.add_argument("--train", action="store_true", help="train weights the cache lacks (default: refuse)")
+    checking.set_defaults(func=cmd_verify)
+
+    submitting = commands.add_parser("submit-examples", parents=[common, results],
+                                     help="count adversarial images made elsewhere against a board entry")
+    submitting.add_argument("file", type=Path, help=".npz or .safetensors ('adversarial', 'sample'), or "
+                                                    "RobustBench's .pt tensor")
+    submitting.add_argument("--entry", required=True, help="MODEL+DEFENSE as the board names it")
+    submitting.add_argument("--name", required=True, help="recorded as the attack external:NAME")
+    submitting.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the run's device type)")
+    submitting.add_argument("--cache-dir", type=Path, default=None, help="weights cache (default: $ARENA_CACHE_DIR "
+                                                                         "or the user cache folder)")
+    submitting.set_defaults(func=cmd_submit)
 
     scenarios = commands.add_parser("scenarios", parents=[quiet],
                                     help="list the bundled scenarios, which `arena run NAME` takes")

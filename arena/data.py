@@ -10,6 +10,7 @@ from arena.kinds import DataError, Dataset
 from arena.registry import Registry
 from arena.schema import Scenario
 from arena.training import fingerprint
+from arena.untrusted import check_split
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Data:
         ref = scenario.dataset
         dataset = registry.build(Dataset, ref)
         images, labels = dataset.load(ref.split, scenario.data_dir())
+        check_split(images, labels, dataset.num_classes, f"dataset {ref.name!r}, {ref.split} split")
         if ref.samples is not None:
             if ref.samples > len(images):
                 raise DataError(
@@ -55,6 +57,8 @@ class Data:
         """Training images, labels and their content fingerprint (loaded once per run)."""
         if self._train is None:
             images, labels = self.dataset.load("train", self.scenario.data_dir())
+            check_split(images, labels, self.dataset.num_classes,
+                        f"dataset {self.scenario.dataset.name!r}, train split")
             n = self.scenario.dataset.train_samples
             if n is not None and n > len(images):
                 raise DataError(f"{self.scenario.path}: dataset.train_samples = {n}, but the train split of "

@@ -22,11 +22,13 @@ from arena.checks import PROBE_SAMPLES, convergence, probe, single_step
 from arena.cost import Counted, Passes
 from arena.defended import Defended
 from arena.indicators import measure, silent_success
+from arena.keys import derive_seed
 from arena.kinds import Attack
 from arena.model_checks import ModelChecks, fresh
 from arena.records import Example, GradientPath, Matchup, Status
 from arena.schema import AttackRef, DefenseRef, ModelRef
 from arena.threat import ThreatModel
+from arena.training import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int, device: tor
 class Engine:
     """Plays matchups under one threat model: batches of ``batch_size`` on ``device``, up to ``examples`` successful
     examples kept per matchup (None: all), with a progress bar unless ``progress`` is off, and the binarization
-    test on ``active_samples`` when asked."""
+    test on ``active_samples`` when asked.
+
+    Every batch is seeded on its own (by ``seed``, the matchup and the batch's first sample), so any batch can be
+    replayed alone and give what the full run gave: ``only`` replays just the batches holding those samples (``arena
+    verify``), without the checks."""
 
     threat: ThreatModel
     device: torch.device
@@ -61,6 +67,10 @@ class Engine:
     active_samples: int = 0
     #: The model-level checks already measured, shared by the attacks on each model × defense.
     checked: ModelChecks = field(default_factory=ModelChecks)
+    #: The scenario seed, from which each batch's seed is derived.
+    seed: int = 0
+    #: When set, only the batches holding one of these samples are played, and no check is run (a replay).
+    only: np.ndarray | None = None
 
     def play(
         self, attacker: Callable[[], tuple[Attack, Counted, GradientPath]], target: Defended, data: Data,
@@ -84,12 +94,15 @@ class Engine:
             attack, counted, record.gradient = attacker()
             traces, first, silent, once = [], None, 0, fresh
             for index, images, labels in self.batches(data, todo, desc):
-                if not record.checks:
+                if self.only is not None and not self.only[index.numpy()].any():
+                    continue
+                if not record.checks and self.only is None:
                     once = self.checked.scope(model_ref.key, defense_ref.key, record.gradient, index[:PROBE_SAMPLES])
                     with counted.apart():
                         record.checks.update(probe(target, counted.module, images, labels, once))
                     first = images[:PROBE_SAMPLES], labels[:PROBE_SAMPLES]
                 counted.watch(labels)
+                seed_everything(derive_seed(self.seed, *(ref.key for ref in refs), "batch", int(index[0])))
                 violation = self.judge(attack, counted, target, images, labels, index, record.robust, record.norms,
                                        record.examples)
                 traces.append(counted.trace())
@@ -97,6 +110,8 @@ class Engine:
                 if violation:
                     return record.finish(Status.INVALID, violation, counted.passes)
                 silent += silent_success(traces[-1], torch.from_numpy(record.robust[index.numpy()]))
+            if self.only is not None:
+                return record.finish(Status.OK, passes=counted.passes)
             record.checks["convergence"] = convergence(traces)
             one_step = single_step(counted.passes.backward, int(todo.sum()), record.gradient)
             if first is not None:
@@ -133,7 +148,9 @@ class Engine:
         images, labels = data.on(self.device)
         indices = torch.from_numpy(np.flatnonzero(mask))
         batches = indices.split(self.batch_size) if len(indices) else ()
-        for index in tqdm(batches, desc=desc, disable=not self.progress, leave=False, unit="batch"):
+        # a bar of one batch says nothing the run's overall bar does not: only longer matchups show theirs
+        for index in tqdm(batches, desc=desc, disable=not self.progress or len(batches) <= 1, leave=False,
+                          unit="batch"):
             on_device = index.to(self.device)
             yield index, images[on_device], labels[on_device]
 

@@ -14,7 +14,9 @@ from arena.errors import ArenaError
 from arena.records import Example, Matchup, Run, Status
 from arena.registry import unknown_name_message
 from arena.report import gallery
+from arena.standing import standing
 from arena.store import Store
+from arena.verify import behind, find_entry
 
 FORMATS = ("npz", "png")
 #: Rows of a PNG gallery unless ``--limit`` says otherwise (a picture of thousands of rows helps nobody).
@@ -101,3 +103,42 @@ def export(store: Store, run: Run, matchups: list[Matchup], out: Path, fmt: str 
                          "a sample, or the run predates kept examples); set `save_examples: N` or `all` in the "
                          "scenario and run it again")
     return written
+
+
+def export_entry(store: Store, name: str, out: Path, every: bool = False) -> tuple[Path, int, int]:
+    """Write the worst-case adversarial image of each broken sample of the board entry ``name`` (the most confident
+    mistake any of its attacks kept) into ``out/MODEL+DEFENSE.npz``, with the sample indices and the data fingerprint,
+    as ``arena submit-examples`` reads it back. ``every``: refuse unless every broken sample has a kept image.
+    Returns the file, the images written and the broken samples."""
+    entry = find_entry(standing([store]), name)
+    pairs = behind(store, entry)
+    run = pairs[0][0]
+    clean = pairs[0][1].clean_correct
+    broken = clean & ~np.logical_and.reduce([m.robust_correct for _, m in pairs])
+    best: dict[int, Example] = {}
+    for _, m in pairs:
+        for e in store.examples(m):
+            if broken[e.sample] and e.predicted_after != e.label and (
+                    e.sample not in best or e.confidence_after > best[e.sample].confidence_after):
+                best[e.sample] = e
+    missing = sorted(set(np.flatnonzero(broken).tolist()) - set(best))
+    if missing and (every or not best):
+        raise ArenaError(f"{entry.name}: {len(missing)} of its {int(broken.sum())} broken samples have no kept "
+                         f"adversarial image (sample {missing[0]} first); play its scenario with `save_examples: all` "
+                         "(and --fresh) to keep every one")
+    chosen = [best[s] for s in sorted(best)]
+    data = arrays(chosen)
+    report = audit(entry.name, torch.from_numpy(data["clean"]), torch.from_numpy(data["adversarial"]), run.threat)
+    if report.violation:
+        raise ArenaError(f"{entry.name}: the stored examples fail the audit ({report.violation}); the store may have "
+                         "been altered, so nothing was exported")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{entry.name.replace('/', '-')}.npz"
+        meta = {"entry": entry.name, "identity": entry.identity, "norm": run.threat.norm, "eps": run.threat.eps,
+                "classes": np.array(run.classes, dtype=str),
+                **({"data_fingerprint": run.data_fingerprint} if run.data_fingerprint else {})}
+        np.savez_compressed(path, **data, **meta)
+    except OSError as exc:
+        raise ArenaError(f"--out {out}: cannot be written ({exc.strerror}); pass a folder you can write") from None
+    return path, len(chosen), int(broken.sum())

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.standing import Entry, Threat, eps_text
+from arena.standing import Entry, Threat
+from arena.threat import eps_text
+from arena.untrusted import child, finite, read_json, safe_name
 
 #: RobustBench's folder name of each norm, and back.
 NORM_FOLDERS = {"linf": "Linf", "l2": "L2"}
@@ -56,7 +58,8 @@ def model_info(entry: Entry) -> dict[str, Any]:
     info["arena"] = {"identity": entry.identity, "samples": entry.samples, "sample_set": entry.sample_set,
                      "norm": entry.threat.norm, "eps": entry.threat.eps, "achieved_by": entry.achieved_by,
                      "suites": entry.suites, "passes_per_sample": entry.passes, "flags": entry.flags,
-                     "sources": [asdict(s) for s in entry.sources]}
+                     "verification": entry.verification, "verify": f"arena verify {entry.name}",
+                     "external_attacks": entry.external, "sources": [asdict(s) for s in entry.sources]}
     return info
 
 
@@ -68,39 +71,64 @@ def export(board: dict[Threat, list[Entry]], out: Path) -> list[Path]:
         for entry in entries:
             if entry.kind != "measured" or entry.worst_case is None:
                 continue
-            folder = out / threat.dataset / NORM_FOLDERS.get(threat.norm, threat.norm)
+            folder = child(out, threat.dataset, NORM_FOLDERS.get(threat.norm, threat.norm))
             eps = eps_text(threat.eps).replace("/", "-")
-            name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{entry.model}+{entry.defense}_eps{eps}_{entry.identity[:8]}")
+            label = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{entry.model}+{entry.defense}")[:80].lstrip("._+-") or "entry"
+            name = f"{label}_eps{eps}_{entry.identity[:8]}"
             if entry.sample_set and " " not in entry.sample_set:
                 name += f"_{entry.sample_set[:6]}"
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{name}.json"
+            path = child(folder, re.sub(r"[^A-Za-z0-9_.+-]", "_", name)[:123] + ".json")
             path.write_text(json.dumps(model_info(entry), indent=2) + "\n", encoding="utf-8")
             written.append(path)
     return written
 
 
 def _number(path: Path, info: dict[str, Any], field: str) -> float | None:
-    """A percentage field (RobustBench writes strings such as ``"59.53"``) as a fraction."""
+    """A percentage field (RobustBench writes strings such as ``"59.53"``) as a fraction; a value outside
+    [0, 100] was never measured and is refused."""
     value = info.get(field)
     if value in (None, ""):
         return None
     try:
-        return float(value) / 100
-    except (TypeError, ValueError):
-        raise InterchangeError(f"{path}: field {field!r} is {value!r}, not a percentage; write it as \"59.53\""
+        number = float(value) if isinstance(value, str) else value
+        return finite(number, str(path), field, 0, 100) / 100
+    except (ArenaError, ValueError):
+        raise InterchangeError(f"{path}: field {field!r} is {str(value)[:40]!r}, not a percentage from 0 to 100; "
+                               "write it as \"59.53\"") from None
+
+
+def _text(path: Path, info: dict[str, Any], field: str) -> str:
+    """A text field (at most 200 characters)."""
+    value = info.get(field)
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise InterchangeError(f"{path}: field {field!r} is {str(value)[:40]!r}; expected text of 1 to 200 "
+                               "characters")
+    return value
+
+
+def _eps(path: Path, info: dict[str, Any], arena: dict[str, Any]) -> float:
+    """ε from ``arena.eps`` (a number) or RobustBench's ``eps`` (``"8/255"``, ``"0.5"`` or a number)."""
+    value = arena["eps"] if "eps" in arena else info["eps"]
+    field = "arena.eps" if "eps" in arena else "eps"
+    try:
+        if isinstance(value, str):
+            value = float(Fraction(value.strip()[:40]))
+        return finite(value, str(path), field, 0, 1e6)
+    except (ArenaError, ValueError, ZeroDivisionError):
+        raise InterchangeError(f"{path}: field {field!r} is {str(value)[:40]!r}; write it as \"8/255\" or \"0.5\""
                                ) from None
 
 
 def read_reported(path: Path) -> Entry:
-    """One model-info file as a reported row; its norm is the ``arena.norm`` it carries, else its folder's name."""
+    """One model-info file as a reported row; its norm is the ``arena.norm`` it carries, else its folder's name.
+    Every field is checked (types, ranges, nesting, size: ``arena.untrusted``) before it is used."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InterchangeError(f"{path}: cannot be read ({exc}); pass a RobustBench model-info .json file") from None
-    except json.JSONDecodeError as exc:
-        raise InterchangeError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or leave it "
-                               "out of --reported") from None
+        info = read_json(path)
+    except InterchangeError:
+        raise
+    except ArenaError as exc:
+        raise InterchangeError(f"{exc}; fix the file or leave it out of --reported") from None
     if not isinstance(info, dict):
         raise InterchangeError(f"{path}: holds a JSON {type(info).__name__}, not a model-info object; see "
                                "RobustBench's model_info/<dataset>/<threat>/<Name>.json")
@@ -114,22 +142,28 @@ def read_reported(path: Path) -> Entry:
     if norm is None:
         raise InterchangeError(f"{path}: cannot tell the norm: put the file in a Linf/ or L2/ folder as RobustBench "
                                "does")
+    if norm not in NORM_FOLDERS:
+        raise InterchangeError(f"{path}: field 'arena.norm' is {str(norm)[:20]!r}; expected linf or l2")
     try:
-        eps = float(arena["eps"]) if "eps" in arena else float(Fraction(str(info["eps"]).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise InterchangeError(f"{path}: field 'eps' is {info['eps']!r}; write it as \"8/255\" or \"0.5\"") from None
+        dataset = safe_name(info["dataset"], str(path), "dataset")
+    except ArenaError as exc:
+        raise InterchangeError(str(exc)) from None
+    eps = _eps(path, info, arena)
+    samples = arena.get("samples", 0)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= 1 << 40:
+        raise InterchangeError(f"{path}: field 'arena.samples' is {str(samples)[:20]!r}; expected a whole number ≥ 0")
     external, autoattack = _number(path, info, "external"), _number(path, info, "autoattack_acc")
     number = external if external is not None else autoattack  # RobustBench ranks by ``external`` when present
     flags = ["reported, not measured here: not part of any worst case"]
     if info.get("unreliable"):
         flags.append("marked potentially unreliable by its source")
     if info.get("footnote"):
-        flags.append(str(info["footnote"]))
-    architecture = info.get("architecture")
-    name = f"{info['name']} ({architecture})" if architecture else str(info["name"])
-    return Entry(Threat.of(str(info["dataset"]), norm, eps), name, "-", kind="reported",
-                 clean_accuracy=_number(path, info, "clean_acc"), worst_case=number,
-                 samples=int(arena.get("samples", 0)), flags=flags,
+        flags.append(str(info["footnote"])[:500])
+    architecture = _text(path, info, "architecture") if info.get("architecture") else None
+    name = _text(path, info, "name")
+    name = f"{name} ({architecture})" if architecture else name
+    return Entry(Threat.of(dataset, norm, eps), name, "-", kind="reported",
+                 clean_accuracy=_number(path, info, "clean_acc"), worst_case=number, samples=samples, flags=flags,
                  reported={"file": str(path), **{k: v for k, v in info.items() if k != "arena"}})
 
 

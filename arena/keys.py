@@ -17,7 +17,7 @@ from arena.training import content_key
 CONDITIONS_CODE = source_hash(conditions.__file__)
 
 
-def derive_seed(seed: int, *names: str) -> int:
+def derive_seed(seed: int, *names: str | int) -> int:
     """A seed for one piece of work, fixed by the scenario seed and its names, not by the order work runs in."""
     return int(hashlib.sha256(repr((seed, *names)).encode()).hexdigest()[:8], 16)
 
@@ -68,6 +68,8 @@ def matchup_key(
         "adaptive": [attack_ref.bpda, attack_ref.eot_samples],
         "threat": [threat.norm, threat.eps],
         "eval": [ds.name, ds.params, ds.split, ds.samples], "batch_size": scenario.batch_size,
+        # each batch seeded on its own (``arena.engine``): results of the earlier per-matchup seeding differ
+        "seeding": "per-batch",
         **({"after": after} if after else {}),
         # a conditional entry's result also depends on the rules that decide whether it runs
         **({"when": [attack_ref.when, CONDITIONS_CODE]} if attack_ref.when else {}),

@@ -128,8 +128,16 @@ class Networks:
 def check_width(net: nn.Module, data: Data, model_ref: ModelRef) -> None:
     """A model must output one logit per class of the data set (the seed's CNN emitted 64 for 10 classes)."""
     with torch.no_grad():
-        width = net.eval()(data.images[:2]).shape[-1]
+        logits = net.eval()(data.images[:2])
     classes = data.dataset.num_classes
+    if not isinstance(logits, torch.Tensor) or logits.shape[:1] != data.images[:2].shape[:1] or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PluginError(f"model {model_ref.name!r} returns {shape} for {len(data.images[:2])} images; it must "
+                          f"return one tensor of logits, [N, {classes}]")
+    if not torch.isfinite(logits).all():
+        raise PluginError(f"model {model_ref.name!r} returns NaN or infinite logits; no prediction can be measured "
+                          "from them: check its weights and input normalisation")
+    width = logits.shape[-1]
     if width != classes:
         raise PluginError(f"model {model_ref.name!r} outputs {width} logits per image but {data.dataset.name} has "
                           f"{classes} classes; its last layer must have num_classes ({classes}) outputs")

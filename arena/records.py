@@ -47,6 +47,8 @@ class GradientPath(TypedDict, total=False):
     source: str
     #: The attack asks the model for outputs only (noise, Square).
     gradient_free: bool
+    #: Examples submitted from outside the arena: the submitted file's SHA-256.
+    external: str
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,8 @@ class Matchup:
 
     @property
     def white_box(self) -> bool:
-        """Crafted with the target's own gradients: neither a transfer nor a gradient-free attack."""
-        return not self.gradient.get("source") and not self.gradient.get("gradient_free")
+        """Crafted with the target's own gradients: neither a transfer, a gradient-free nor an external attack."""
+        return not any(self.gradient.get(k) for k in ("source", "gradient_free", "external"))
 
     @property
     def passes_per_sample(self) -> float | None:
@@ -166,3 +168,35 @@ class Matchup:
         return {**fields, "passes_per_sample": self.passes_per_sample}
 
 
+
+
+@dataclass(frozen=True)
+class Verification:
+    """An ``arena verify`` of one standing-board entry: the samples replayed from its runs' provenance, the
+    matchups (keys) replayed, and the samples whose results differed (none: verified)."""
+
+    id: str
+    entry: str
+    identity: str
+    sample_set: str
+    dataset: str
+    norm: str
+    eps: float
+    status: str
+    samples: list[int]
+    keys: list[str]
+    differing: list[str]
+    seed: int
+    machine: str
+    device: str
+    arena_version: str
+    verified_at: str
+
+    @property
+    def mark(self) -> str:
+        """How the board shows it: ``verified (K/K, machine, date)`` or ``not reproducible (samples …)``."""
+        date = self.verified_at[:10]
+        if self.status == "verified":
+            return f"verified ({len(self.samples)}/{len(self.samples)}, {self.machine}, {date})"
+        return f"not reproducible ({len(self.differing)} difference(s) on {self.machine}, {date}: " \
+               f"{'; '.join(self.differing[:3])}{' …' if len(self.differing) > 3 else ''})"

@@ -142,11 +142,11 @@ class Registry:
         """Every registered module implementing reporter hooks (``arena_run_started`` ...), by name."""
         found = []
         for plugin in self.pm.get_plugins():
-            name = self.pm.get_name(plugin)
+            name = self.pm.get_name(plugin) or ""
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or () if h.name in REPORTER_HOOKS)
+            package, version = self.origins.get(name) or (None, None)
             if hooks:
-                found.append(ReporterInfo(name, tuple(hooks), first_sentence(inspect.getdoc(plugin)),
-                                          *self.origins.get(name, (None, None))))
+                found.append(ReporterInfo(name, tuple(hooks), first_sentence(inspect.getdoc(plugin)), package, version))
         return sorted(found, key=lambda info: info.name)
 
     def names(self, kind: str) -> list[str]:

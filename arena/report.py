@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from arena.leaderboard import Row, curves, leaderboard_table, render
+from arena.formats import render
+from arena.leaderboard import Row, curves, leaderboard_table
 from arena.records import Example, Run, Status
 from arena.scenario import DEFAULT_EXAMPLES
 from arena.store import Store
+from arena.untrusted import child
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,8 @@ def gallery(examples: list[Example], classes: list[str], title: str, path: Path)
     for ax_row, e in zip(axes, examples):
         delta = e.adversarial - e.clean
         delta = delta / (2 * max(float(np.abs(delta).max()), 1e-12)) + 0.5  # amplified: its largest change spans all
-        captions = (f"clean: {label(e.predicted_before, e.confidence_before)} (true {label(e.label)})",
-                    f"adversarial: {label(e.predicted_after, e.confidence_after)}", "perturbation (amplified)")
+        captions = (f"clean: {label(e.predicted_before, e.confidence_before)}\ntrue: {label(e.label)}",
+                    f"adversarial:\n{label(e.predicted_after, e.confidence_after)}", "perturbation\n(amplified)")
         for ax, picture, caption in zip(ax_row, (e.clean, e.adversarial, np.clip(delta, 0, 1)), captions):
             if picture.shape[0] == 1:  # a grey image: H×W on a fixed grey scale
                 ax.imshow(picture[0], cmap="gray", vmin=0, vmax=1)
@@ -113,12 +115,12 @@ def _save(fig: Any, path: Path) -> Path:
 def write_report(store: Store, run: Run, table: list[Row], out: Path | None = None) -> Path:
     """Write the pictures and ``leaderboard.html`` of a run (its ``board`` rows in ``table``) into ``out``
     (default ``<results>/reports/<run id>``)."""
-    folder = Path(out or store.results_dir / "reports" / run.id)
-    pictures = [bar_chart(table, folder / "leaderboard.png"),
-                curve_chart(curves(store, run), table, run.threat.norm, folder / "robustness.png")]
-    grid = examples_grid(store, run, table, folder / "examples.png")
+    folder = Path(out) if out else child(store.results_dir, "reports", run.id)
+    pictures = [bar_chart(table, child(folder, "leaderboard.png")),
+                curve_chart(curves(store, run), table, run.threat.norm, child(folder, "robustness.png"))]
+    grid = examples_grid(store, run, table, child(folder, "examples.png"))
     if grid is None:
         log.warning("no adversarial-example grid: the store keeps no successful example of this run")
     page = render(leaderboard_table(run, table), "html", [p.name for p in pictures + [grid] if p is not None])
-    (folder / "leaderboard.html").write_text(page, encoding="utf-8")
+    child(folder, "leaderboard.html").write_text(page, encoding="utf-8")
     return folder / "leaderboard.html"

@@ -15,6 +15,7 @@ from arena.errors import ArenaError
 from arena.executors import Executor
 from arena.leaderboard import Row
 from arena.matchups import Arena
+from arena.progress import run_progress
 from arena.records import Matchup, Run
 from arena.registry import Registry
 from arena.runtime import Runtime
@@ -85,16 +86,19 @@ def run_scenario(
     norm), smallest ε first, by ``executor`` (this process by default); ``on_played`` sees each run as it finishes.
     Matchups stored under the same key are reused unless ``fresh``; ``active_tests`` adds the binarization test."""
     device = resolve_device(device, "device")
-    played = []
-    for threat in scenario.threats:
-        arena = Arena(scenario, registry, Path(results), device, cache or WeightsCache(), progress=progress,
-                      fresh=fresh, threat=threat, report=report, report_to=tuple(report_to),
-                      runtime=runtime or Runtime(), active_tests=ACTIVE_TESTS if active_tests else ())
-        run_id = arena.play(executor)
-        with arena.store as store:
-            run, matchups = store.run(run_id), store.matchups(run_id)
-        report_path = arena.report_path / "leaderboard.html" if arena.report_path else None
-        played.append(Played(threat, run, matchups, arena.table, arena.store.path, arena.summary_path, report_path))
-        if on_played is not None:
-            on_played(played[-1])
+    played: list[Played] = []
+    total = len(scenario.threats) * len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
+    with run_progress(total, progress) as bar:  # one bar over every run of a sweep
+        for threat in scenario.threats:
+            arena = Arena(scenario, registry, Path(results), device, cache or WeightsCache(), progress=progress,
+                          bar=bar, fresh=fresh, threat=threat, report=report, report_to=tuple(report_to),
+                          runtime=runtime or Runtime(), active_tests=ACTIVE_TESTS if active_tests else ())
+            run_id = arena.play(executor)
+            with arena.store as store:
+                run, matchups = store.run(run_id), store.matchups(run_id)
+            report_path = arena.report_path / "leaderboard.html" if arena.report_path else None
+            played.append(Played(threat, run, matchups, arena.table, arena.store.path, arena.summary_path,
+                                 report_path))
+            if on_played is not None:
+                on_played(played[-1])
     return played

@@ -16,15 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from arena.leaderboard import Table, board
-from arena.records import Matchup, Run, Status
-from arena.store import Store, results_folder
-
-
-def eps_text(eps: float) -> str:
-    """ε as the field writes it: ``8/255`` when it is a whole number of 255ths, else its decimal value."""
-    steps = eps * 255
-    return f"{round(steps)}/255" if steps >= 0.5 and abs(steps - round(steps)) < 1e-3 else f"{eps:.4g}"
+from arena.formats import Table
+from arena.leaderboard import board
+from arena.records import Matchup, Run, Status, Verification
+from arena.store import Store
+from arena.threat import eps_text
 
 
 @dataclass(frozen=True, order=True)
@@ -93,6 +89,18 @@ class Entry:
     sources: list[Source] = field(default_factory=list)
     #: For a reported row: the fields it was read with (RobustBench's model-info, the file it came from).
     reported: dict[str, Any] = field(default_factory=dict)
+    #: The keys of the valid matchups behind the number (what ``arena verify`` replays).
+    keys: list[str] = field(default_factory=list)
+    #: ``verified (K/K, machine, date)``, ``not reproducible (…)`` or ``unverified``: the latest ``arena verify``
+    #: mark that covers every matchup behind the number.
+    verification: str = "unverified"
+    #: The attacks submitted from outside the arena (``arena submit-examples``) that count in the number.
+    external: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The entry as commands take it (``arena verify MODEL+DEFENSE``)."""
+        return f"{self.model}+{self.defense}"
 
     @property
     def runs(self) -> list[str]:
@@ -109,7 +117,7 @@ class _Part:
     flags: list[str]
 
 
-def _identity(run: Run, m: Matchup) -> tuple[str, str | None]:
+def entry_identity(run: Run, m: Matchup) -> tuple[str, str | None]:
     """An entry's identity (its weights key with the hash of its defense chain) and the weights key alone."""
     key = run.weights.get(f"{m.model}/{m.defense}", {}).get("key")
     if key is None:
@@ -171,7 +179,9 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     first = pairs[0][1]
     samples = parts[0].run.samples
     entry = Entry(threat, first.model, first.defense, identity=identity, samples=samples, sample_set=data,
-                  attacks=len({m.key or (run.id, m.attack) for run, m in ok}))
+                  attacks=len({m.key or (run.id, m.attack) for run, m in ok}),
+                  keys=sorted({m.key for _, m in ok if m.key}),
+                  external=sorted({m.attack for _, m in ok if m.gradient.get("external")}))
     aliases = sorted({f"{m.model}+{m.defense}" for _, m in pairs} - {f"{first.model}+{first.defense}"})
     if aliases:
         entry.flags.append(f"also labelled {', '.join(aliases)} (same weights and defense chain)")
@@ -197,12 +207,13 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     unique = {m.key or (run.id, m.attack): m for run, m in ok}
     costs = [m.passes_per_sample for m in unique.values()]
     entry.passes = None if not costs or None in costs else float(sum(costs))
+    runs_of: dict[str, list[str]] = {}  # each run's flag, said once with the runs that raised it
     for part in parts:
         run = part.run
         costs = [m.passes_per_sample for m in part.matchups if m.status == Status.OK]
         entry.sources.append(Source(
             run.id, run.origin or str(part.store.results_dir.resolve()), run.scenario, run.scenario_digest,
-            run.arena_version, _identity(run, part.matchups[0])[1], run.data_fingerprint, run.seed, run.device,
+            run.arena_version, entry_identity(run, part.matchups[0])[1], run.data_fingerprint, run.seed, run.device,
             run.runtime.get("precision", "fp32" if run.data_fingerprint else "unrecorded"), run.started_at,
             run.status, [m.attack for m in part.matchups], sorted({m.suite for m in part.matchups if m.suite}),
             None if not costs or None in costs else float(sum(costs)),
@@ -210,7 +221,10 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
         ))
         if run.status != "complete":
             entry.flags.append(f"run {run.id} is {run.status}: only its finished matchups count")
-        entry.flags += [f"run {run.id}: {flag}" for flag in part.flags]
+        for flag in part.flags:
+            runs_of.setdefault(flag, []).append(run.id)
+    entry.flags += [f"run {runs[0]}: {flag}" if len(runs) == 1 else f"{flag} (in {len(runs)} runs: {', '.join(runs)})"
+                    for flag, runs in runs_of.items()]
     if not parts[0].run.data_fingerprint:
         entry.flags.append("sample set not fingerprinted (store older than schema 6): matched by data set and count")
     entry.flags += disagreements(pairs)
@@ -255,12 +269,16 @@ def standing(stores: list[Store], reported: list[Entry] = ()) -> dict[Threat, li
         for m in loaded:
             by_pair.setdefault((m.model, m.defense), []).append(m)
         for (model, defense), matchups in by_pair.items():
-            identity = _identity(run, matchups[0])[0]
+            identity = entry_identity(run, matchups[0])[0]
             groups.setdefault((threat, identity, sample_set(run)), []).append(
                 _Part(store, run, matchups, flags.get((model, defense), [])))
     tables: dict[Threat, list[Entry]] = {}
     for (threat, identity, data), parts in groups.items():
         tables.setdefault(threat, []).append(_entry(threat, identity, data, parts))
+    marks = [v for store in stores for v in store.verifications()]
+    for entries in tables.values():
+        for entry in entries:
+            entry.verification = verification_mark(entry, marks)
     for entry in reported:
         tables.setdefault(entry.threat, []).append(entry)
     for entries in tables.values():
@@ -270,25 +288,45 @@ def standing(stores: list[Store], reported: list[Entry] = ()) -> dict[Threat, li
     return dict(sorted(tables.items()))
 
 
+def weights_tag(entry: Entry) -> str:
+    """A short hash of the entry's weights (and defense chain), which tells apart entries that share a label."""
+    return f"weights {entry.identity[:8]}" if entry.identity and not entry.identity.startswith("label ") else ""
+
+
+def verification_mark(entry: Entry, marks: list[Verification]) -> str:
+    """The latest mark of ``arena verify`` on this entry that replayed every matchup now behind its number; an
+    older mark, made before more matchups were added, leaves the entry unverified and says so."""
+    mine = sorted((v for v in marks if v.identity == entry.identity and v.sample_set == entry.sample_set
+                   and Threat.of(v.dataset, v.norm, v.eps) == entry.threat), key=lambda v: v.verified_at)
+    covering = [v for v in mine if set(entry.keys) <= set(v.keys)]
+    if covering:
+        return covering[-1].mark
+    if mine:
+        return f"unverified ({len(set(entry.keys) - set(mine[-1].keys))} matchup(s) added since the verification " \
+               f"of {mine[-1].verified_at[:10]})"
+    return "unverified"
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def tables(board_: dict[Threat, list[Entry]]) -> list[Table]:
-    """One renderable table per threat model (``arena.leaderboard.render`` writes it as text, Markdown or CSV)."""
+    """One renderable table per threat model (``arena.formats.render`` writes it as text, Markdown or CSV)."""
     columns = ["rank", "model", "defense", "kind", "clean", "best known", "achieved by", "samples", "sample set",
-               "runs", "passes/sample", "flags"]
+               "runs", "passes/sample", "verified", "flags"]
     found = []
     for threat, entries in board_.items():
         records = [{
             "rank": e.rank, "model": e.model, "defense": e.defense, "kind": e.kind, "clean": e.clean_accuracy,
             "best known": e.worst_case, "achieved by": ", ".join(e.achieved_by) or None, "samples": e.samples,
             "sample set": data_label(e.sample_set) if e.sample_set else None, "runs": ", ".join(e.runs) or None,
-            "passes/sample": None if e.passes is None else round(e.passes, 1), "flags": e.flags,
+            "passes/sample": None if e.passes is None else round(e.passes, 1),
+            "verified": e.verification if e.kind == "measured" else None, "flags": e.flags,
         } for e in entries]
         found.append(Table(f"{threat}: {sum(e.kind == 'measured' for e in entries)} measured, "
                            f"{sum(e.kind == 'reported' for e in entries)} reported", columns, records,
-                           {"clean", "best known"}))
+                           {"clean", "best known"}, {"samples", "sample set", "runs", "passes/sample"}))
     return found
 
 
@@ -299,5 +337,14 @@ def as_json(board_: dict[Threat, list[Entry]]) -> str:
 
 
 def open_stores(folders: list[Path]) -> list[Store]:
-    """Read-only stores of the folders (or their ``arena.db`` files), each refused clearly when it is not one."""
-    return [Store.open_existing(results_folder(f)) for f in folders]
+    """Read-only stores of the folders (or their ``.db`` files), each checked whole and refused clearly when it is
+    not a sound store (``arena.untrusted.check_store``)."""
+    opened: list[Store] = []
+    try:
+        for folder in folders:
+            opened.append(Store.open_existing(folder))
+    except BaseException:
+        for store in opened:
+            store.close()
+        raise
+    return opened

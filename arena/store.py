@@ -9,7 +9,7 @@ import sqlite3
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from arena.errors import StoreError
-from arena.records import Example, Matchup, Run
-from arena.tables import create_or_migrate, insert, refuse_newer
+from arena.records import Example, Matchup, Run, Verification
+from arena.tables import SCHEMA_VERSION, create_or_migrate, insert, refuse_newer
 from arena.threat import ThreatModel
+from arena.untrusted import check_store, one_line
 from arena.version import __version__
 
 DB_NAME = "arena.db"
@@ -94,9 +95,9 @@ class Store:
     written, its journal mode is left alone and an older schema is read as it is, so a read-only copy works.
     """
 
-    def __init__(self, results_dir: Path, readonly: bool = False) -> None:
+    def __init__(self, results_dir: Path, readonly: bool = False, file: Path | None = None) -> None:
         self.results_dir = Path(results_dir)
-        self.path = self.results_dir / DB_NAME
+        self.path = Path(file) if file else self.results_dir / DB_NAME
         self.readonly = readonly
         self._check_files()
         try:
@@ -109,8 +110,9 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             create_or_migrate(self.db, self.path)
             self._mark_interrupted()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} ({exc}); "
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # a damaged file fails as either
+            raise StoreError(f"{self.path}: cannot be {'read' if readonly else 'opened for writing'} "
+                             f"({one_line(exc)}); "
                              "check the folder's permissions and free space, or pass another --results folder"
                              ) from None
 
@@ -157,32 +159,46 @@ class Store:
 
     @classmethod
     def open_existing(cls, results_dir: Path) -> Store:
-        """Open, read-only, a results folder that must already hold a store."""
-        if not (Path(results_dir) / DB_NAME).exists():
-            raise StoreError(f"no results store at {Path(results_dir) / DB_NAME}; run `arena run SCENARIO` first")
-        store = cls(results_dir, readonly=True)
-        if not store.has_table("runs"):
-            with store:  # an empty file, or a store whose creation never finished: nothing to read
-                raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
-                                 f"--results {results_dir}` first, or pass another --results folder")
+        """Open, read-only, a results folder that must already hold a store (or a store's ``.db`` file itself), and
+        check it whole before anything reads it (``arena.untrusted.check_store``)."""
+        file = Path(results_dir) if Path(results_dir).suffix == ".db" and Path(results_dir).is_file() else None
+        results_dir = results_folder(results_dir)
+        if not (file or results_dir / DB_NAME).exists():
+            raise StoreError(f"no results store at {results_dir / DB_NAME}; run `arena run SCENARIO` first")
+        store = cls(results_dir, readonly=True, file=file)
+        with ExitStack() as closing:
+            closing.callback(store.close)  # unless the store passes every check
+            try:
+                if not store.has_table("runs"):  # an empty file, or a store whose creation never finished
+                    raise StoreError(f"{store.path} holds no arena results (no runs table); run `arena run SCENARIO "
+                                     f"--results {results_dir}` first, or pass another --results folder")
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise StoreError(f"{store.path}: cannot be read ({one_line(exc)}); pass another --results folder"
+                                 ) from None
+            check_store(store.db, store.path, SCHEMA_VERSION)
+            closing.pop_all()
         return store
 
     def start_run(
         self, scenario: Any, threat: ThreatModel, samples: int, device: str, classes: Sequence[str] = (),
         data_fingerprint: str | None = None, runtime: dict[str, Any] | None = None,
+        expected: list[tuple[str, str, str]] | None = None,
     ) -> str:
-        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play, the
-        process playing it, the evaluation images' content hash and the runtime settings) and return its id."""
+        """Record a new run of ``scenario`` under ``threat`` (status ``running``, with the matchups it will play: every
+        model × defense × attack unless ``expected`` says otherwise, the process playing it, the evaluation images'
+        content hash and the runtime settings) and return its id."""
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        expected = [[m.key, d.key, a.key] for m in scenario.models for d in scenario.defenses for a in scenario.attacks]
+        if expected is None:
+            expected = [(m.key, d.key, a.key) for m in scenario.models for d in scenario.defenses
+                        for a in scenario.attacks]
         with self.writing():
             insert(self.db, "runs", {
                 "id": run_id, "scenario": scenario.name, "scenario_path": scenario.path,
                 "scenario_digest": scenario.digest, "scenario_text": scenario.text, "arena_version": __version__,
                 "seed": scenario.seed, "norm": threat.norm, "eps": threat.eps, "dataset": scenario.dataset.name,
                 "samples": samples, "device": device, "status": "running", "started_at": _now(),
-                "classes": json.dumps(list(classes)), "expected": json.dumps(expected), "pid": os.getpid(),
-                "host": socket.gethostname(), "data_fingerprint": data_fingerprint,
+                "classes": json.dumps(list(classes)), "expected": json.dumps([list(e) for e in expected]),
+                "pid": os.getpid(), "host": socket.gethostname(), "data_fingerprint": data_fingerprint,
                 "runtime": json.dumps(runtime or {}, sort_keys=True),
             })
         return run_id
@@ -247,6 +263,23 @@ class Store:
                                  predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
                                  confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))
         return found
+
+    def add_verification(self, v: Verification) -> None:
+        """Record an ``arena verify`` mark (a mark with the same id, merged twice, is kept once)."""
+        if self.db.execute("SELECT 1 FROM verifications WHERE id = ?", (v.id,)).fetchone():
+            return
+        with self.writing():
+            insert(self.db, "verifications", {
+                **{k: v.__dict__[k] for k in Verification.__dataclass_fields__},
+                **{k: json.dumps(v.__dict__[k]) for k in ("samples", "keys", "differing")}})
+
+    def verifications(self) -> list[Verification]:
+        """Every verification mark, oldest first (none in a store older than verification)."""
+        if not self.has_table("verifications"):
+            return []
+        decoded = ("samples", "keys", "differing")
+        return [Verification(**{k: json.loads(row[k]) if k in decoded else row[k] for k in row.keys()})
+                for row in self.db.execute("SELECT * FROM verifications ORDER BY verified_at, rowid")]
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:
         """Close a run with its final status and where each model's weights came from (trained or cache)."""

@@ -11,7 +11,7 @@ from arena.errors import StoreError
 from arena.records import Status
 
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: The matchup statuses the store accepts: ``Status``'s values, so a stored status is always one.
 STATUSES = ", ".join(f"'{status}'" for status in Status)
 
@@ -84,6 +84,24 @@ CREATE TABLE IF NOT EXISTS examples (
     confidence_before REAL NOT NULL,
     confidence_after REAL NOT NULL,
     codec TEXT NOT NULL DEFAULT 'raw'
+);
+CREATE TABLE IF NOT EXISTS verifications (
+    id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    sample_set TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    norm TEXT NOT NULL,
+    eps REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('verified', 'not reproducible')),
+    samples TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    differing TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    machine TEXT NOT NULL,
+    device TEXT NOT NULL,
+    arena_version TEXT NOT NULL,
+    verified_at TEXT NOT NULL
 );
 """.replace("STATUSES", STATUSES)
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from arena import DataError, Dataset, Param, hookimpl
+from arena import untrusted as limits
 
 NPZ_NAME = "cifar10.npz"
 
@@ -87,11 +89,14 @@ def read_npz(
     if images.dtype != np.uint8:
         raise DataError(f"{npz}: {x} is {images.dtype}; expected uint8 pixel values 0-255 (images already scaled to "
                         "[0, 1] would be divided by 255 again)")
-    if images.ndim == 3 and shape is None:
+    if images.ndim == 3 and (shape is None or shape[0] == 1):
         images = images[..., None]  # grey images written N×H×W
     wanted = f"(N, {shape[1]}, {shape[2]}, {shape[0]})" if shape else "(N, H, W, C) with C 1 or 3, or (N, H, W)"
     if images.ndim != 4 or (images.shape[1:] != (*shape[1:], shape[0]) if shape else images.shape[3] not in (1, 3)):
-        raise DataError(f"{npz}: {x} has shape {images.shape}; expected {wanted}, uint8 NHWC")
+        raise DataError(f"{npz}: {x} has shape {images.shape}; expected {wanted}, uint8 NHWC (every split of one "
+                        "image size and channel count)")
+    if not len(images):
+        raise DataError(f"{npz}: {x} holds no image: nothing can be measured on it; give it images")
     _check_labels(npz, split, labels, len(images), classes)
     return images, labels
 
@@ -105,32 +110,65 @@ def read_labels(npz: Path, split: str) -> np.ndarray:
     return labels
 
 
+def _header(archive: zipfile.ZipFile, npz: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """An array's shape and dtype from its ``.npy`` header, refused before it is read when the data it claims is
+    beyond ``MAX_ARRAY_BYTES`` or beyond what the archive holds for it (a forged or truncated header)."""
+    info = archive.getinfo(f"{name}.npy")
+    with archive.open(info) as file:
+        version = np.lib.format.read_magic(file)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(file, max_header_size=10_000)
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > limits.MAX_ARRAY_BYTES or claimed > info.file_size:
+        raise DataError(f"{npz}: {name}'s header claims {shape} {dtype} ({claimed:,} bytes) but the archive holds "
+                        f"{info.file_size:,} bytes for it (at most {limits.MAX_ARRAY_BYTES:,} allowed); save it again "
+                        "with np.savez")
+    return shape, dtype
+
+
 def _arrays(npz: Path, split: str, *wanted: str) -> list[np.ndarray]:
     """The arrays ``wanted`` of the archive, and only those (``np.load`` reads an .npz array by array, when asked),
-    once it is known to hold both of ``split``'s: one message for a missing array and for an unreadable archive."""
+    once it is known to be an .npz holding both of ``split``'s, with headers within the limits: one message for a
+    missing array, a forged header and an unreadable archive."""
+    names = (f"x_{split}", f"y_{split}")
     try:
-        with np.load(npz, allow_pickle=False) as arrays:
-            missing = [name for name in (f"x_{split}", f"y_{split}") if name not in arrays.files]
+        with npz.open("rb") as file:
+            magic = file.read(4)
+        if magic != b"PK\x03\x04":
+            what = "a single .npy array" if magic == b"\x93NUM" else f"a file starting {magic!r}"
+            raise DataError(f"{npz}: is {what}, not an .npz archive; save the four arrays with np.savez(file, "
+                            "x_train=..., y_train=..., x_test=..., y_test=...)")
+        with zipfile.ZipFile(npz) as archive:
+            present = [n.removesuffix(".npy") for n in archive.namelist()]
+            missing = [name for name in names if name not in present]
             if missing:
-                raise DataError(f"{npz}: no array {', '.join(missing)} (it has: {', '.join(arrays.files) or 'none'}); "
+                raise DataError(f"{npz}: no array {', '.join(missing)} (it has: {', '.join(present) or 'none'}); "
                                 "expected x_train, y_train, x_test, y_test")
+            for name in wanted:
+                _header(archive, npz, name)
+        with np.load(npz, allow_pickle=False) as arrays:
             return [arrays[name] for name in wanted]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{npz}: cannot be read as an .npz archive ({type(exc).__name__}: {exc}); it may be "
-                        "truncated or damaged: copy it again") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, MemoryError) as exc:
+        why = f"{type(exc).__name__}: {limits.one_line(exc, 100)}"
+        raise DataError(f"{npz}: cannot be read as an .npz archive ({why}); it may be truncated or damaged: copy it "
+                        "again") from None
 
 
 def _check_labels(npz: Path, split: str, labels: np.ndarray, count: int, classes: int | None) -> None:
-    """One message when ``y_<split>`` is not ``count`` integer class indices (below ``classes`` when given)."""
+    """One message when ``y_<split>`` is not ``count`` integer class indices (below ``classes`` when given, and
+    below ``MAX_CLASSES`` always)."""
     x, y = f"x_{split}", f"y_{split}"
+    if labels.shape == (count, 1):
+        raise DataError(f"{npz}: {y} has shape {labels.shape}; expected ({count},): flatten it with y.reshape(-1)")
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{npz}: {y} has shape {labels.shape} and dtype {labels.dtype}; expected ({count},) "
-                        f"integer class indices, one per image of {x}")
-    if len(labels) and (labels.min() < 0 or (classes is not None and labels.max() >= classes)):
-        top = f"0 to {classes - 1}" if classes is not None else "from 0"
-        raise DataError(f"{npz}: {y} holds labels from {labels.min()} to {labels.max()}; expected class indices {top}")
+                        f"integer class indices, one per image of {x} (float labels are not rounded for you)")
+    top = min(classes, limits.MAX_CLASSES) if classes is not None else limits.MAX_CLASSES
+    if len(labels) and (labels.min() < 0 or labels.max() >= top):
+        raise DataError(f"{npz}: {y} holds labels from {labels.min()} to {labels.max()}; expected class indices 0 to "
+                        f"{top - 1}")
 
 
 def npz_shape(npz: Path, name: str) -> tuple[int, ...] | None:
@@ -139,8 +177,8 @@ def npz_shape(npz: Path, name: str) -> tuple[int, ...] | None:
         with zipfile.ZipFile(npz) as archive, archive.open(f"{name}.npy") as file:
             version = np.lib.format.read_magic(file)
             header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            return header(file)[0]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return header(file, max_header_size=10_000)[0]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from arena import Model, Param, PluginError, hookimpl, unknown_name_message
 from arena_plugins.models import Normalize
-from arena_plugins.weights import files_hash, weights_problem
+from arena_plugins.weights import files_hash, read_state, state_dict_problem, weights_problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,7 +81,7 @@ class Named(Model):
     def build(self, num_classes: int) -> nn.Module:
         net = self.create(num_classes)
         if self.checkpoint is not None:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+            state = read_state(self.checkpoint)
             try:
                 net.load_state_dict(state.get("state_dict", state))
             except RuntimeError as exc:
@@ -100,11 +100,12 @@ class Named(Model):
         return files_hash([self.checkpoint]) if self.checkpoint is not None else ""
 
     def input_problem(self, shape: tuple[int, ...]) -> str | None:
+        """A wrong input shape, or a checkpoint that is not a state_dict of this architecture (its keys)."""
         wanted = (self.channels, self.size, self.size)
-        if tuple(shape) == wanted:
-            return None
-        return (f"{self.library} {self.arch} is set for {'×'.join(map(str, wanted))} images (channels, size); the "
-                f"data set gives {'×'.join(map(str, shape))}: set size and channels to match")
+        if tuple(shape) != wanted:
+            return (f"{self.library} {self.arch} is set for {'×'.join(map(str, wanted))} images (channels, size); "
+                    f"the data set gives {'×'.join(map(str, shape))}: set size and channels to match")
+        return None if self.checkpoint is None else state_dict_problem(self.checkpoint, self.create(2))
 
 
 def _timm() -> ModuleType:

@@ -6,15 +6,17 @@ and checks downstream read the shape from the data.
 
 from __future__ import annotations
 
-from collections import Counter
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
 from arena import DataError, Dataset, Param, hookimpl
+from arena import untrusted as limits
 from arena_plugins.cifar10 import CIFAR10, Torchvision, npz_shape, read_labels, read_npz, to_tensors
 
 _SPLITS = ("train", "test")
@@ -22,13 +24,48 @@ _SPLITS = ("train", "test")
 CROP_FRACTION = 0.875
 
 
+#: The image files an image folder is read for (torchvision's ImageFolder list); others, and hidden files, are skipped.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: Pillow modes of one-channel images.
+_GREY = {"1", "L", "LA", "I", "I;16", "F"}
+
+
 def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class subfolders: hidden ones (``.ipynb_checkpoints``) and links are not classes."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files under a class folder, without following links or entering hidden folders."""
+    found = []
+    for top, dirs, files in os.walk(folder):  # os.walk follows no link to a folder by default
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(top) / f for f in sorted(files) if not f.startswith(".")
+                  and f.lower().endswith(IMAGE_SUFFIXES) and not (Path(top) / f).is_symlink()]
+    return found
 
 
 def _split_root(root: Path, split: str) -> Path:
     """``root/<split>`` when the folder holds both ``train/`` and ``test/``, else ``root`` itself for either split."""
     return root / split if all((root / s).is_dir() for s in _SPLITS) else root
+
+
+def _open(path: Path) -> Image.Image:
+    """One image file decoded under the limits of ``arena.untrusted`` (pixels, PNG text), or one ``DataError``."""
+    Image.MAX_IMAGE_PIXELS = limits.MAX_IMAGE_PIXELS
+    PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY = limits.MAX_TEXT_CHUNK, limits.MAX_TEXT_MEMORY
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path}: more than {limits.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); remove it or "
+                        "shrink it") from None
+    except Exception as exc:  # a decoder given hostile bytes fails in many ways (OSError, SyntaxError, ValueError)
+        why = f"{type(exc).__name__}: {limits.one_line(exc, 100)}"
+        raise DataError(f"{path}: not a readable image ({why}); remove it or replace it") from None
 
 
 class ImageFolder(Dataset):
@@ -48,6 +85,8 @@ class ImageFolder(Dataset):
         super().__init__(**values)
         self.classes = tuple(p.name for p in _class_folders(_split_root(self.root, "test")))
         self.num_classes = len(self.classes)
+        #: Whether each loaded split's images are grey: colour and grey images are not mixed silently.
+        self._grey: dict[str, tuple[bool, Path]] = {}
 
     @classmethod
     def check_params(cls, values: dict[str, Any]) -> dict[str, str]:
@@ -58,6 +97,9 @@ class ImageFolder(Dataset):
         if not names["test"]:
             return {"root": f"{root} has no class subfolders; lay it out as {root}/<class>/<image> (one subfolder per "
                             "class, as torchvision's ImageFolder reads it)"}
+        if len(names["test"]) < 2:
+            return {"root": f"{root} has one class subfolder ({names['test'][0]}): with one class every prediction is "
+                            "right, so no accuracy means anything; give at least two classes"}
         if names["train"] != names["test"]:
             return {"root": f"{root}: train/ and test/ hold different class subfolders ({', '.join(names['train'])} "
                             f"vs {', '.join(names['test'])}); give both the same classes"}
@@ -73,36 +115,41 @@ class ImageFolder(Dataset):
         """The images taken round-robin over the classes (each class's first image, then each second, ...), so that
         ``samples: N`` covers every class rather than the first class of a sorted folder."""
         # Imported here, not at the top: ``import torchvision`` takes seconds (startup time).
-        import torchvision
         from torchvision import transforms
 
         folder = _split_root(self.root, split)
+        classes = _class_folders(folder)
+        if tuple(p.name for p in classes) != self.classes:
+            raise DataError(f"{folder}: its classes ({', '.join(p.name for p in classes)}) are not those of the test "
+                            f"images ({', '.join(self.classes)}); give every split the same class subfolders")
+        files = [_image_files(c) for c in classes]
+        empty = [c.name for c, found in zip(classes, files) if not found]
+        if empty:
+            raise DataError(f"{folder}: class folder(s) {', '.join(empty)} hold no image ({', '.join(IMAGE_SUFFIXES)}, "
+                            "links not followed); put images in every class folder")
+        order = sorted((rank, target) for target, found in enumerate(files) for rank in range(len(found)))
         resize = self.resize or round(self.size / CROP_FRACTION)
-        steps = [transforms.Resize(resize), transforms.CenterCrop(self.size), transforms.ToTensor()]
-        if self.channels == 1:
-            steps.insert(0, transforms.Grayscale(1))
-        try:
-            data = torchvision.datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
-        except (FileNotFoundError, OSError) as exc:
-            raise DataError(f"{folder}: {exc}; put images (.jpg, .png, ...) in one subfolder per class") from None
-        if tuple(data.classes) != self.classes:
-            raise DataError(f"{folder}: its classes ({', '.join(data.classes)}) are not those of the test images "
-                            f"({', '.join(self.classes)}); give every split the same class subfolders")
-        seen: Counter[int] = Counter()
-        rank = []  # each image's index within its class
-        for target in data.targets:
-            rank.append(seen[target])
-            seen[target] += 1
-        order = sorted(range(len(rank)), key=lambda i: (rank[i], data.targets[i]))
+        steps = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(self.size),
+                                    transforms.ToTensor()])
         images = []
-        for index in order:
-            path = data.samples[index][0]
-            try:
-                images.append(data[index][0])
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{path}: not a readable image ({exc}); remove it or replace it") from None
-        labels = torch.tensor([data.targets[i] for i in order], dtype=torch.int64)
+        for rank, target in order:
+            path = files[target][rank]
+            image = _open(path)
+            if self.channels == 3:
+                self._same_colour(split, image.mode in _GREY, path)
+            images.append(steps(image.convert("L" if self.channels == 1 else "RGB")))
+        labels = torch.tensor([target for _, target in order], dtype=torch.int64)
         return torch.stack(images), labels
+
+    def _same_colour(self, split: str, grey: bool, path: Path) -> None:
+        """Refuse grey and colour images in one data set read as colour: a grey image would pass as three equal
+        channels, measured on other images than the rest."""
+        seen = next(iter(self._grey.values()), None)
+        self._grey.setdefault(split, (grey, path))
+        if seen is not None and seen[0] != grey:
+            kind, other = ("grey", "colour") if grey else ("colour", "grey")
+            raise DataError(f"{path}: a {kind} image, but {seen[1]} is {other}; give every split images of one kind, "
+                            "or set channels: 1 to read them all as grey")
 
 
 class NPZ(Dataset):
@@ -111,7 +158,7 @@ class NPZ(Dataset):
     name = "npz"
     params = {
         "file": Param(Path, help="the .npz archive; relative to the scenario's folder"),
-        "num_classes": Param(int, None, "number of classes (default: the largest label + 1, read at load)", ge=1,
+        "num_classes": Param(int, None, "number of classes (default: the largest label + 1, read at load)", ge=2,
                              nullable=True),
     }
 
@@ -124,10 +171,13 @@ class NPZ(Dataset):
         return None  # load reports what is wrong with the archive
 
     def load(self, split: Literal["train", "test"], data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = read_npz(self.file, split, self.num_classes, None)
+        images, labels = read_npz(self.file, split, self.num_classes, self.input_shape())
         if self.num_classes is None:
             others = [read_labels(self.file, s) for s in _SPLITS if s != split]
             self.num_classes = int(max(np.max(y, initial=-1) for y in (labels, *others))) + 1
+        if self.num_classes < 2:
+            raise DataError(f"{self.file}: its labels hold one class only: with one class every prediction is right, "
+                            "so no accuracy means anything; give at least two classes")
         return to_tensors(images, labels)
 
 

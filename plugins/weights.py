@@ -39,21 +39,45 @@ def weights_problem(path: Path) -> str | None:
             zipfile.ZipFile(path).close()
         except (zipfile.BadZipFile, OSError) as exc:
             return _damaged(path, size, exc)
-        return None
-    if head[0] != _PICKLE:
+    elif head[0] != _PICKLE:
         return f"{path} is not a PyTorch checkpoint (it starts with {head[:16]!r}); save one with torch.save"
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        read_state(path)
     except pickle.UnpicklingError:
         return (f"{path} is refused: it holds objects beyond tensors (loading it would build them or run code); "
                 "save a plain state_dict with torch.save(model.state_dict(), path)")
-    except (EOFError, RuntimeError, OSError) as exc:
+    except (EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
         return _damaged(path, size, exc)
     return None
 
 
+def read_state(path: Path) -> object:
+    """The checkpoint's contents, loaded with ``weights_only`` (tensors and plain containers; no object is built and
+    no code runs); a zip checkpoint is memory-mapped, so checking a large one reads little."""
+    with path.open("rb") as file:
+        zipped = file.read(4) == _ZIP
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+
+
+def state_dict_problem(path: Path, net: torch.nn.Module) -> str | None:
+    """Why the checkpoint at ``path`` is not a ``state_dict`` (or ``{"state_dict": ...}``) with the keys of
+    ``net``, else None: checked with the scenario, before any work."""
+    state = read_state(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return (f"{path} holds a {type(state).__name__}, not a state_dict of tensors; save one with "
+                "torch.save(model.state_dict(), path)")
+    wanted, found = set(net.state_dict()), set(state)
+    missing, unexpected = sorted(wanted - found), sorted(found - wanted)
+    if missing or unexpected:
+        return (f"{path} is not a state_dict of this architecture (missing {', '.join(missing[:3]) or 'none'}; "
+                f"unexpected {', '.join(map(str, unexpected[:3])) or 'none'}); save it from that architecture")
+    return None
+
+
 def _damaged(path: Path, size: int, exc: Exception) -> str:
-    why = str(exc).strip() or type(exc).__name__
+    why = " ".join(str(exc).split())[:160] or type(exc).__name__
     return f"{path} is truncated or damaged ({size:,} bytes; {why}); delete it and download it again"
 
 

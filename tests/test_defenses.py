@@ -200,7 +200,7 @@ def test_bad_defense_entries_are_refused(defenses, attacks, expected, tmp_path, 
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 def test_an_older_store_is_migrated_in_place(tmp_path, version):
     Store(tmp_path).close()
     db = sqlite3.connect(tmp_path / "arena.db")
@@ -210,13 +210,14 @@ def test_an_older_store_is_migrated_in_place(tmp_path, version):
              3: [("runs", c) for c in ("classes", "expected", "pid", "host")],
              4: [("examples", "codec")],
              5: [("runs", c) for c in ("data_fingerprint", "runtime", "origin")],
-             6: []}  # 7 rebuilt the matchups table (tests/test_suite.py)
+             6: [], 7: []}  # 7 rebuilt the matchups table (tests/test_suite.py); 8 added verifications
     dropped = [column for step in range(version, SCHEMA_VERSION) for column in added[step]]
     if version < 4:
         db.execute("DROP TABLE examples")  # added in schema 4
         dropped = [(table, column) for table, column in dropped if table != "examples"]
     for table, column in dropped:
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("DROP TABLE verifications")  # added in schema 8
     db.execute(f"PRAGMA user_version = {version}")
     db.commit()
     db.close()
@@ -224,4 +225,5 @@ def test_an_older_store_is_migrated_in_place(tmp_path, version):
     for table, column in dropped:
         assert column in [row[1] for row in store.db.execute(f"PRAGMA table_info({table})")]
     assert store.db.execute("SELECT count(*) FROM examples").fetchone()[0] == 0
+    assert store.verifications() == []
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
