@@ -21,8 +21,9 @@ import yaml
 from torch import nn
 
 from arena.errors import ArenaError
+from arena.flags import worst_case
 from arena.kinds import Dataset, Model
-from arena.leaderboard import rows, worst_case
+from arena.leaderboard import rows
 from arena.matchups import Arena
 from arena.records import Matchup, Run
 from arena.registry import PluginError, Registry, load_registry

@@ -20,11 +20,13 @@ from arena.examples import FORMATS as EXAMPLE_FORMATS
 from arena.examples import GALLERY_ROWS, export, export_entry, select
 from arena.executors import RayExecutor, require_ray
 from arena.external import submit
+from arena.formats import FORMATS, render
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
-from arena.leaderboard import FORMATS, board, compare_table, leaderboard_table, render
+from arena.leaderboard import board, compare_table, leaderboard_table, leaderboards, sweep_runs
 from arena.matchups import REPORTERS, Arena
 from arena.merge import merge
+from arena.progress import run_progress
 from arena.records import Run
 from arena.registry import Registry, load_registry, unknown_name_message
 from arena.report import write_report
@@ -87,20 +89,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         require_ray()
     scenario, registry = _scenario(args)
     executor = _executor(args, scenario)
-    failed = []
-    for threat in scenario.threats:  # one run per ε of a sweep
-        arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet,
-                      fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
-                      runtime=Runtime(args.precision, args.compile, args.channels_last),
-                      active_tests=ACTIVE_TESTS if args.active_tests else ())
-        run_id = arena.play(executor)
-        with arena.store as store:
-            run = store.run(run_id)
-            print(render(leaderboard_table(run, arena.table)))
-            failed += [m for m in store.matchups(run_id) if m.status.failed]
-        report = arena.report_path / "leaderboard.html" if arena.report_path else None
-        print(f"\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
-              + (f"; report: {report}" if report else ""))
+    failed, shown = [], []
+    total = len(scenario.threats) * len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
+    with run_progress(total, not args.quiet) as bar:  # one bar over every run of a sweep; tables once it is done
+        for threat in scenario.threats:  # one run per ε of a sweep
+            arena = Arena(scenario, registry, args.results, device, cache, progress=not args.quiet, bar=bar,
+                          fresh=args.fresh, threat=threat, report=not args.no_report, report_to=tuple(args.report_to),
+                          runtime=Runtime(args.precision, args.compile, args.channels_last),
+                          active_tests=ACTIVE_TESTS if args.active_tests else ())
+            run_id = arena.play(executor)
+            with arena.store as store:
+                run = store.run(run_id)
+                failed += [m for m in store.matchups(run_id) if m.status.failed]
+            report = arena.report_path / "leaderboard.html" if arena.report_path else None
+            shown.append(render(leaderboard_table(run, arena.table), wide=args.wide)
+                         + f"\n\nresults: {store.path} (run {run_id}); summary: {arena.summary_path}"
+                         + (f"; report: {report}" if report else ""))
+    print("\n\n".join(shown))
     for m in failed:
         print(f"{m.status.upper()}: {m.attack} vs {m.model}+{m.defense}: {(m.detail or '').strip().splitlines()[-1]}",
               file=sys.stderr)
@@ -148,11 +153,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     with Store.open_existing(args.results) as store:
         if args.compare:
             a, b = (store.run(run_id) for run_id in args.compare)
-            table = compare_table(a, board(store, a), b, board(store, b))
+            text = render(compare_table(a, board(store, a), b, board(store, b)), args.format, wide=args.wide)
         else:
             run = _pick_run(store, args.run, args.scenario)
-            table = leaderboard_table(run, board(store, run))
-    text = render(table, args.format)
+            text, note = leaderboards(store, [run] if args.run else sweep_runs(store, run), args.format, args.wide)
+            if note:
+                print(note, file=sys.stderr)
     if args.out:
         try:
             args.out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -186,7 +192,8 @@ def cmd_board(args: argparse.Namespace) -> int:
                 raise ArenaError(f"--out {args.out}: cannot be written ({exc.strerror}: {exc.filename}); pass "
                                  "--out FOLDER in a place you can write") from None
             return 0
-    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format) for t in tables(table))
+    text = as_json(table) if args.format == "json" else "\n\n".join(render(t, args.format, wide=args.wide)
+                                                                    for t in tables(table))
     if args.out:
         try:
             args.out.write_text(text + "\n", encoding="utf-8")
@@ -316,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--active-tests", action="store_true",
                      help="run the binarization test (Zimmermann et al. 2022) with every white-box matchup, on the "
                           "scenario's active_samples (default 100); costs about the attack's passes again per sample")
+    run.add_argument("--wide", action="store_true", help="every column of the leaderboard, unwrapped")
     run.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
     run.add_argument("--executor", choices=("local", "ray"), default=None,
                      help="local (this process) or ray (a Ray cluster); default: the scenario's, else local")
@@ -334,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
     board.add_argument("--scenario", default=None, help="the latest run of this scenario name")
     board.add_argument("--format", choices=FORMATS, default="table", help="output format (default: %(default)s)")
     board.add_argument("--out", type=Path, default=None, help="write to this file instead of the terminal")
+    board.add_argument("--wide", action="store_true",
+                       help="every column of the text table, unwrapped (default: fits 120 columns)")
     board.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="the rows both runs share, and B − A")
     board.set_defaults(func=cmd_leaderboard)
 
@@ -348,6 +358,8 @@ def parser() -> argparse.ArgumentParser:
     standing_board.add_argument("--format", choices=BOARD_FORMATS, default="table",
                                 help="html: a static site; robustbench: model-info JSON files (both need --out)")
     standing_board.add_argument("--out", type=Path, default=None, help="file, or folder for html and robustbench")
+    standing_board.add_argument("--wide", action="store_true",
+                                help="every column of the text table, unwrapped (default: fits 120 columns)")
     standing_board.set_defaults(func=cmd_board)
 
     merging = commands.add_parser("merge", parents=[quiet, results],

@@ -148,7 +148,9 @@ class Engine:
         images, labels = data.on(self.device)
         indices = torch.from_numpy(np.flatnonzero(mask))
         batches = indices.split(self.batch_size) if len(indices) else ()
-        for index in tqdm(batches, desc=desc, disable=not self.progress, leave=False, unit="batch"):
+        # a bar of one batch says nothing the run's overall bar does not: only longer matchups show theirs
+        for index in tqdm(batches, desc=desc, disable=not self.progress or len(batches) <= 1, leave=False,
+                          unit="batch"):
             on_device = index.to(self.device)
             yield index, images[on_device], labels[on_device]
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from arena.data import Data
 from arena.errors import ArenaError
@@ -205,13 +204,10 @@ class RayExecutor:
         for model_ref, defense_ref, keys, earlier in done:
             yield from arena.play_pair(data, model_ref, defense_ref, keys, earlier)
         self._train(arena, data, jobs, pool)
-        total = sum(len(job[2]) for job in jobs)
-        with tqdm(total=total, desc="matchups on the cluster", disable=not arena.progress, unit="matchup") as bar:
-            work = [(m.key, d.key, keys, earlier) for m, d, keys, earlier in jobs]
-            for matchups, weights in pool.map_unordered(lambda a, job: a.play_pair.remote(*job), work):
-                arena.weights[f"{matchups[0].model}/{matchups[0].defense}"] = weights
-                bar.update(len(matchups))
-                yield from matchups
+        work = [(m.key, d.key, keys, earlier) for m, d, keys, earlier in jobs]  # the run's one bar counts them
+        for matchups, weights in pool.map_unordered(lambda a, job: a.play_pair.remote(*job), work):
+            arena.weights[f"{matchups[0].model}/{matchups[0].defense}"] = weights
+            yield from matchups
 
     def _train(self, arena: Tournament, data: Data, jobs: list[Job], pool: Any) -> None:
         """Train every set of weights the jobs need, each once: undefended ones first, then defended ones."""

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from arena.errors import ArenaError
-from arena.standing import Entry, Threat, eps_text
+from arena.standing import Entry, Threat
+from arena.threat import eps_text
 from arena.untrusted import child, finite, read_json, safe_name
 
 #: RobustBench's folder name of each norm, and back.

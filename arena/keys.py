@@ -17,7 +17,7 @@ from arena.training import content_key
 CONDITIONS_CODE = source_hash(conditions.__file__)
 
 
-def derive_seed(seed: int, *names: str) -> int:
+def derive_seed(seed: int, *names: str | int) -> int:
     """A seed for one piece of work, fixed by the scenario seed and its names, not by the order work runs in."""
     return int(hashlib.sha256(repr((seed, *names)).encode()).hexdigest()[:8], 16)
 

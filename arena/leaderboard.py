@@ -1,29 +1,19 @@
 """Turn stored matchups into a leaderboard: per model × defense, clean and robust accuracy, the per-sample worst case
-over every valid attack (the rank), and trust flags where a number should not be believed as it stands.
-
-The same rows are written as a text table, Markdown, CSV, JSON or a self-contained HTML page.
+over every valid attack (the rank), and trust flags (``arena.flags``) where a number should not be believed as it
+stands. ``arena.formats`` renders the rows as text, Markdown, CSV, JSON or an HTML page.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from arena import checks
-from arena.checks import TOLERANCE
+from arena.flags import sweep_flags, trust_flags, worst_case
+from arena.formats import Table, render
 from arena.records import Matchup, Run, Status
 from arena.store import Store
-
-FORMATS = ("table", "md", "csv", "json", "html")
-#: A transfer attack's robust accuracy this far above the white-box worst case means the robustness is only apparent.
-TRANSFER_GAP = 0.20
 
 
 @dataclass
@@ -48,65 +38,6 @@ class Row:
     threat: str = ""
     run: str = ""
     arena_version: str = ""
-
-
-def worst_case(matchups: list[Matchup]) -> np.ndarray | None:
-    """Per-sample robustness over every valid attack: a sample counts only if every attack failed on it."""
-    masks = [m.robust_correct for m in matchups if m.status == Status.OK]
-    return np.logical_and.reduce(masks) if masks else None
-
-
-def _plugin(m: Matchup) -> str | None:
-    return m.params.get("attack", {}).get("plugin")
-
-
-def _robust(m: Matchup) -> float:
-    return m.robust_accuracy
-
-
-def _same_samples(a: Matchup, b: Matchup) -> bool:
-    """Whether two matchups attacked all the same initially-correct samples, so their accuracies compare directly
-    (a cascaded attack's accuracy is cumulative; ``arena.checks`` compares those sample by sample)."""
-    return not a.cascade_after and not b.cascade_after and np.array_equal(a.attacked_mask, b.attacked_mask)
-
-
-def trust_flags(group: list[Matchup]) -> list[str]:
-    """Why a row's numbers may overstate robustness, from what each matchup recorded (empty when nothing is wrong)."""
-    flags = [f"{m.attack}: {m.status}, left out of the worst case" for m in group if m.status.failed]
-    ok = [m for m in group if m.status == Status.OK]
-    white = [m for m in ok if m.white_box]
-    other = [m for m in ok if not m.white_box]
-    for m in other:
-        kind = "transfer" if m.gradient.get("source") else "external" if m.gradient.get("external") else \
-            "gradient-free"
-        beyond = checks.beyond_white_box(m, white)
-        if beyond:
-            bpda = sorted({stage for w in white for stage in w.gradient.get("bpda", [])})
-            advice = (f"the BPDA approximation of {', '.join(bpda)} is weak here: give the stage a closer "
-                      "differentiable approximation (estimate_gradient), or attack with more iterations and restarts"
-                      if bpda else "gradients may be masked: attack adaptively (BPDA, EOT) or with more iterations")
-            flags.append(f"{m.attack} ({kind}) broke {beyond} samples that every white-box attack missed; {advice}")
-            continue
-        # Else compare with the white-box run of the same attack plugin when there is one, else with the strongest.
-        same = [w for w in white if _same_samples(w, m)]
-        compared = [w for w in same if _plugin(w) == _plugin(m)] or ([min(same, key=_robust)] if same else [])
-        beaten = [w for w in compared if m.robust_accuracy < w.robust_accuracy - TOLERANCE]
-        if beaten:
-            w = max(beaten, key=_robust)
-            flags.append(f"{m.attack} ({kind}) beats white-box {w.attack}: "
-                         f"{m.robust_accuracy:.1%} < {w.robust_accuracy:.1%}; gradients may be masked")
-    if white and other:
-        best = max(other, key=_robust)
-        white_worst = float(worst_case(white).mean())
-        if best.gradient.get("source") and best.robust_accuracy - white_worst > TRANSFER_GAP:
-            flags.append(f"robust only to transfer: {best.robust_accuracy:.1%} under {best.attack} but "
-                         f"{white_worst:.1%} white-box, so it ranks by the white-box number")
-    for m in ok:
-        if m.gradient.get("randomized") and m.gradient.get("eot_samples", 1) <= 1 and not m.gradient.get("source"):
-            flags.append(f"{m.attack}: randomized defense ({', '.join(m.gradient['randomized'])}) attacked without EOT")
-        if m.gradient.get("masked"):
-            flags.append(f"{m.attack}: non-differentiable {', '.join(m.gradient['masked'])} attacked without BPDA")
-    return flags + checks.flags(group)
 
 
 def _evaluation(group: list[Matchup]) -> str:
@@ -188,43 +119,6 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
     return rankable + [r for r in table if r.rank is None]
 
 
-#: An L∞ ε at which every image can be moved to the same grey one: an attack that works leaves almost nothing robust.
-SATURATING_LINF = 0.5
-#: Budgets this small should leave accuracy at its clean value; robust accuracy this far below clean means the
-#: predictions are unstable (randomness) or the evaluation is broken.
-TINY_EPS = {"linf": 1e-4, "l2": 1e-3}
-SANITY_GAP = 0.01
-
-
-def sweep_flags(
-    curves: dict[tuple[str, str], list[tuple[float, float]]], clean: dict[tuple[str, str], float | None] | None = None,
-    norm: str | None = None,
-) -> dict[tuple[str, str], list[str]]:
-    """Rows whose robustness curve is implausible: worst-case accuracy that does not fall as ε grows (the attack, not
-    the model, is failing), that stays above chance at an L∞ ε of 0.5 or more, or that is well below clean accuracy
-    at a vanishing ε."""
-    flagged: dict[tuple[str, str], list[str]] = {}
-    for key, points in curves.items():
-        points = sorted(points)
-        found = []
-        # nothing left to fall (already ~0 at the smallest ε) is not a finding
-        if len(points) >= 2 and points[0][1] > TOLERANCE and points[-1][1] >= points[0][1] - TOLERANCE:
-            found.append(f"robust accuracy does not fall as ε grows ({points[0][1]:.1%} at ε={points[0][0]:.4g}, "
-                         f"{points[-1][1]:.1%} at ε={points[-1][0]:.4g})")
-        large = [(e, a) for e, a in points if norm == "linf" and e >= SATURATING_LINF and a > 0.1]
-        if large:
-            found.append(f"{large[-1][1]:.1%} robust at ε={large[-1][0]:.4g}, where every image can be turned grey; "
-                         "the attack is failing")
-        base = (clean or {}).get(key)
-        tiny = [(e, a) for e, a in points if norm in TINY_EPS and e <= TINY_EPS[norm]]
-        if base is not None and tiny and tiny[0][1] < base - SANITY_GAP:
-            found.append(f"{tiny[0][1]:.1%} robust at ε={tiny[0][0]:.2g} against {base:.1%} clean; at a vanishing ε "
-                         "it should equal clean accuracy (unstable predictions?)")
-        if found:
-            flagged[key] = found
-    return flagged
-
-
 def curves(store: Store, run: Run) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """Worst-case robust accuracy against ε per model × defense, from the latest run at each ε of this scenario file
     in the run's norm."""
@@ -240,6 +134,31 @@ def curves(store: Store, run: Run) -> dict[tuple[str, str], list[tuple[float, fl
     return points
 
 
+def sweep_runs(store: Store, run: Run) -> list[Run]:
+    """The latest run at each threat model of ``run``'s scenario file (every ε of a sweep), by norm and ε."""
+    latest: dict[tuple[str, float], Run] = {}
+    for other in store.runs(scenario_digest=run.scenario_digest):
+        latest.setdefault((other.threat.norm, other.threat.eps), other)
+    return [latest[key] for key in sorted(latest)]
+
+
+def leaderboards(store: Store, runs: list[Run], fmt: str = "table", wide: bool = False) -> tuple[str, str | None]:
+    """The leaderboard of each run (one per ε of a sweep, from ``sweep_runs``) in a text or Markdown page; the other
+    formats hold one table, so they show the latest run, and the note (else None) says which."""
+    latest = max(runs, key=lambda r: (r.started_at, r.id))
+    note = None
+    if len(runs) > 1 and fmt not in ("table", "md"):
+        others = ", ".join(f"{r.id} ({r.threat})" for r in runs if r.id != latest.id)
+        note = (f"showing run {latest.id} ({latest.threat}), the latest; the same scenario's runs at other threat "
+                f"models: {others} (--run ID shows one)")
+        runs = [latest]
+    text = "\n\n".join(render(leaderboard_table(r, board(store, r)), fmt, wide=wide) for r in runs)
+    if len(runs) > 1:
+        text = (f"{latest.scenario}: {len(runs)} runs, one per threat model ({', '.join(str(r.threat) for r in runs)});"
+                f" --run ID shows one\n\n{text}")
+    return text, note
+
+
 def board(store: Store, run: Run, matchups: list[Matchup] | None = None) -> list[Row]:
     """A run's rows with every trust flag, the ε-sweep one included (from ``matchups`` when already loaded)."""
     table = rows(store.matchups(run.id) if matchups is None else matchups, run)
@@ -250,17 +169,12 @@ def board(store: Store, run: Run, matchups: list[Matchup] | None = None) -> list
     return table
 
 
-@dataclass
-class Table:
-    """Columns and records ready to render: numbers stay fractions until a format shows them."""
-
-    title: str
-    columns: list[str]
-    records: list[dict[str, Any]]
-    percent: set[str] = field(default_factory=set)
+#: What the default text view of a leaderboard leaves out: the title says the run's, the rest is detail.
+DETAILS = {"suite", "passes/sample", "evaluation", "samples", "threat", "run", "arena"}
 
 
 def leaderboard_table(run: Run, table: list[Row]) -> Table:
+    """A run's rows as a renderable table, titled with what every row shares (run, scenario, threat, samples)."""
     attacks = list(dict.fromkeys(a for r in table for a in r.attacks))
     records = [{
         "rank": r.rank, "model": r.model, "defense": r.defense, "clean": r.clean_accuracy,
@@ -273,9 +187,8 @@ def leaderboard_table(run: Run, table: list[Row]) -> Table:
     title = (f"run {run.id} · scenario {run.scenario} · {run.threat} · {run.samples} samples · "
              f"arena {run.arena_version} · {run.status}")
     columns = ["rank", "model", "defense", "clean", *attacks, "worst case", "suite", "passes/sample", "evaluation",
-               "samples",
-               "threat", "run", "arena", "flags"]
-    return Table(title, columns, records, {"clean", "worst case", *attacks})
+               "samples", "threat", "run", "arena", "flags"]
+    return Table(title, columns, records, {"clean", "worst case", *attacks}, DETAILS)
 
 
 def compare_table(run_a: Run, rows_a: list[Row], run_b: Run, rows_b: list[Row]) -> Table:
@@ -299,70 +212,6 @@ def compare_table(run_a: Run, rows_a: list[Row], run_b: Run, rows_b: list[Row]) 
     sides = (("A", run_a), ("B", run_b))
     title = " · ".join(f"{side} = run {run.id} ({run.scenario}, {run.threat})" for side, run in sides)
     return Table(title, columns, records, percent)
-
-
-def _cell(value: Any, percent: bool) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return "; ".join(value)
-    if isinstance(value, str):
-        return value.upper() if value in (Status.INVALID, Status.ERROR) else value
-    return f"{100 * value:.1f}%" if percent else str(value)
-
-
-def render(table: Table, fmt: str = "table", images: list[str] = ()) -> str:
-    """``table`` in one of ``FORMATS``; ``images`` (file names beside the HTML page) are shown under it."""
-    shown = [[_cell(r.get(c), c in table.percent) for c in table.columns] for r in table.records]
-    if fmt == "json":
-        return json.dumps({"title": table.title, "rows": table.records}, indent=2)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, table.columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({c: _cell(r[c], False) if isinstance(r.get(c), list) else "" if r.get(c) is None else r[c]
-                          for c in table.columns} for r in table.records)
-        return out.getvalue()
-    if fmt == "md":
-        lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
-                 "|" + "---|" * len(table.columns), *("| " + " | ".join(c.replace("|", "/") for c in line) + " |"
-                                                      for line in shown)]
-        return "\n".join(lines)
-    if fmt == "html":
-        return _html(table, shown, images)
-    widths = [max(len(line[i]) for line in [table.columns, *shown]) for i in range(len(table.columns))]
-    fixed = [i for i, c in enumerate(table.columns) if c != "flags"]
-    lines = [table.title, "  ".join(table.columns[i].ljust(widths[i]) for i in fixed)]
-    lines += ["  ".join(line[i].ljust(widths[i]) for i in fixed).rstrip() for line in shown]
-    if "flags" in table.columns:
-        lines += [f"⚑ {r['model']}+{r['defense']}: {flag}" for r in table.records for flag in r["flags"]]
-    return "\n".join(lines)
-
-
-_CSS = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.2em}
-table{border-collapse:collapse}th,td{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:right}
-th{background:#f4f4f4}td.text{text-align:left}tr.flagged td{background:#fff6e0}.flags{color:#a35b00;text-align:left}
-img{max-width:100%;margin:1em 0;display:block}"""
-
-
-def _css_class(column: str, table: Table) -> str:
-    return "flags" if column == "flags" else "num" if column in table.percent else "text"
-
-
-def _html(table: Table, shown: list[list[str]], images: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = []
-    for record, line in zip(table.records, shown):
-        cells = "".join(
-            f"<td class=\"{_css_class(c, table)}\">{html.escape(v)}</td>" for c, v in zip(table.columns, line)
-        )
-        flagged = " class=\"flagged\"" if record.get("flags") else ""
-        body.append(f"<tr{flagged}>{cells}</tr>")
-    pictures = "".join(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">' for name in images)
-    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>arena leaderboard</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(table.title)}</h1>"
-            f"<table id=\"leaderboard\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f"{pictures}</body></html>\n")
 
 
 def write_summary(store: Store, run: Run, table: list[Row]) -> Path:

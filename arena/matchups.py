@@ -19,6 +19,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from arena.conditions import reasons, skip_reason
 from arena.cost import Counted
@@ -65,6 +66,9 @@ class Arena:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache: WeightsCache = field(default_factory=WeightsCache)
     progress: bool = True
+    #: The run's overall progress bar (``arena.progress``), advanced once per finished matchup; it may span several
+    #: arenas, one per ε of a sweep.
+    bar: tqdm | None = None
     #: Replay every matchup even when the store holds one with the same key.
     fresh: bool = False
     #: The threat model this run plays; the scenario's (first) one unless an ε sweep gives another.
@@ -115,6 +119,8 @@ class Arena:
             for matchup in (executor or LocalExecutor()).play(self, data, pairs):
                 self.store.add_matchup(run_id, matchup)
                 log.info("%s", describe(matchup))
+                if self.bar is not None:
+                    self.bar.update()
                 self.registry.notify("matchup_finished", run_id=run_id, matchup=matchup,
                                      results_dir=self.results_dir)
             status = "complete"

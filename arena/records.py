@@ -47,6 +47,8 @@ class GradientPath(TypedDict, total=False):
     source: str
     #: The attack asks the model for outputs only (noise, Square).
     gradient_free: bool
+    #: Examples submitted from outside the arena: the submitted file's SHA-256.
+    external: str
 
 
 @dataclass(frozen=True)

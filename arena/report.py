@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from arena.leaderboard import Row, curves, leaderboard_table, render
+from arena.formats import render
+from arena.leaderboard import Row, curves, leaderboard_table
 from arena.records import Example, Run, Status
 from arena.scenario import DEFAULT_EXAMPLES
 from arena.store import Store
@@ -89,8 +90,8 @@ def gallery(examples: list[Example], classes: list[str], title: str, path: Path)
     for ax_row, e in zip(axes, examples):
         delta = e.adversarial - e.clean
         delta = delta / (2 * max(float(np.abs(delta).max()), 1e-12)) + 0.5  # amplified: its largest change spans all
-        captions = (f"clean: {label(e.predicted_before, e.confidence_before)} (true {label(e.label)})",
-                    f"adversarial: {label(e.predicted_after, e.confidence_after)}", "perturbation (amplified)")
+        captions = (f"clean: {label(e.predicted_before, e.confidence_before)}\ntrue: {label(e.label)}",
+                    f"adversarial:\n{label(e.predicted_after, e.confidence_after)}", "perturbation\n(amplified)")
         for ax, picture, caption in zip(ax_row, (e.clean, e.adversarial, np.clip(delta, 0, 1)), captions):
             if picture.shape[0] == 1:  # a grey image: H×W on a fixed grey scale
                 ax.imshow(picture[0], cmap="gray", vmin=0, vmax=1)

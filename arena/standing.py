@@ -16,15 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from arena.leaderboard import Table, board
+from arena.formats import Table
+from arena.leaderboard import board
 from arena.records import Matchup, Run, Status, Verification
 from arena.store import Store
-
-
-def eps_text(eps: float) -> str:
-    """ε as the field writes it: ``8/255`` when it is a whole number of 255ths, else its decimal value."""
-    steps = eps * 255
-    return f"{round(steps)}/255" if steps >= 0.5 and abs(steps - round(steps)) < 1e-3 else f"{eps:.4g}"
+from arena.threat import eps_text
 
 
 @dataclass(frozen=True, order=True)
@@ -211,6 +207,7 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     unique = {m.key or (run.id, m.attack): m for run, m in ok}
     costs = [m.passes_per_sample for m in unique.values()]
     entry.passes = None if not costs or None in costs else float(sum(costs))
+    runs_of: dict[str, list[str]] = {}  # each run's flag, said once with the runs that raised it
     for part in parts:
         run = part.run
         costs = [m.passes_per_sample for m in part.matchups if m.status == Status.OK]
@@ -224,7 +221,10 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
         ))
         if run.status != "complete":
             entry.flags.append(f"run {run.id} is {run.status}: only its finished matchups count")
-        entry.flags += [f"run {run.id}: {flag}" for flag in part.flags]
+        for flag in part.flags:
+            runs_of.setdefault(flag, []).append(run.id)
+    entry.flags += [f"run {runs[0]}: {flag}" if len(runs) == 1 else f"{flag} (in {len(runs)} runs: {', '.join(runs)})"
+                    for flag, runs in runs_of.items()]
     if not parts[0].run.data_fingerprint:
         entry.flags.append("sample set not fingerprinted (store older than schema 6): matched by data set and count")
     entry.flags += disagreements(pairs)
@@ -288,6 +288,11 @@ def standing(stores: list[Store], reported: list[Entry] = ()) -> dict[Threat, li
     return dict(sorted(tables.items()))
 
 
+def weights_tag(entry: Entry) -> str:
+    """A short hash of the entry's weights (and defense chain), which tells apart entries that share a label."""
+    return f"weights {entry.identity[:8]}" if entry.identity and not entry.identity.startswith("label ") else ""
+
+
 def verification_mark(entry: Entry, marks: list[Verification]) -> str:
     """The latest mark of ``arena verify`` on this entry that replayed every matchup now behind its number; an
     older mark, made before more matchups were added, leaves the entry unverified and says so."""
@@ -307,7 +312,7 @@ def percent(value: float | None) -> str:
 
 
 def tables(board_: dict[Threat, list[Entry]]) -> list[Table]:
-    """One renderable table per threat model (``arena.leaderboard.render`` writes it as text, Markdown or CSV)."""
+    """One renderable table per threat model (``arena.formats.render`` writes it as text, Markdown or CSV)."""
     columns = ["rank", "model", "defense", "kind", "clean", "best known", "achieved by", "samples", "sample set",
                "runs", "passes/sample", "verified", "flags"]
     found = []
@@ -321,7 +326,7 @@ def tables(board_: dict[Threat, list[Entry]]) -> list[Table]:
         } for e in entries]
         found.append(Table(f"{threat}: {sum(e.kind == 'measured' for e in entries)} measured, "
                            f"{sum(e.kind == 'reported' for e in entries)} reported", columns, records,
-                           {"clean", "best known"}))
+                           {"clean", "best known"}, {"samples", "sample set", "runs", "passes/sample"}))
     return found
 
 

@@ -10,6 +10,12 @@ import torch
 Norm = Literal["linf", "l2"]
 
 
+def eps_text(eps: float) -> str:
+    """ε as the field writes it: ``8/255`` when it is a whole number of 255ths, else its decimal value (``0.1``)."""
+    steps = eps * 255
+    return f"{round(steps)}/255" if steps >= 0.5 and abs(steps - round(steps)) < 1e-3 else f"{eps:.4g}"
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """An ε-ball in the L∞ or L2 norm around each input image; inputs live in [0, 1]."""
@@ -25,4 +31,4 @@ class ThreatModel:
         return flat.norm(p=2, dim=1)
 
     def __str__(self) -> str:
-        return f"{self.norm} ε={self.eps:.4g}"
+        return f"{self.norm} ε={eps_text(self.eps)}"

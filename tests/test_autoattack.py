@@ -14,7 +14,8 @@ from arena import ThreatModel
 from arena.checks import PROBE_SAMPLES, convergence, flags, probe
 from arena.cost import Counted
 from arena.defended import Defended
-from arena.leaderboard import rows, sweep_flags
+from arena.flags import sweep_flags
+from arena.leaderboard import rows
 from arena.scenario import ScenarioError, load_scenario
 from arena_plugins.autoattack import APGDCE, APGDDLR, APGDT, FABT, Square
 from arena_plugins.fgsm import FGSM

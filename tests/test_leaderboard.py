@@ -9,14 +9,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import matplotlib.image
 import pytest
 from conftest import matchup, run_cli, tiny, write_scenario
 
 from arena import Run, ThreatModel
-from arena.leaderboard import FORMATS, leaderboard_table, render, rows, sweep_flags, trust_flags, worst_case
+from arena.flags import sweep_flags, trust_flags, worst_case
+from arena.formats import FORMATS, render, text_table
+from arena.leaderboard import leaderboard_table, rows
+from arena.pages import code
 from arena.store import Store
 
 RUN = Run(id="r1", scenario="hand", scenario_path="hand.yaml", scenario_digest="0", scenario_text="",
@@ -87,12 +92,14 @@ def test_sweep_flag_fires_when_accuracy_does_not_fall_as_eps_grows():
 class _Cells(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.rows, self._in = [], False
+        self.rows, self._in, self._skip = [], False, False
 
     def handle_starttag(self, tag, attrs):
-        if tag == "tr":
-            self.rows.append([])
-        self._in = tag in ("td", "th")
+        if tag == "tr":  # a row's folded trust flags sit in a row of their own under it: not a table row
+            self._skip = ("class", "flags") in attrs
+            if not self._skip:
+                self.rows.append([])
+        self._in = tag in ("td", "th") and not self._skip
 
     def handle_endtag(self, tag):
         self._in = False
@@ -129,7 +136,7 @@ def test_every_format_round_trips_the_same_numbers(fmt):
     group = [matchup("fgsm", (1, 1, 1, 0, 0, 0, 0, 0)), matchup("pgd", (1, 1, 0, 0, 0, 0, 0, 0)),
              matchup("fgsm", (1, 1, 1, 1, 1, 0, 0, 0), defense="jpeg"), matchup("pgd", WHITE, defense="jpeg")]
     table = rows(group, RUN)
-    parsed = _parse(fmt, render(leaderboard_table(RUN, table), fmt))
+    parsed = _parse(fmt, render(leaderboard_table(RUN, table), fmt, wide=True))
     assert [p["defense"] for p in parsed] == ["jpeg", "none"]
     for row, shown in zip(table, parsed):
         for column, value in [("clean", row.clean_accuracy), ("worst case", row.worst_case),
@@ -185,7 +192,7 @@ def test_compare_and_scenario_selection(sweep, capsys):
     assert code == 2 and "did you mean 'tiny'" in err
     target = sweep / "board.md"
     assert run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--format", "md", "--out", str(target))[0] == 0
-    assert target.read_text().count("| cnn |") == 2
+    assert target.read_text().count("| cnn |") == 4, "without --run: every ε of the sweep, two rows each"
 
 
 def _chromium() -> str:
@@ -197,10 +204,33 @@ def _chromium() -> str:
     return found
 
 
+#: Reports, after the page has laid out, how wide its content is: wider than the window means a horizontal scrollbar.
+_WIDTH_PROBE = """<script>window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "scroll-width";
+  out.textContent = String(document.documentElement.scrollWidth);
+  document.body.appendChild(out);
+});</script>"""
+
+
+def scroll_width(browser: str, page: Path, flags: list[str], window: str = "1280,900") -> int:
+    """``document.documentElement.scrollWidth`` of ``page`` in a headless window of that size (a probe copy of the
+    page is written beside it, so its pictures load as they would)."""
+    probe = page.with_name("probe-" + page.name)
+    probe.write_text(page.read_text(encoding="utf-8").replace("<head>", "<head>" + _WIDTH_PROBE, 1), encoding="utf-8")
+    dom = subprocess.run([browser, *flags, f"--window-size={window}", "--virtual-time-budget=3000", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    probe.unlink()
+    found = re.search(r'<pre id="scroll-width">(\d+)</pre>', dom)
+    assert found, dom[-2000:]
+    return int(found.group(1))
+
+
 def test_html_page_renders_in_headless_chromium(sweep, tmp_path):
     browser = _chromium()
     store = Store(sweep / "r")
-    page = sweep / "r" / "reports" / store.run().id / "leaderboard.html"
+    small = min(store.runs(), key=lambda r: r.threat.eps)  # at ε=0.01 the transfer attack's flag fires
+    page = sweep / "r" / "reports" / small.id / "leaderboard.html"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}/p"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
@@ -208,11 +238,57 @@ def test_html_page_renders_in_headless_chromium(sweep, tmp_path):
     parser.feed(dom)
     assert parser.rows[0][:4] == ["rank", "model", "defense", "clean"] and len(parser.rows) == 3
     assert dom.count("<img") == 3
+    assert '<details class="flags">' in dom, "the transfer attack's flags sit folded under their row"
+    assert scroll_width(browser, page, flags) <= 1280, "no horizontal scrollbar at 1280 px"
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()],
                    capture_output=True, timeout=120)
     pixels = matplotlib.image.imread(shot)
     assert pixels.std() > 0.05, "the page rendered blank"
+
+
+def test_a_run_shows_one_overall_bar_with_each_matchup_above_it(sweep, tmp_path):
+    """The sweep again, on a copy of its store: every matchup is reused, and the one bar counts all 8 of both runs
+    (no bar per matchup), each matchup's line printed above it."""
+    shutil.copytree(sweep / "r", tmp_path / "r", ignore=shutil.ignore_patterns("reports"))
+    done = subprocess.run([sys.executable, "-m", "arena", "run", str(sweep / "scenario.yaml"), "--results",
+                           str(tmp_path / "r"), "--cache-dir", str(sweep / "cache"), "--no-report"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"matchups: 100%.* 8/8 \[", done.stderr), done.stderr[-2000:]
+    assert done.stderr.count("reused from run") == 8 and " batch" not in done.stderr
+    assert "linf ε=0.01" in done.stdout and "linf ε=0.1" in done.stdout
+
+
+def test_default_tables_fit_120_columns_and_wide_shows_every_column(sweep, capsys):
+    code, out, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"))
+    assert code == 0 and max(map(len, out.splitlines())) <= 120
+    assert out.count("cnn  ") >= 4 and "linf ε=0.01" in out and "linf ε=0.1" in out, "after a sweep: every ε"
+    assert "evaluation" not in out and "⚑ cnn+art.jpeg" in out, "details left for --wide; flags listed under the table"
+    code, wide, _ = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--wide")
+    assert code == 0 and "evaluation" in wide and "passes/sample" in wide
+    code, out, err = run_cli(capsys, "leaderboard", "--results", str(sweep / "r"), "--format", "csv")
+    assert code == 0 and "showing run" in err and "--run ID" in err, "a format with one table says which ε it shows"
+
+
+@pytest.mark.parametrize(("eps", "shown"), [(2 / 255, "2/255"), (8 / 255, "8/255"), (0.1, "0.1"), (0.5, "0.5"),
+                                            (1e-5, "1e-05")])
+def test_eps_is_shown_as_a_fraction_of_255_where_it_is_one(eps, shown):
+    assert str(ThreatModel("linf", eps)) == f"linf ε={shown}"
+
+
+def test_text_table_wraps_long_text_to_the_width_and_keeps_every_word():
+    long = "pgd @ 20261207-052233-ab12cd, fgsm @ 20261207-052233-ab12cd, apgd-ce [fast] @ 20261207-052233-ff00aa"
+    lines = text_table(["rank", "model", "achieved by", "clean"], [["1", "cnn", long, "45.0%"]] * 2,
+                       [False, False, False, True], width=60)
+    assert max(map(len, lines)) <= 60 and len(lines) > 3
+    assert all(word in "".join(lines) for word in long.split()) and lines[1].endswith("45.0%")
+    assert text_table(["a", "b"], [["x" * 200, "1"]], width=None)[1] == "x" * 200 + "  1", "unwrapped without width"
+
+
+def test_backticks_become_code_after_escaping():
+    assert str(code("declare `randomized = True` <b>")) == "declare <code>randomized = True</code> &lt;b&gt;"
+    assert str(code("`<script>`")) == "<code>&lt;script&gt;</code>"
 
 
 def test_equal_worst_cases_share_a_rank_and_list_by_clean_accuracy():

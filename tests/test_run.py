@@ -96,7 +96,7 @@ def test_another_seed_gives_other_weights(first, registry, tmp_path):
 def test_cli_run_writes_store_summary_and_table(tmp_path, capsys, isolated_cache):
     path = write_scenario(tmp_path, tiny(attacks=["fgsm"], threat_model={"norm": "l2", "eps": "8/255"}))
     code, out, _ = run_cli(capsys, "run", str(path), "--results", str(tmp_path / "res"), "--quiet", "--device", "cpu")
-    assert code == 0 and "l2 ε=0.03137" in out and "cnn" in out
+    assert code == 0 and "l2 ε=8/255" in out and "cnn" in out
     summary = json.loads(next((tmp_path / "res" / "runs").glob("*.json")).read_text())
     (matchup,) = summary["matchups"]
     assert matchup["status"] == "ok" and matchup["max_norm"] <= 8 / 255 + 1e-6

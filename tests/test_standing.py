@@ -16,9 +16,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 from conftest import play, run_cli, tiny
-from test_leaderboard import _chromium
+from test_leaderboard import _chromium, scroll_width
 
 from arena.interchange import export, read_reported
+from arena.site import page
 from arena.standing import Entry, Threat
 
 DEFENSES = ["none", "art.jpeg"]
@@ -220,7 +221,7 @@ window.addEventListener("load", () => {
   const header = name => Array.from(section.querySelectorAll("th")).find(h => h.textContent === name);
   const column = (name, visibleOnly) => {
     const index = Array.from(header(name).parentNode.children).indexOf(header(name));
-    return Array.from(section.querySelectorAll("tbody tr")).filter(r => !visibleOnly || !r.hidden)
+    return Array.from(section.querySelectorAll("tbody tr.entry")).filter(r => !visibleOnly || !r.hidden)
       .map(r => r.cells[index].dataset.value ?? r.cells[index].textContent);
   };
   const result = {before: column("best known")};
@@ -271,7 +272,24 @@ def test_html_site_sorts_filters_and_renders_in_headless_chromium(machines, caps
     assert numbers == sorted(numbers) and [float(v) for v in result["descending"]] == sorted(numbers, reverse=True)
     assert sorted(result["before"]) == sorted(result["ascending"])
     assert result["filtered"] == ["art.jpeg"] and result["emptyShown"]
+    assert scroll_width(browser, site / "index.html", flags) <= 1280, "no horizontal scrollbar at 1280 px"
     shot = tmp_path / "board.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,900", (site / "index.html").as_uri()],
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1280,900", (site / "index.html").as_uri()],
                    capture_output=True, timeout=120)
     assert matplotlib.image.imread(shot).std() > 0.05, "the page rendered blank"
+
+
+def test_the_text_board_fits_120_columns(machines, capsys):
+    code, out, _ = run_cli(capsys, "board", "--results", str(machines["a"]), "--results", str(machines["b"]))
+    assert code == 0 and max(map(len, out.splitlines())) <= 120 and "⚑ cnn+none" in out
+    code, wide, _ = run_cli(capsys, "board", "--results", str(machines["a"]), "--results", str(machines["b"]), "--wide")
+    assert code == 0 and "passes/sample" in wide and "passes/sample" not in out
+
+
+def test_entries_with_the_same_label_are_told_apart_by_a_weights_hash():
+    threat = Threat.of("cifar10", "linf", 8 / 255)
+    entries = [Entry(threat, "cnn", "none", identity="1234abcd5678:aa"), Entry(threat, "cnn", "none",
+                                                                             identity="9876fedc5432:bb"),
+               Entry(threat, "resnet", "none", identity="5555eeee:cc")]
+    index = page({threat: entries}, ["r"])
+    assert "weights 1234abcd" in index and "weights 9876fedc" in index and "weights 5555eeee" not in index

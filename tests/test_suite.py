@@ -12,7 +12,8 @@ import pytest
 from conftest import matchup, play, run_cli, tiny, write_scenario
 
 from arena import conditions, keys, matchups
-from arena.leaderboard import leaderboard_table, render, rows
+from arena.formats import render
+from arena.leaderboard import leaderboard_table, rows
 from arena.registry import load_registry
 from arena.scenario import ScenarioError, load_scenario
 from arena.store import Store
