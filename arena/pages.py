@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
-
-if TYPE_CHECKING:
-    from arena.formats import Table
 
 _BACKTICKS = re.compile(r"`([^`]+)`")
 
@@ -29,6 +26,16 @@ _ENVIRONMENT.filters["code"] = code
 def render_page(template: str, **context: Any) -> str:
     """One template of ``arena/templates`` filled with ``context``."""
     return _ENVIRONMENT.get_template(template).render(**context)
+
+
+class Table(Protocol):
+    """What a page needs of ``arena.formats.Table`` (declared here so that formats, which renders HTML through this
+    module, is not imported back)."""
+
+    title: str
+    columns: list[str]
+    records: list[dict[str, Any]]
+    percent: set[str]
 
 
 def table_page(table: Table, shown: list[list[str]], images: Sequence[str] = ()) -> str:
