@@ -12,11 +12,11 @@ from pathlib import Path
 
 from arena import catalog
 from arena.api import open_scenario
+from arena.entries import cmd_examples, cmd_submit, cmd_verify
 from arena.errors import ArenaError
 from arena.examples import FORMATS as EXAMPLE_FORMATS
-from arena.examples import GALLERY_ROWS, export, export_entry, select
+from arena.examples import GALLERY_ROWS
 from arena.executors import RayExecutor, require_ray
-from arena.external import submit
 from arena.formats import FORMATS, render
 from arena.interchange import export as export_robustbench
 from arena.interchange import read_all
@@ -33,7 +33,7 @@ from arena.site import write_site
 from arena.standing import as_json, open_stores, standing, tables
 from arena.store import Store, StoreError
 from arena.training import WeightsCache
-from arena.verify import DEFAULT_SAMPLES, verify
+from arena.verify import DEFAULT_SAMPLES
 from arena.version import __version__
 
 log = logging.getLogger("arena")
@@ -195,43 +195,6 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ArenaError(f"cannot write the report to {exc.filename or args.out} ({exc.strerror}); pass "
                              "--out FOLDER in a place you can write") from None
     print(f"wrote {page} and its pictures")
-    return 0
-
-
-def cmd_examples(args: argparse.Namespace) -> int:
-    """Reads only the store, like ``report``."""
-    with Store.open_existing(args.results) as store:
-        if args.entry:
-            if args.format != "npz":
-                raise ArenaError("--entry writes npz (what `arena submit-examples` reads); pass --format npz")
-            path, count, broken = export_entry(store, args.entry, args.out, args.all)
-            print(f"wrote {path} ({count} of the entry's {broken} broken samples)")
-            return 0
-        run = store.run(args.run_id)
-        matchups = select(store, run, args.model, args.defense, args.attack)
-        written = export(store, run, matchups, args.out, args.format, args.limit)
-    for path, count in written:
-        print(f"wrote {path} ({count} example{'s' * (count != 1)})")
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 when the entry verified, 1 when it is not reproducible (the differing samples on stderr)."""
-    device = resolve_device(args.device) if args.device else None
-    mark = verify(args.results, args.entry, args.samples, args.seed, device, args.cache_dir, tuple(args.plugin),
-                  args.train)
-    print(f"{mark.entry}: {mark.mark}; {len(mark.keys)} matchup(s), samples {mark.samples}, seed {mark.seed}")
-    for line in mark.differing:
-        print(f"DIFFERS: {line}", file=sys.stderr)
-    return 0 if mark.status == "verified" else 1
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device) if args.device else None
-    m, run_id = submit(args.results, args.file, args.entry, args.name, device, args.cache_dir, tuple(args.plugin))
-    print(f"{m.attack} vs {m.model}+{m.defense}: {int(m.attacked.sum())} images audited, "
-          f"{int((m.clean_correct & ~m.robust_correct).sum())} samples broken, robust {m.robust_accuracy:.1%} "
-          f"(run {run_id}, sha256 {m.params['attack']['sha256'][:12]})")
     return 0
 
 
