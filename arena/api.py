@@ -104,9 +104,9 @@ def evaluate(
     model: nn.Module,
     images: torch.Tensor | np.ndarray | None = None,
     labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
-    *,
-    threat: ThreatModel | tuple[str, float | str],
     attacks: str | dict[str, Any] | Sequence[str | dict[str, Any]] = "fast",
+    threat: ThreatModel | tuple[str, float | str] | None = None,
+    *,
     defenses: str | dict[str, Any] | Sequence[str | dict[str, Any]] | None = None,
     results: str | Path | None = None,
     dataset: str | None = None,
@@ -217,6 +217,8 @@ def _threat(value: Any) -> ThreatModel:
     """``threat`` as an ``arena.ThreatModel``: from one, or from a ``(norm, eps)`` pair (``"Linf"``, ``"L2"`` in
     any case; ε a number or ``"8/255"``)."""
     usage = "give arena.ThreatModel('linf', 8/255) or a (norm, eps) pair such as ('Linf', 8/255) or ('L2', 0.5)"
+    if value is None:
+        raise ArenaError(f"threat: missing; {usage}")
     pair = (value.norm, value.eps) if isinstance(value, ThreatModel) else value
     if not isinstance(pair, tuple | list) or len(pair) != 2:
         raise ArenaError(f"threat: got {value!r}; {usage}")

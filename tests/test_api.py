@@ -160,7 +160,7 @@ def test_evaluate_takes_numpy_nhwc_and_uint8_images(small):
     model, images, labels = small
     as_tensor = arena.evaluate(model, images, labels, attacks="fgsm", threat=arena.ThreatModel("linf", 4 / 255))
     nhwc = images.permute(0, 2, 3, 1).numpy()
-    as_numpy = arena.evaluate(model, nhwc, labels.numpy(), attacks="fgsm", threat=("linf", 4 / 255))
+    as_numpy = arena.evaluate(model, nhwc, labels.numpy(), "fgsm", ("linf", 4 / 255))  # attacks, threat in order
     assert as_numpy.robust_accuracy == as_tensor.robust_accuracy
     assert isinstance(as_numpy.adversarial, np.ndarray) and as_numpy.adversarial.shape == nhwc.shape
     np.testing.assert_array_equal(as_numpy.adversarial, as_tensor.adversarial.permute(0, 2, 3, 1).numpy())
@@ -211,6 +211,7 @@ BAD_ARGUMENTS = [
     ({"attacks": {"name": "pgd", "stepz": 3}}, r"^evaluate: attacks\[0\]\.stepz: unknown field 'stepz'; did you "
                                                r"mean 'steps'"),
     ({"defenses": ["art.jpeg", "art.jepg"]}, r"^evaluate: defenses\[1\]\.name: unknown defense 'art.jepg'"),
+    ({"threat": None}, r"^threat: missing; give arena.ThreatModel\('linf', 8/255\) or a \(norm, eps\) pair"),
     ({"threat": 0.03}, r"^threat: got 0\.03; give arena.ThreatModel\('linf', 8/255\) or a \(norm, eps\) pair"),
     ({"threat": ("l3", 0.1)}, r"^threat: unknown norm 'l3'; use 'Linf' or 'L2'"),
     ({"threat": ("linf", -1)}, r"^threat: ε -1 is not a number > 0"),

@@ -547,6 +547,25 @@ def test_ctrl_c_anywhere_is_one_line_nothing_lost_and_exit_130(point, tmp_path, 
         assert run.status == "interrupted" and len(finished) < 4, "a run whose process stopped is never left running"
 
 
+def test_ctrl_c_during_a_libraries_string_exec_still_exits_130_under_python_m(tmp_path):
+    """CPython kills a ``python -m`` process by SIGINT at exit once a KeyboardInterrupt ended an ``exec`` of a string,
+    even a caught one (libraries exec strings to build classes); the arena's status stays 130."""
+    (tmp_path / "interrupted_in_exec.py").write_text(
+        "import arena.__main__, arena.cli\n"
+        "def main(argv=None):\n"
+        "    try:\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "    except KeyboardInterrupt:\n"
+        "        return 130\n"
+        "arena.cli.main = main\n"
+        "arena.__main__.run()\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+
+
 def test_a_full_disk_is_one_message_and_the_finished_matchups_stay(tmp_path, reference, capsys, monkeypatch):
     ref_folder, expected = reference
     original = Store.add_matchup
