@@ -223,7 +223,10 @@ def positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="arena", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="arena", description="Attacks, defenses and models as plugins; YAML scenarios match them up.",
+        epilog="Start with `arena run quickstart`. Exit status: 0 done, 1 a matchup failed, 2 bad input, 130 Ctrl-C "
+               "(finished matchups kept; the same command resumes). Docs: docs/ in the repository.")
     top.add_argument("--version", action="version", version=f"arena {__version__}")
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")

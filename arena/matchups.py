@@ -19,6 +19,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from arena.conditions import reasons, skip_reason
@@ -46,6 +47,19 @@ log = logging.getLogger(__name__)
 
 #: The opt-in reporters and the module each needs.
 REPORTERS = {"mlflow": "mlflow"}
+
+
+@dataclass
+class Shared:
+    """What the runs of one scenario share (``run_scenario`` plays one per ε of a sweep): its data, its networks, the
+    model-level checks and each pair's clean predictions, so every model × defense is loaded, built, checked and
+    predicted once, however many ε it is attacked at."""
+
+    data: Data | None = None
+    networks: Networks | None = None
+    checked: ModelChecks = field(default_factory=ModelChecks)
+    #: Each model × defense's per-sample clean correctness (the threat model plays no part in it).
+    clean: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 def require_reporters(names: list[str]) -> None:
@@ -88,13 +102,16 @@ class Arena:
     table: list[Row] | None = field(default=None, init=False)
     summary_path: Path | None = field(default=None, init=False)
     report_path: Path | None = field(default=None, init=False)
+    #: The data, networks, model-level checks and clean predictions, shared with the other runs of a sweep.
+    shared: Shared = field(default_factory=Shared, repr=False)
     #: The run's networks: built, trained or loaded from the weights cache, once per weights key.
     networks: Networks = field(init=False, repr=False)
-    #: The model-level checks measured this run, shared by the attacks on each model × defense.
-    _checked: ModelChecks = field(default_factory=ModelChecks, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.networks = Networks(self.scenario, self.registry, self.device, self.cache, self.runtime, self.progress)
+        if self.shared.networks is None:
+            self.shared.networks = Networks(self.scenario, self.registry, self.device, self.cache, self.runtime,
+                                            self.progress)
+        self.networks = self.shared.networks
 
     def play(self, executor: Executor | None = None) -> str:
         """Run every matchup and return the run id; the store is opened only once the data has loaded. The
@@ -104,7 +121,9 @@ class Arena:
         report_to = sorted({*self.scenario.report_to, *self.report_to})
         require_reporters(report_to)
         seed_everything(self.scenario.seed)
-        data = Data.load(self.scenario, self.registry)
+        if self.shared.data is None:
+            self.shared.data = Data.load(self.scenario, self.registry)
+        data = self.shared.data
         data.train()  # every weights key hashes the training data: read (and check) it before any work
         self.store = Store(self.results_dir)
         classes = getattr(data.dataset, "classes", ())
@@ -183,9 +202,7 @@ class Arena:
             keys = keys or self.matchup_keys(data, model_ref, defense_ref)
             if not all(a.key in earlier for a in attacks):
                 target = self.networks.defended(data, model_ref, defense_ref)
-                seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
-                images = data.on(self.device)[0]
-                clean = (predict(target, images, self.scenario.batch_size, self.device) == data.labels).numpy()
+                clean = self.clean(data, model_ref, defense_ref, target)
             self.weights[f"{model_ref.key}/{defense_ref.key}"] = {
                 "key": weights_key, "source": self.networks.provenance.get(weights_key, "unused"),
             }
@@ -219,12 +236,22 @@ class Arena:
             played[attack_ref.key] = found
             yield found
 
+    def clean(self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, target: nn.Module) -> np.ndarray:
+        """Which evaluation samples the defended model classifies right, predicted once per sweep."""
+        pair = (model_ref.key, defense_ref.key)
+        if pair not in self.shared.clean:
+            seed_everything(derive_seed(self.scenario.seed, model_ref.key, defense_ref.key))
+            images = data.on(self.device)[0]
+            self.shared.clean[pair] = (predict(target, images, self.scenario.batch_size, self.device)
+                                       == data.labels).numpy()
+        return self.shared.clean[pair]
+
     @property
     def engine(self) -> Engine:
         """The per-batch engine that plays this run's matchups."""
         assert self.threat is not None, "a run's threat model is set when it starts"
         return Engine(self.threat, self.device, self.scenario.batch_size, self.scenario.examples_kept, self.progress,
-                      self.scenario.active_samples if self.active else 0, self._checked, self.scenario.seed)
+                      self.scenario.active_samples if self.active else 0, self.shared.checked, self.scenario.seed)
 
     @property
     def active(self) -> list[str]:

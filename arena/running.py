@@ -14,7 +14,7 @@ from arena.active import ACTIVE_TESTS
 from arena.errors import ArenaError
 from arena.executors import Executor
 from arena.leaderboard import Row
-from arena.matchups import Arena
+from arena.matchups import Arena, Shared
 from arena.progress import run_progress
 from arena.records import Matchup, Run
 from arena.registry import Registry
@@ -88,11 +88,13 @@ def run_scenario(
     device = resolve_device(device, "device")
     played: list[Played] = []
     total = len(scenario.threats) * len(scenario.models) * len(scenario.defenses) * len(scenario.attacks)
+    shared = Shared()  # data, networks, model-level checks and clean predictions: once for every ε
     with run_progress(total, progress) as bar:  # one bar over every run of a sweep
         for threat in scenario.threats:
             arena = Arena(scenario, registry, Path(results), device, cache or WeightsCache(), progress=progress,
                           bar=bar, fresh=fresh, threat=threat, report=report, report_to=tuple(report_to),
-                          runtime=runtime or Runtime(), active_tests=ACTIVE_TESTS if active_tests else ())
+                          runtime=runtime or Runtime(), active_tests=ACTIVE_TESTS if active_tests else (),
+                          shared=shared)
             run_id = arena.play(executor)
             with arena.store as store:
                 run, matchups = store.run(run_id), store.matchups(run_id)

@@ -176,6 +176,49 @@ def test_a_sweep_plays_one_run_per_eps_and_reports_a_curve(sweep, capsys):
         assert matplotlib.image.imread(report / "robustness.png").std() > 0
 
 
+def test_a_sweep_gives_each_eps_the_numbers_of_a_run_of_that_eps_alone(sweep, tmp_path):
+    """The runs of a sweep share the data, the networks, the model-level checks and the clean predictions; what each
+    ε's run stores is what a run of that ε alone stores."""
+    from arena.cli import main
+
+    path = write_scenario(tmp_path, tiny(threat_model={"norm": "linf", "eps": 0.1}, defenses=["none", "art.jpeg"],
+                                         attacks=["fgsm", {"name": "fgsm", "label": "fgsm_t",
+                                                           "source": {"defense": "none"}}]))
+    assert main(["run", str(path), "--results", str(tmp_path / "r"), "--cache-dir", str(sweep / "cache"), "-q",
+                 "--no-report"]) == 0
+    swept, alone = Store(sweep / "r", readonly=True), Store(tmp_path / "r", readonly=True)
+    [in_sweep] = [r for r in swept.runs() if r.threat.eps == 0.1]
+    by_key = {m.key: m for m in swept.matchups(in_sweep.id)}
+    for m in alone.matchups(alone.runs()[0].id):
+        other = by_key[m.key]
+        assert (m.clean_correct == other.clean_correct).all() and (m.robust_correct == other.robust_correct).all()
+        assert m.checks == other.checks, m.attack
+
+
+def test_a_sweep_loads_trains_and_checks_each_model_once(tmp_path, monkeypatch):
+    import arena.checks
+    from arena.cli import main
+    from arena.data import Data
+    from arena.training import Trainer
+
+    calls = {"load": 0, "fit": 0, "outputs": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(Data, "load", classmethod(counted("load", Data.load.__func__)))
+    monkeypatch.setattr(Trainer, "fit", counted("fit", Trainer.fit))
+    monkeypatch.setattr(arena.checks, "outputs", counted("outputs", arena.checks.outputs))
+    path = write_scenario(tmp_path, tiny(threat_model={"norm": "linf", "eps": [0.01, 0.03, 0.1]}))
+    assert main(["run", str(path), "--results", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"), "-q",
+                 "--no-report"]) == 0
+    assert len(Store(tmp_path / "r", readonly=True).runs()) == 3
+    assert calls == {"load": 1, "fit": 1, "outputs": 1}, "three ε, one model × defense: everything else once"
+
+
 def test_compare_and_scenario_selection(sweep, capsys):
     store = Store(sweep / "r")
     small, large = sorted(store.runs(), key=lambda r: r.threat.eps)
