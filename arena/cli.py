@@ -175,6 +175,7 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """Exit 1 when a copy of a run already here differed (one of the stores was altered): reported and flagged."""
     result = merge(args.results, args.other)
     print(f"merged {args.other} into {args.results}: {len(result.runs)} run(s) added, {len(result.known)} already "
           f"here, {result.matchups} matchup(s) imported")
@@ -182,7 +183,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"ALTERED: {altered}", file=sys.stderr)
     for failure in result.failures:
         print(f"REPRODUCIBILITY: {failure}", file=sys.stderr)
-    return 0
+    return 1 if result.altered else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -39,7 +39,8 @@ def arena_register_models(register: Callable[[type[Model]], None]) -> None:
     """Register model classes: ``build(num_classes)`` returns a fresh ``nn.Module`` from [0, 1] images to
     ``num_classes`` logits, untrained unless the class sets ``pretrained = True`` (then ``identity()`` names its
     weights and the arena never trains it, except under a training-time defense). ``input_problem(shape)`` refuses,
-    when the scenario is validated, data of a shape the model cannot take."""
+    when the scenario is validated, data of a shape the model cannot take; ``classes_problem(num_classes)``, stored
+    weights made for another number of classes."""
 
 
 @hookspec

@@ -146,6 +146,11 @@ class Model(Plugin):
         """Why this model cannot take images of ``shape`` ``(C, H, W)`` (checked with the scenario), else None."""
         return None
 
+    def classes_problem(self, num_classes: int) -> str | None:
+        """Why this model's stored weights cannot give one logit per class of a data set of ``num_classes`` classes
+        (checked with the scenario when the data set states its classes before loading), else None."""
+        return None
+
 
 class Defense(Plugin):
     """Base of the three defense stages: register a ``TrainingDefense``, ``Preprocessor`` or ``Postprocessor``.

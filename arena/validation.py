@@ -120,6 +120,8 @@ class _Resolver:
         self.registry, self.problems, self.folder = registry, problems, folder
         #: One image's shape ``(C, H, W)`` as the scenario's data set states it; each model is checked against it.
         self.shape: tuple[int, ...] | None = None
+        #: The data set's number of classes when known before loading; pretrained weights are checked against it.
+        self.classes: int | None = None
 
     def plugin(self, kind: str, ref: R, loc: tuple) -> R | None:
         """``ref`` with its parameters validated and defaults filled in; None (and a problem) when it is wrong."""
@@ -158,7 +160,9 @@ class _Resolver:
         resolved = self.plugin("model", ref, loc)
         if resolved is None:
             return None
-        problem = self.registry.build(Model, resolved).input_problem(self.shape) if self.shape else None
+        model = self.registry.build(Model, resolved)
+        problem = (model.input_problem(self.shape) if self.shape else None) or \
+            (model.classes_problem(self.classes) if self.classes else None)
         if problem:
             self.problems.add(loc + ("name",), problem)
             return None
@@ -242,7 +246,8 @@ def _check_plugins(data: dict[str, Any], registry: Registry, problems: _Problems
     else:
         resolved["dataset"] = resolver.plugin("dataset", dataset, ("dataset",))
         if resolved["dataset"] is not None:
-            resolver.shape = registry.build(Dataset, resolved["dataset"]).input_shape()
+            built = registry.build(Dataset, resolved["dataset"])
+            resolver.shape, resolver.classes = built.input_shape(), getattr(built, "num_classes", None)
         if dataset.name in registry.names("dataset"):
             cls = cast(type[Dataset], registry.get("dataset", dataset.name).cls)
             _check_sizes(data, dataset, cls, resolver.shape, problems)

@@ -107,6 +107,12 @@ class Named(Model):
                     f"the data set gives {'×'.join(map(str, shape))}: set size and channels to match")
         return None if self.checkpoint is None else state_dict_problem(self.checkpoint, self.create(2))
 
+    def classes_problem(self, num_classes: int) -> str | None:
+        """A checkpoint whose tensors do not fit this architecture for ``num_classes`` classes (its classifier)."""
+        if self.checkpoint is None:
+            return None
+        return state_dict_problem(self.checkpoint, self.create(num_classes), f"{num_classes} classes")
+
 
 def _timm() -> ModuleType:
     """timm, imported when a scenario names it (an optional extra)."""

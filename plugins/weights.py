@@ -59,9 +59,10 @@ def read_state(path: Path) -> object:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
 
 
-def state_dict_problem(path: Path, net: torch.nn.Module) -> str | None:
+def state_dict_problem(path: Path, net: torch.nn.Module, shapes_for: str | None = None) -> str | None:
     """Why the checkpoint at ``path`` is not a ``state_dict`` (or ``{"state_dict": ...}``) with the keys of
-    ``net``, else None: checked with the scenario, before any work."""
+    ``net`` (and, given ``shapes_for``, what the net is built for, its tensors' shapes), else None: checked with the
+    scenario, before any work."""
     state = read_state(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -73,6 +74,12 @@ def state_dict_problem(path: Path, net: torch.nn.Module) -> str | None:
     if missing or unexpected:
         return (f"{path} is not a state_dict of this architecture (missing {', '.join(missing[:3]) or 'none'}; "
                 f"unexpected {', '.join(map(str, unexpected[:3])) or 'none'}); save it from that architecture")
+    wanted_shapes = net.state_dict()
+    for key, tensor in state.items() if shapes_for else ():
+        if tuple(tensor.shape) != tuple(wanted_shapes[key].shape):
+            return (f"{path}: {key} has shape {tuple(tensor.shape)}, but this architecture for {shapes_for} needs "
+                    f"{tuple(wanted_shapes[key].shape)}; use the checkpoint made for this data set, or the data set "
+                    "it was trained on")
     return None
 
 

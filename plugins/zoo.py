@@ -180,6 +180,13 @@ class RobustBenchModel(Model):
     def identity(self) -> str:
         return files_hash(self.paths())
 
+    def classes_problem(self, num_classes: int) -> str | None:
+        classes = DATASETS[self.dataset][0]
+        if classes == num_classes:
+            return None
+        return (f"robustbench {self.model} ({self.dataset}) outputs {classes} logits; the data set has {num_classes} "
+                f"classes: evaluate it on {self.dataset}, or set dataset: to the zoo it comes from")
+
     def input_problem(self, shape: tuple[int, ...]) -> str | None:
         wanted = DATASETS[self.dataset][1]
         if tuple(shape) == wanted:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import matchup, run_cli
+from conftest import matchup, run_cli, tiny, write_scenario
 from PIL import Image, PngImagePlugin
 from torch import nn
 
@@ -29,6 +29,7 @@ from arena.leaderboard import rows
 from arena.networks import check_width
 from arena.store import Store
 from arena_plugins.named_models import Timm
+from arena_plugins.zoo import RobustBenchModel
 from arena_plugins.user_data import NPZ, ImageFolder
 from arena_plugins.weights import weights_problem
 
@@ -149,7 +150,7 @@ def test_merge_reports_an_altered_copy_and_keeps_this_stores(tmp_path, capsys, c
     edit(there, change)
     before = _rows(here)
     code, out, err = run_cli(capsys, "merge", str(there), "--results", str(here))
-    assert code == 0 and "ALTERED: run" in err and "kept this store's" in err, err
+    assert code == 1 and "ALTERED: run" in err and "kept this store's" in err, err
     assert _rows(here) == before, "nothing already here changed"
 
 
@@ -363,6 +364,23 @@ def test_checkpoints_are_opened_with_weights_only_and_their_keys_checked_at_vali
         (3, 32, 32))
     assert "not a state_dict of tensors" in Timm(**model, checkpoint=tmp_path / "tensor.pt").input_problem((3, 32, 32))
     assert Timm(**model, checkpoint=tmp_path / "good.pt").input_problem((3, 32, 32)) is None
+
+
+def test_a_checkpoint_for_another_number_of_classes_is_refused_at_validation(tmp_path, capsys, scenario_data_dir):
+    torch.save(timm.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "three.pt")
+    model = Timm(arch="resnet18", size=32, channels=3, mean=None, std=None, checkpoint=tmp_path / "three.pt")
+    assert model.classes_problem(3) is None
+    assert "fc.weight has shape (3, 512), but this architecture for 10 classes needs (10, 512)" in \
+        model.classes_problem(10)
+    scenario = write_scenario(tmp_path, tiny(
+        dataset={"name": "cifar10", "split": "test", "samples": 8, "data_dir": str(scenario_data_dir)},
+        models=[{"name": "timm", "arch": "resnet18", "size": 32, "checkpoint": "three.pt"}]))
+    code, _, err = run_cli(capsys, "validate", str(scenario))
+    assert code == 2 and "models[0]" in err and "three.pt: fc.weight has shape (3, 512)" in err, err
+    zoo = RobustBenchModel(model="Carmon2019Unlabeled", dataset="cifar10", threat="Linf", model_dir="models",
+                           download=False)
+    assert zoo.classes_problem(10) is None and "outputs 10 logits; the data set has 100 classes" in \
+        zoo.classes_problem(100)
 
 
 # Messages that point the right way -------------------------------------------------------------------------------
