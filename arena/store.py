@@ -87,6 +87,19 @@ def _alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
+#: The verification fields stored as JSON.
+_DECODED = ("samples", "keys", "differing")
+
+
+def _example(row: sqlite3.Row) -> Example:
+    """A kept example from its row: the images decoded with the row's codec."""
+    shape = json.loads(row["shape"])
+    images = {k: _decode(row[k], _get(row, "codec", "raw"), shape) for k in ("clean", "adversarial")}
+    return Example(sample=row["sample"], label=row["label"], **images, predicted_before=row["predicted_before"],
+                   predicted_after=row["predicted_after"], confidence_before=row["confidence_before"],
+                   confidence_after=row["confidence_after"])
+
+
 class Store:
     """Runs and their matchups in ``<results>/arena.db``.
 
@@ -255,14 +268,7 @@ class Store:
             " AND matchups.id = (SELECT max(m2.id) FROM matchups m2 JOIN examples e2 ON e2.matchup_id = m2.id"
             " WHERE m2.key = ?) ORDER BY examples.rowid", (m.key, m.key),
         ).fetchall()
-        found = []
-        for row in rows:
-            shape = json.loads(row["shape"])
-            images = {k: _decode(row[k], _get(row, "codec", "raw"), shape) for k in ("clean", "adversarial")}
-            found.append(Example(sample=row["sample"], label=row["label"], **images,
-                                 predicted_before=row["predicted_before"], predicted_after=row["predicted_after"],
-                                 confidence_before=row["confidence_before"], confidence_after=row["confidence_after"]))
-        return found
+        return [_example(row) for row in rows]
 
     def add_verification(self, v: Verification) -> None:
         """Record an ``arena verify`` mark (a mark with the same id, merged twice, is kept once)."""
@@ -271,14 +277,13 @@ class Store:
         with self.writing():
             insert(self.db, "verifications", {
                 **{k: v.__dict__[k] for k in Verification.__dataclass_fields__},
-                **{k: json.dumps(v.__dict__[k]) for k in ("samples", "keys", "differing")}})
+                **{k: json.dumps(v.__dict__[k]) for k in _DECODED}})
 
     def verifications(self) -> list[Verification]:
         """Every verification mark, oldest first (none in a store older than verification)."""
         if not self.has_table("verifications"):
             return []
-        decoded = ("samples", "keys", "differing")
-        return [Verification(**{k: json.loads(row[k]) if k in decoded else row[k] for k in row.keys()})
+        return [Verification(**{k: json.loads(row[k]) if k in _DECODED else row[k] for k in row.keys()})
                 for row in self.db.execute("SELECT * FROM verifications ORDER BY verified_at, rowid")]
 
     def finish_run(self, run_id: str, status: str, weights: dict[str, Any]) -> None:

@@ -29,9 +29,9 @@ from arena.leaderboard import rows
 from arena.networks import check_width
 from arena.store import Store
 from arena_plugins.named_models import Timm
-from arena_plugins.zoo import RobustBenchModel
 from arena_plugins.user_data import NPZ, ImageFolder
 from arena_plugins.weights import weights_problem
+from arena_plugins.zoo import RobustBenchModel
 
 RUN = "20260101-000000-abc123"
 
