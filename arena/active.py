@@ -86,6 +86,7 @@ class _Head:
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """The binary head's class-1 logit, in float64: the calibrated margin of the planted point (about 1e-4 of
         the unit logit range) must not drown in float32 rounding."""
+        assert self.w is not None, "the head is fitted before it scores"
         return features.flatten(1).double() @ self.w + self.b
 
     def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -180,6 +181,7 @@ def binarization(
                 inner = head.features
                 counted.module(_planted(image, threat))
                 planted = head.features
+            assert inner is not None and planted is not None, "the hook saw both forward passes"
             tested += 1
             fitted = fit_head(inner, planted)
             if fitted is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from arena.runtime import Runtime
 from arena.scenario import check_declared, declared_plugins, load_scenario
 from arena.schema import Scenario, ScenarioError, fraction
 from arena.store import Store
-from arena.threat import ThreatModel
+from arena.threat import Norm, ThreatModel
 from arena.training import WeightsCache, fingerprint
 from arena.validation import resolve_model, validate_scenario
 
@@ -71,7 +71,7 @@ _ARGUMENTS = {
     "defenses[0].chain": "defenses", "defenses[0].name": "defenses[0]",
 }
 #: The norms ``evaluate`` accepts, as the arena, RobustBench and AutoAttack spell them.
-_NORMS = {"linf": "linf", "l2": "l2"}
+_NORMS: dict[str, Norm] = {"linf": "linf", "l2": "l2"}
 
 
 @dataclass
@@ -184,13 +184,14 @@ def _evaluation(played: Played, adversarial: torch.Tensor, layout: str, results:
     if worst is None:
         raise ArenaError(_none_finished(matchups, results))
     [row] = rows(matchups, run)
+    assert row.clean_accuracy is not None, "a run in which an attack finished has a clean accuracy"
     done = [m for m in matchups if m.status == Status.OK]
     if layout.endswith("NHWC"):
         adversarial = adversarial.permute(0, 2, 3, 1).contiguous()
     return Evaluation(
         clean_accuracy=row.clean_accuracy, worst_case=float(worst.mean()),
-        robust_accuracy={m.attack: m.robust_accuracy for m in done},
-        clean_correct=matchups[0].clean_correct, robust_correct={m.attack: m.robust_correct for m in done},
+        robust_accuracy={m.attack: m.robust_accuracy for m in done if m.robust_accuracy is not None},
+        clean_correct=done[0].clean, robust_correct={m.attack: m.robust for m in done},
         worst_case_correct=worst, adversarial=adversarial.numpy() if layout.startswith("numpy") else adversarial,
         skipped={m.attack: (m.detail or "").strip() for m in matchups if m.status == Status.SKIPPED},
         failed={m.attack: f"{m.status}: {_last_line(m)}" for m in played.failed},
@@ -368,15 +369,16 @@ class _Given:
             num_classes = classes
 
             def load(self, split: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+                assert images is not None and labels is not None, "registered only when images are given"
                 return images, labels
 
         self.model, self.data = GivenModel, GivenData if images is not None else None
 
     @_hookimpl
-    def arena_register_models(self, register) -> None:
+    def arena_register_models(self, register: Callable[[type[Model]], None]) -> None:
         register(self.model)
 
     @_hookimpl
-    def arena_register_datasets(self, register) -> None:
+    def arena_register_datasets(self, register: Callable[[type[Dataset]], None]) -> None:
         if self.data is not None:
             register(self.data)

@@ -202,8 +202,8 @@ def _weaker_iterative(ok: list[Matchup]) -> list[str]:
     white = [m for m in ok if m.white_box]
     for it in (m for m in white if _single_step(m) is False):
         for one in (m for m in white if _single_step(m)):
-            both = it.attacked_mask & one.attacked_mask
-            gap = int((it.robust_correct & both).sum()) - int((one.robust_correct & both).sum())
+            both = it.ran_on & one.ran_on
+            gap = int((it.robust & both).sum()) - int((one.robust & both).sum())
             if both.any() and gap > TOLERANCE * len(both):
                 found.append(f"iterative {it.attack} leaves {gap} more samples robust than single-step {one.attack} "
                              f"on the {int(both.sum())} both attacked; the iterative attack is failing (step size, "
@@ -214,9 +214,9 @@ def _weaker_iterative(ok: list[Matchup]) -> list[str]:
 def beyond_white_box(m: Matchup, white: list[Matchup]) -> int:
     """How many samples ``m`` (a black-box or transfer attack) broke that every white-box attack which ran on them
     missed; more than ``BLACK_BOX_TOLERANCE`` of the samples means the white-box gradients may be masked."""
-    broken = m.attacked_mask & ~m.robust_correct
+    broken = m.ran_on & ~m.robust
     for w in white:
-        broken &= ~(w.attacked_mask & ~w.robust_correct)  # w broke it too: not a finding
-    ran = np.logical_or.reduce([w.attacked_mask for w in white]) if white else np.zeros_like(broken)
+        broken &= ~(w.ran_on & ~w.robust)  # w broke it too: not a finding
+    ran = np.logical_or.reduce([w.ran_on for w in white]) if white else np.zeros_like(broken)
     beyond = int((broken & ran).sum())
     return beyond if beyond > BLACK_BOX_TOLERANCE * len(broken) else 0

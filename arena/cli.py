@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         progress=not args.quiet, fresh=args.fresh, report=not args.no_report, report_to=args.report_to,
                         runtime=Runtime(args.precision, args.compile, args.channels_last),
                         active_tests=args.active_tests)
-    print("\n\n".join(render(leaderboard_table(p.run, p.table), wide=args.wide)  # tables once the bar is done
+    print("\n\n".join(render(leaderboard_table(p.run, p.table or []), wide=args.wide)  # tables once the bar is done
                       + f"\n\nresults: {p.store_path} (run {p.run.id}); summary: {p.summary_path}"
                       + (f"; report: {p.report_path}" if p.report_path else "") for p in runs))
     failed = [m for played in runs for m in played.failed]

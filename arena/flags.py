@@ -18,7 +18,7 @@ TRANSFER_GAP = 0.20
 
 def worst_case(matchups: list[Matchup]) -> np.ndarray | None:
     """Per-sample robustness over every valid attack: a sample counts only if every attack failed on it."""
-    masks = [m.robust_correct for m in matchups if m.status == Status.OK]
+    masks = [m.robust for m in matchups if m.status == Status.OK]
     return np.logical_and.reduce(masks) if masks else None
 
 
@@ -27,13 +27,15 @@ def _plugin(m: Matchup) -> str | None:
 
 
 def _robust(m: Matchup) -> float:
+    """A finished matchup's robust accuracy (every finished one has it)."""
+    assert m.robust_accuracy is not None, f"{m.attack}: {m.status}, no robust accuracy"
     return m.robust_accuracy
 
 
 def _same_samples(a: Matchup, b: Matchup) -> bool:
     """Whether two matchups attacked all the same initially-correct samples, so their accuracies compare directly
     (a cascaded attack's accuracy is cumulative; ``arena.checks`` compares those sample by sample)."""
-    return not a.cascade_after and not b.cascade_after and np.array_equal(a.attacked_mask, b.attacked_mask)
+    return not a.cascade_after and not b.cascade_after and np.array_equal(a.ran_on, b.ran_on)
 
 
 def trust_flags(group: list[Matchup]) -> list[str]:
@@ -56,16 +58,16 @@ def trust_flags(group: list[Matchup]) -> list[str]:
         # Else compare with the white-box run of the same attack plugin when there is one, else with the strongest.
         same = [w for w in white if _same_samples(w, m)]
         compared = [w for w in same if _plugin(w) == _plugin(m)] or ([min(same, key=_robust)] if same else [])
-        beaten = [w for w in compared if m.robust_accuracy < w.robust_accuracy - TOLERANCE]
+        beaten = [w for w in compared if _robust(m) < _robust(w) - TOLERANCE]
         if beaten:
             w = max(beaten, key=_robust)
             flags.append(f"{m.attack} ({kind}) beats white-box {w.attack}: "
-                         f"{m.robust_accuracy:.1%} < {w.robust_accuracy:.1%}; gradients may be masked")
+                         f"{_robust(m):.1%} < {_robust(w):.1%}; gradients may be masked")
     if white and other:
         best = max(other, key=_robust)
-        white_worst = float(worst_case(white).mean())
-        if best.gradient.get("source") and best.robust_accuracy - white_worst > TRANSFER_GAP:
-            flags.append(f"robust only to transfer: {best.robust_accuracy:.1%} under {best.attack} but "
+        white_worst = float(np.logical_and.reduce([w.robust for w in white]).mean())
+        if best.gradient.get("source") and _robust(best) - white_worst > TRANSFER_GAP:
+            flags.append(f"robust only to transfer: {_robust(best):.1%} under {best.attack} but "
                          f"{white_worst:.1%} white-box, so it ranks by the white-box number")
     for m in ok:
         if m.gradient.get("randomized") and m.gradient.get("eot_samples", 1) <= 1 and not m.gradient.get("source"):

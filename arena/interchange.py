@@ -136,7 +136,7 @@ def read_reported(path: Path) -> Entry:
     if missing:
         raise InterchangeError(f"{path}: missing field(s) {', '.join(missing)} that RobustBench model-info has; "
                                "add them or leave the file out of --reported")
-    arena = info.get("arena") if isinstance(info.get("arena"), dict) else {}
+    arena: dict[str, Any] = info["arena"] if isinstance(info.get("arena"), dict) else {}
     folders = {v.lower(): k for k, v in NORM_FOLDERS.items()}
     norm = arena.get("norm") or folders.get(path.parent.name.lower())
     if norm is None:

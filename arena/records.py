@@ -150,6 +150,28 @@ class Matchup:
         return self.attacked if self.attacked is not None else self.clean_correct
 
     @property
+    def clean(self) -> np.ndarray:
+        """``clean_correct`` of a matchup that has per-sample results; raises for one without."""
+        if self.clean_correct is None:
+            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
+        return self.clean_correct
+
+    @property
+    def robust(self) -> np.ndarray:
+        """``robust_correct`` of a matchup that has per-sample results (a finished one); raises for one without."""
+        if self.robust_correct is None:
+            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
+        return self.robust_correct
+
+    @property
+    def ran_on(self) -> np.ndarray:
+        """``attacked_mask`` of a matchup that has per-sample results; raises for one without."""
+        mask = self.attacked_mask
+        if mask is None:
+            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
+        return mask
+
+    @property
     def white_box(self) -> bool:
         """Crafted with the target's own gradients: neither a transfer, a gradient-free nor an external attack."""
         return not any(self.gradient.get(k) for k in ("source", "gradient_free", "external"))

@@ -53,7 +53,8 @@ def curve_chart(
     clean = {(r.model, r.defense): r.clean_accuracy for r in table}
     fig, ax = _pyplot().subplots(figsize=(6, 4))
     for key, series in sorted(points.items()):
-        series = sorted(([(0.0, clean[key])] if clean.get(key) is not None else []) + series)
+        start = clean.get(key)
+        series = sorted(([(0.0, start)] if start is not None else []) + series)
         ax.plot([e for e, _ in series], [100 * a for _, a in series], marker="o", label="+".join(key))
     ax.set_xlabel(f"ε ({norm})")
     ax.set_ylabel("worst-case robust accuracy (%)")
@@ -70,7 +71,7 @@ def examples_grid(store: Store, run: Run, table: list[Row], path: Path) -> Path 
     for row in table:
         white = [m for m in matchups if m.model == row.model and m.defense == row.defense and m.status == Status.OK
                  and not m.gradient.get("source")]
-        for m in sorted(white, key=lambda m: m.robust_accuracy):
+        for m in sorted(white, key=lambda m: m.robust_accuracy or 0.0):  # finished: every one has a number
             examples = store.examples(m)
             if examples:
                 return gallery(examples[:DEFAULT_EXAMPLES], run.classes, f"{m.attack} vs {row.model}+{row.defense}",
