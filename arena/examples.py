@@ -5,6 +5,7 @@ run's threat model again before it is written, so an export never carries an exa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,9 +66,9 @@ def _stem(m: Matchup) -> str:
 def write_npz(data: dict[str, np.ndarray], run: Run, m: Matchup, path: Path) -> Path:
     """Write the examples (as ``arrays`` gives them) and what they came from (run, threat model, matchup, class
     names) to a compressed ``.npz``, then read it back and check every array is bit-identical."""
-    meta = {"run": run.id, "key": m.key, "model": m.model, "defense": m.defense, "attack": m.attack,
+    meta: dict[str, Any] = {"run": run.id, "key": m.key, "model": m.model, "defense": m.defense, "attack": m.attack,
             "norm": run.threat.norm, "eps": run.threat.eps, "classes": np.array(run.classes, dtype=str)}
-    np.savez_compressed(path, **data, **meta)
+    np.savez_compressed(path, **{**data, **meta})
     with np.load(path, allow_pickle=False) as back:
         if not all(back[k].dtype == v.dtype and back[k].tobytes() == v.tobytes() for k, v in data.items()):
             raise ArenaError(f"{path}: did not read back bit-identical; check the disk and export again")
@@ -113,8 +114,8 @@ def export_entry(store: Store, name: str, out: Path, every: bool = False) -> tup
     entry = find_entry(standing([store]), name)
     pairs = behind(store, entry)
     run = pairs[0][0]
-    clean = pairs[0][1].clean_correct
-    broken = clean & ~np.logical_and.reduce([m.robust_correct for _, m in pairs])
+    clean = pairs[0][1].clean
+    broken = clean & ~np.logical_and.reduce([m.robust for _, m in pairs])
     best: dict[int, Example] = {}
     for _, m in pairs:
         for e in store.examples(m):
@@ -135,10 +136,11 @@ def export_entry(store: Store, name: str, out: Path, every: bool = False) -> tup
     try:
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{entry.name.replace('/', '-')}.npz"
-        meta = {"entry": entry.name, "identity": entry.identity, "norm": run.threat.norm, "eps": run.threat.eps,
+        meta: dict[str, Any] = {"entry": entry.name, "identity": entry.identity, "norm": run.threat.norm,
+                                "eps": run.threat.eps,
                 "classes": np.array(run.classes, dtype=str),
                 **({"data_fingerprint": run.data_fingerprint} if run.data_fingerprint else {})}
-        np.savez_compressed(path, **data, **meta)
+        np.savez_compressed(path, **{**data, **meta})
     except OSError as exc:
         raise ArenaError(f"--out {out}: cannot be written ({exc.strerror}); pass a folder you can write") from None
     return path, len(chosen), int(broken.sum())

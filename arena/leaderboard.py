@@ -67,15 +67,16 @@ def _suites(group: list[Matchup]) -> dict[str, float | str]:
             members.setdefault(m.suite, []).append(m)
     result: dict[str, float | str] = {}
     for suite, ms in members.items():
-        failed = [m.status for m in ms if m.status.failed]
-        result[suite] = failed[0] if failed else float(worst_case(ms).mean())
+        failed, worst = [m.status for m in ms if m.status.failed], worst_case(ms)
+        result[suite] = failed[0] if failed else float(worst.mean()) if worst is not None else Status.SKIPPED
     return result
 
 
 def _passes(group: list[Matchup]) -> float | None:
     """Passes per sample over all of the row's attacks; None when any was not counted (or none was played)."""
     counted = [m.passes_per_sample for m in group]
-    return None if not counted or None in counted else sum(counted)
+    known = [c for c in counted if c is not None]
+    return sum(known) if counted and len(known) == len(counted) else None
 
 
 def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
@@ -100,7 +101,8 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
                                        "interrupted; run the same command again to resume"] if absent else [])
         table.append(Row(
             model, defense, group[0].samples if group else (run.samples if run else 0), clean,
-            attacks={**{m.attack: m.robust_accuracy if m.status == Status.OK else m.status for m in group},
+            attacks={**{m.attack: m.robust_accuracy if m.robust_accuracy is not None and m.status == Status.OK
+                        else m.status for m in group},
                      **_suites(group), **dict.fromkeys(absent, "missing")},
             worst_case=float(combined.mean()) if combined is not None else None,
             flags=flags, evaluation=_evaluation(group) + _actively_tested(group),
@@ -204,8 +206,8 @@ def compare_table(run_a: Run, rows_a: list[Row], run_b: Run, rows_b: list[Row]) 
         values = [("clean", a.clean_accuracy, b.clean_accuracy), *((k, a.attacks[k], b.attacks[k]) for k in shared),
                   ("worst case", a.worst_case, b.worst_case)]
         for name, x, y in values:
-            numeric = not isinstance(x, str) and not isinstance(y, str) and x is not None and y is not None
-            record.update({f"{name} A": x, f"{name} B": y, f"{name} Δ": y - x if numeric else None})
+            change = y - x if isinstance(x, float | int) and isinstance(y, float | int) else None
+            record.update({f"{name} A": x, f"{name} B": y, f"{name} Δ": change})
             percent |= {f"{name} A", f"{name} B", f"{name} Δ"}
         records.append(record)
     columns = list(dict.fromkeys(k for r in records for k in r))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,17 +145,17 @@ def disagreements(matchups: list[tuple[Run, Matchup]]) -> list[str]:
     """Reproducibility failures: one matchup key with different per-sample results in different runs."""
     by_key: dict[str, list[tuple[Run, Matchup]]] = {}
     for run, m in matchups:
-        if m.status == Status.OK and m.key:
+        if m.status == Status.OK and m.key and m.robust_correct is not None and m.clean_correct is not None:
             by_key.setdefault(m.key, []).append((run, m))
     found = []
     for key, group in by_key.items():
         first_run, first = group[0]
         for run, m in group[1:]:
-            differ = int(np.sum((m.robust_correct != first.robust_correct) | (m.clean_correct != first.clean_correct)))
+            differ = int(np.sum((m.robust != first.robust) | (m.clean != first.clean)))
             if differ:
                 found.append(f"{m.attack}: not reproducible: the same matchup (key {key[:10]}) left "
-                             f"{first.robust_correct.mean():.1%} robust in run {first_run.id} and "
-                             f"{m.robust_correct.mean():.1%} in run {run.id} ({differ} sample(s) differ); check both "
+                             f"{first.robust.mean():.1%} robust in run {first_run.id} and "
+                             f"{m.robust.mean():.1%} in run {run.id} ({differ} sample(s) differ); check both "
                              "machines' setups")
                 break
     return found
@@ -185,38 +186,36 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     aliases = sorted({f"{m.model}+{m.defense}" for _, m in pairs} - {f"{first.model}+{first.defense}"})
     if aliases:
         entry.flags.append(f"also labelled {', '.join(aliases)} (same weights and defense chain)")
-    sizes = {len(m.robust_correct) for _, m in ok}
+    sizes = {len(m.robust) for _, m in ok}
     if len(sizes) > 1:
         entry.flags.append(f"per-sample results of different lengths ({sorted(sizes)}); left out of the worst case")
     elif ok:
-        robust = np.logical_and.reduce([m.robust_correct for _, m in ok])
-        clean = ok[0][1].clean_correct
+        robust = np.logical_and.reduce([m.robust for _, m in ok])
+        clean = ok[0][1].clean
         entry.clean_accuracy, entry.worst_case = float(clean.mean()), float(robust.mean())
         unsteady = int(np.logical_or.reduce([m.clean_correct != clean for _, m in ok]).sum())
         if unsteady:
             entry.flags.append(f"clean predictions differ between its matchups on {unsteady} sample(s): a randomized "
                                "defense, or runs that are not reproducible")
-        named = {}
+        named: dict[bytes, tuple[str, np.ndarray]] = {}
         for run, m in ok:  # one candidate per distinct result: reused copies of a matchup are the same evidence
             label = f"{m.attack}{f' [{m.suite}]' if m.suite else ''} @ {run.id}"
-            named.setdefault(m.robust_correct.tobytes(), (label, ~m.robust_correct))
+            named.setdefault(m.robust.tobytes(), (label, ~m.robust))
         entry.achieved_by = _cover(clean & ~robust, list(named.values()))
         for suite in sorted({m.suite for _, m in ok if m.suite}):
-            entry.suites[suite] = float(np.logical_and.reduce([m.robust_correct for _, m in ok if m.suite == suite])
+            entry.suites[suite] = float(np.logical_and.reduce([m.robust for _, m in ok if m.suite == suite])
                                         .mean())
     unique = {m.key or (run.id, m.attack): m for run, m in ok}
-    costs = [m.passes_per_sample for m in unique.values()]
-    entry.passes = None if not costs or None in costs else float(sum(costs))
+    entry.passes = _total([m.passes_per_sample for m in unique.values()])
     runs_of: dict[str, list[str]] = {}  # each run's flag, said once with the runs that raised it
     for part in parts:
         run = part.run
-        costs = [m.passes_per_sample for m in part.matchups if m.status == Status.OK]
         entry.sources.append(Source(
             run.id, run.origin or str(part.store.results_dir.resolve()), run.scenario, run.scenario_digest,
             run.arena_version, entry_identity(run, part.matchups[0])[1], run.data_fingerprint, run.seed, run.device,
             run.runtime.get("precision", "fp32" if run.data_fingerprint else "unrecorded"), run.started_at,
             run.status, [m.attack for m in part.matchups], sorted({m.suite for m in part.matchups if m.suite}),
-            None if not costs or None in costs else float(sum(costs)),
+            _total([m.passes_per_sample for m in part.matchups if m.status == Status.OK]),
             run.weights.get(f"{part.matchups[0].model}/{part.matchups[0].defense}", {}).get("source"),
         ))
         if run.status != "complete":
@@ -233,6 +232,12 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     return entry
 
 
+def _total(costs: list[float | None]) -> float | None:
+    """The sum of passes per sample, or None when there is none or any was not counted."""
+    known = [c for c in costs if c is not None]
+    return float(sum(known)) if costs and len(known) == len(costs) else None
+
+
 def _rank(entries: list[Entry]) -> None:
     """Rank each sample set's entries by worst case, then clean accuracy; equal worst cases share a rank. Entries
     off the threat model's main sample set (the one most entries share) say so."""
@@ -240,9 +245,11 @@ def _rank(entries: list[Entry]) -> None:
     sets: dict[str, list[Entry]] = {}
     for e in measured:
         sets.setdefault(e.sample_set, []).append(e)
-    main = max(sets, key=lambda s: (len(sets[s]), sets[s][0].samples), default=None)
+    if not sets:
+        return
+    main = max(sets, key=lambda s: (len(sets[s]), sets[s][0].samples))
     for name, group in sets.items():
-        group.sort(key=lambda e: (-e.worst_case, -(e.clean_accuracy or 0.0)))
+        group.sort(key=lambda e: (-(e.worst_case or 0.0), -(e.clean_accuracy or 0.0)))  # measured: each has one
         for position, e in enumerate(group):
             tied = position and e.worst_case == group[position - 1].worst_case
             e.rank = group[position - 1].rank if tied else position + 1
@@ -258,7 +265,7 @@ def data_label(data: str) -> str:
     return f"data {data[:10]}" if " " not in data else data
 
 
-def standing(stores: list[Store], reported: list[Entry] = ()) -> dict[Threat, list[Entry]]:
+def standing(stores: list[Store], reported: Sequence[Entry] = ()) -> dict[Threat, list[Entry]]:
     """Every entry of the stores' runs, grouped by threat model and ranked; ``reported`` rows sit beside them."""
     groups: dict[tuple[Threat, str, str], list[_Part]] = {}
     for store, run in load(stores):

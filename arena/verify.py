@@ -23,9 +23,9 @@ import torch
 from arena.active import ACTIVE_TESTS
 from arena.audit import audit
 from arena.data import Data
+from arena.defended import Defended
 from arena.engine import predict
 from arena.errors import ArenaError
-from arena.keys import derive_seed
 from arena.matchups import Arena
 from arena.records import Matchup, Run, Status, Verification
 from arena.registry import Registry, load_registry, unknown_name_message
@@ -33,7 +33,7 @@ from arena.runtime import Runtime
 from arena.scenario import AttackRef, DefenseRef, ModelRef, Scenario, ScenarioError, parse_scenario
 from arena.standing import Entry, Threat, data_label, entry_identity, eps_text, standing
 from arena.store import Store
-from arena.training import WeightsCache, fingerprint, seed_everything
+from arena.training import WeightsCache, fingerprint
 from arena.version import __version__
 
 #: Samples replayed per matchup unless ``--samples`` says otherwise.
@@ -169,32 +169,30 @@ class Rebuilt:
                                 f"{self.run.id}'s: the code of a plugin it uses ({names}) or of arena (run: "
                                 f"{self.run.arena_version}, here: {__version__}) differs; install what the run used")
 
-    def clean(self, model: ModelRef, defense: DefenseRef) -> tuple[torch.nn.Module, np.ndarray]:
+    def clean(self, model: ModelRef, defense: DefenseRef) -> tuple[Defended, np.ndarray]:
         """The defended model and which samples it classifies right, seeded as the run seeded them."""
         target = self.arena.networks.defended(self.data, model, defense)
-        seed_everything(derive_seed(self.scenario.seed, model.key, defense.key))
-        images, labels = self.data.on(self.arena.device)
-        right = predict(target, images, self.scenario.batch_size, self.arena.device) == self.data.labels
-        return target, right.numpy()
+        return target, self.arena.clean(self.data, model, defense, target)
 
 
-def _replay(rebuilt: Rebuilt, store: Store, m: Matchup, target: torch.nn.Module, clean: np.ndarray,
+def _replay(rebuilt: Rebuilt, store: Store, m: Matchup, target: Defended, clean: np.ndarray,
             chosen: np.ndarray) -> tuple[np.ndarray, str | None]:
     """The matchup's per-sample robustness on the chosen samples, replayed here (re-checked for an external one),
     and why the replay itself failed the threat model, if it did."""
     model, defense, attack = rebuilt.refs(m)
     if m.gradient.get("external"):
         return _recheck(rebuilt, store, m, target, clean, chosen)
+    assert attack is not None, "refs names the attack of every matchup but an external one"
     arena = rebuilt.arena
     engine = replace(arena.engine, only=chosen)
     played = engine.play(lambda: arena.attacker(rebuilt.data, model, defense, attack), target, rebuilt.data, clean,
-                         m.attacked_mask.copy(), (model, defense, attack), [])
+                         m.ran_on.copy(), (model, defense, attack), [])
     if played.status == Status.ERROR:
         raise ArenaError(f"replaying {m.attack} vs {m.model}+{m.defense} failed here: "
                          f"{(played.detail or '').strip().splitlines()[-1]}")
     if played.status == Status.INVALID:
         return np.zeros_like(clean), played.detail
-    return played.robust_correct, None
+    return played.robust, None
 
 
 def _recheck(rebuilt: Rebuilt, store: Store, m: Matchup, target: torch.nn.Module, clean: np.ndarray,
@@ -250,7 +248,7 @@ def verify(results: Path, name: str, samples: int = DEFAULT_SAMPLES, seed: int |
             if not m.gradient.get("external"):
                 rebuilt[run.id].check_key(m)
         differing: list[str] = []
-        targets: dict[tuple[str, str, str], tuple[torch.nn.Module, np.ndarray]] = {}
+        targets: dict[tuple[str, str, str], tuple[Defended, np.ndarray]] = {}
         for group in by_key.values():
             run, m = group[0]
             here = rebuilt[run.id]
@@ -265,11 +263,11 @@ def verify(results: Path, name: str, samples: int = DEFAULT_SAMPLES, seed: int |
                     differing.append(f"{where}: the replay broke the threat model ({violation})")
                     continue
                 for s in chosen_ids:
-                    if copy.clean_correct[s] != clean[s]:
-                        differing.append(f"sample {s}: {where} recorded it {_right(copy.clean_correct[s])} clean, "
+                    if copy.clean[s] != clean[s]:
+                        differing.append(f"sample {s}: {where} recorded it {_right(copy.clean[s])} clean, "
                                          f"replayed {_right(clean[s])}")
-                    elif copy.robust_correct[s] != robust[s]:
-                        differing.append(f"sample {s}: {where} recorded {_state(copy.robust_correct[s])}, "
+                    elif copy.robust[s] != robust[s]:
+                        differing.append(f"sample {s}: {where} recorded {_state(copy.robust[s])}, "
                                          f"replayed {_state(robust[s])}")
         device_type = next(iter(rebuilt.values())).arena.device.type if rebuilt else "cpu"
         mark = Verification(
