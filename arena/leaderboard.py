@@ -6,6 +6,7 @@ stands. ``arena.formats`` renders the rows as text, Markdown, CSV, JSON or an HT
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +73,11 @@ def _suites(group: list[Matchup]) -> dict[str, float | str]:
     return result
 
 
-def _passes(group: list[Matchup]) -> float | None:
-    """Passes per sample over all of the row's attacks; None when any was not counted (or none was played)."""
-    counted = [m.passes_per_sample for m in group]
+def total_passes(matchups: Iterable[Matchup]) -> float | None:
+    """Passes per sample over all of these attacks; None when any was not counted (or none was played)."""
+    counted = [m.passes_per_sample for m in matchups]
     known = [c for c in counted if c is not None]
-    return sum(known) if counted and len(known) == len(counted) else None
+    return float(sum(known)) if counted and len(known) == len(counted) else None
 
 
 def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
@@ -107,7 +108,7 @@ def rows(matchups: list[Matchup], run: Run | None = None) -> list[Row]:
             worst_case=float(combined.mean()) if combined is not None else None,
             flags=flags, evaluation=_evaluation(group) + _actively_tested(group),
             suite=", ".join(sorted({m.suite for m in group if m.suite})),
-            passes=_passes(group),
+            passes=total_passes(group),
             attack_passes={m.attack: m.passes_per_sample for m in group},
             threat=str(run.threat) if run else "", run=run.id if run else "",
             arena_version=run.arena_version if run else "",

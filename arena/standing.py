@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from arena.formats import Table
-from arena.leaderboard import board
+from arena.leaderboard import board, total_passes
 from arena.records import Matchup, Run, Status, Verification
 from arena.store import Store
 from arena.threat import eps_text
@@ -206,7 +206,7 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
             entry.suites[suite] = float(np.logical_and.reduce([m.robust for _, m in ok if m.suite == suite])
                                         .mean())
     unique = {m.key or (run.id, m.attack): m for run, m in ok}
-    entry.passes = _total([m.passes_per_sample for m in unique.values()])
+    entry.passes = total_passes(unique.values())
     runs_of: dict[str, list[str]] = {}  # each run's flag, said once with the runs that raised it
     for part in parts:
         run = part.run
@@ -215,7 +215,7 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
             run.arena_version, entry_identity(run, part.matchups[0])[1], run.data_fingerprint, run.seed, run.device,
             run.runtime.get("precision", "fp32" if run.data_fingerprint else "unrecorded"), run.started_at,
             run.status, [m.attack for m in part.matchups], sorted({m.suite for m in part.matchups if m.suite}),
-            _total([m.passes_per_sample for m in part.matchups if m.status == Status.OK]),
+            total_passes(m for m in part.matchups if m.status == Status.OK),
             run.weights.get(f"{part.matchups[0].model}/{part.matchups[0].defense}", {}).get("source"),
         ))
         if run.status != "complete":
@@ -230,12 +230,6 @@ def _entry(threat: Threat, identity: str, data: str, parts: list[_Part]) -> Entr
     if entry.worst_case is None:
         entry.flags.append("no valid matchup: no number")
     return entry
-
-
-def _total(costs: list[float | None]) -> float | None:
-    """The sum of passes per sample, or None when there is none or any was not counted."""
-    known = [c for c in costs if c is not None]
-    return float(sum(known)) if costs and len(known) == len(costs) else None
 
 
 def _rank(entries: list[Entry]) -> None:
