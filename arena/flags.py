@@ -65,7 +65,9 @@ def trust_flags(group: list[Matchup]) -> list[str]:
                          f"{_robust(m):.1%} < {_robust(w):.1%}; gradients may be masked")
     if white and other:
         best = max(other, key=_robust)
-        white_worst = float(np.logical_and.reduce([w.robust for w in white]).mean())
+        combined = worst_case(white)
+        assert combined is not None, "white holds finished matchups only"
+        white_worst = float(combined.mean())
         if best.gradient.get("source") and _robust(best) - white_worst > TRANSFER_GAP:
             flags.append(f"robust only to transfer: {_robust(best):.1%} under {best.attack} but "
                          f"{white_worst:.1%} white-box, so it ranks by the white-box number")

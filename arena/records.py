@@ -149,27 +149,26 @@ class Matchup:
         """The samples the attack ran on (the initially-correct ones for results stored before cascades)."""
         return self.attacked if self.attacked is not None else self.clean_correct
 
+    def _present(self, values: np.ndarray | None) -> np.ndarray:
+        """``values``, one of this matchup's per-sample arrays; raises when it has none (it did not finish)."""
+        if values is None:
+            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
+        return values
+
     @property
     def clean(self) -> np.ndarray:
-        """``clean_correct`` of a matchup that has per-sample results; raises for one without."""
-        if self.clean_correct is None:
-            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
-        return self.clean_correct
+        """``clean_correct`` of a matchup that has per-sample results."""
+        return self._present(self.clean_correct)
 
     @property
     def robust(self) -> np.ndarray:
-        """``robust_correct`` of a matchup that has per-sample results (a finished one); raises for one without."""
-        if self.robust_correct is None:
-            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
-        return self.robust_correct
+        """``robust_correct`` of a matchup that has per-sample results (a finished one)."""
+        return self._present(self.robust_correct)
 
     @property
     def ran_on(self) -> np.ndarray:
-        """``attacked_mask`` of a matchup that has per-sample results; raises for one without."""
-        mask = self.attacked_mask
-        if mask is None:
-            raise ValueError(f"{self.attack} vs {self.model}+{self.defense} ({self.status}) has no per-sample results")
-        return mask
+        """``attacked_mask`` of a matchup that has per-sample results."""
+        return self._present(self.attacked_mask)
 
     @property
     def white_box(self) -> bool:
