@@ -104,7 +104,7 @@ class Engine:
                 counted.watch(labels)
                 seed_everything(derive_seed(self.seed, *(ref.key for ref in refs), "batch", int(index[0])))
                 violation = self.judge(attack, counted, target, images, labels, index, record.robust, record.norms,
-                                       record.examples)
+                                       record.examples, record.attack_times)
                 traces.append(counted.trace())
                 counted.watch(None)
                 if violation:
@@ -157,12 +157,16 @@ class Engine:
     def judge(
         self, attack: Attack, counted: Counted, target: Defended, images: torch.Tensor, labels: torch.Tensor,
         index: torch.Tensor, correct: np.ndarray, norms: list[torch.Tensor], keep: list[Example] | None = None,
+        times: list[float] | None = None,
     ) -> str | None:
         """Attack one batch, audit it and mark in ``correct`` which adversarial images the target still classifies
-        right; the first successful examples go to ``keep`` (up to ``examples``). Returns the
-        audit's violation."""
+        right; the first successful examples go to ``keep`` (up to ``examples``) and the attack's own seconds to
+        ``times``. Returns the audit's violation."""
         counted.eval()
+        started = time.perf_counter()
         adversarial = attack(images, labels)
+        if times is not None:
+            times.append(time.perf_counter() - started)
         report = audit(attack.name, images, adversarial, self.threat)
         norms.append(report.norms.cpu())
         if report.violation:
@@ -211,6 +215,8 @@ class _Recorder:
     checks: dict[str, Any] = field(default_factory=dict)
     passes: Passes | None = None
     examples: list[Example] = field(default_factory=list)
+    #: Seconds spent inside the attack's calls, per batch (the rest of the matchup's time is checks and judging).
+    attack_times: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.robust = np.zeros(self.samples, dtype=bool)
@@ -223,6 +229,7 @@ class _Recorder:
             base, checks={k: v for k, v in self.checks.items() if v is not None}, cascade_after=self.after,
             examples=self.examples if status == Status.OK else [],
             forward_passes=passes.forward if passes else None, backward_passes=passes.backward if passes else None,
+            attack_time_s=sum(self.attack_times) if self.attack_times else None,
         )
 
 

@@ -115,6 +115,9 @@ class Matchup:
     status: Status
     samples: int
     wall_time_s: float
+    #: The part of ``wall_time_s`` spent inside the attack's own calls (the rest: checks, judging, auditing); None
+    #: for results stored before it was measured and for matchups that never attacked.
+    attack_time_s: float | None = None
     #: How the attack got its gradients: ``source`` (transfer), ``bpda``, ``masked``, ``randomized``, ``eot_samples``.
     gradient: GradientPath = field(default_factory=lambda: GradientPath())
     key: str = ""

@@ -241,7 +241,7 @@ class Store:
                 "robust_correct": _pack(m.robust_correct), "finished_at": _now(), "attacked": _pack(m.attacked),
                 "forward_passes": m.forward_passes, "backward_passes": m.backward_passes,
                 "checks": json.dumps(m.checks, sort_keys=True), "suite": m.suite,
-                "cascade_after": json.dumps(m.cascade_after),
+                "cascade_after": json.dumps(m.cascade_after), "attack_time_s": m.attack_time_s,
             })
             for e in m.examples:
                 insert(self.db, "examples", {

@@ -11,7 +11,7 @@ from arena.errors import StoreError
 from arena.records import Status
 
 #: Bumped when the tables change; a store of another version is refused rather than misread.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: The matchup statuses the store accepts: ``Status``'s values, so a stored status is always one.
 STATUSES = ", ".join(f"'{status}'" for status in Status)
 
@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS matchups (
     checks TEXT NOT NULL DEFAULT '{}',
     suite TEXT NOT NULL DEFAULT '',
     cascade_after TEXT NOT NULL DEFAULT '[]',
+    attack_time_s REAL,
     UNIQUE (run_id, model, defense, attack)
 );
 CREATE INDEX IF NOT EXISTS matchups_key ON matchups (key);
@@ -118,6 +119,7 @@ MIGRATIONS: dict[int, list[tuple[str, str]]] = {
     )],
     4: [("examples", "codec TEXT NOT NULL DEFAULT 'raw'")],
     5: [("runs", column) for column in ("data_fingerprint TEXT", "runtime TEXT NOT NULL DEFAULT '{}'", "origin TEXT")],
+    8: [("matchups", "attack_time_s REAL")],
 }
 #: Tables whose constraints a schema version changed (7: a matchup may be ``skipped``). SQLite cannot alter a CHECK,
 #: so such a table is rebuilt from the schema script and its rows copied over (SQLite's documented procedure).

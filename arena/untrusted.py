@@ -250,7 +250,7 @@ _TEXT = {"runs": ("scenario", "scenario_path", "scenario_digest", "scenario_text
                   "started_at", "finished_at?", "host?", "data_fingerprint?", "origin?"),
          "matchups": ("finished_at", "suite", "detail?", "reused_from?"), "examples": ()}
 _NUMBERS = {"runs": ("pid?",), "matchups": ("wall_time_s", "mean_norm?", "max_norm?", "forward_passes?",
-                                            "backward_passes?"),
+                                            "backward_passes?", "attack_time_s?"),
             "examples": ("sample", "label", "predicted_before", "predicted_after", "confidence_before",
                          "confidence_after")}
 

@@ -204,6 +204,36 @@ def test_real_images_in_float32_differ_at_most_by_batch_size_rounding(trained):
         assert int((theirs != ours).sum()) <= 2, threat
 
 
+def _early(cls: type, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, **values):
+    """``cls`` run on a batch from a fixed seed: the samples it broke, its passes and its iterates per sample."""
+    torch.manual_seed(7)
+    recorder = Recorder(net)
+    counted = Counted(recorder)
+    adversarial = cls(counted, threat, n_iter=20, **values)(images, labels)
+    return ~robust(recorder, adversarial, labels), counted.passes, recorder.paths(images), adversarial
+
+
+@pytest.mark.parametrize("cls", [EarlyAPGDCE, EarlyAPGDT], ids=lambda c: c.name)
+def test_discarding_drops_only_samples_still_far_from_the_boundary(trained, cls):
+    """Online discarding keeps every trajectory until its sample is dropped: it breaks a subset of what the attack
+    breaks without it, those with the same points, at fewer passes; a sample it no longer breaks took exactly
+    ``discard_after`` steps in each run. A margin no sample exceeds drops nothing."""
+    net, images, labels = trained
+    threat = ThreatModel("linf", 3 / 255)  # one sample breaks only after many steps: dropped after the first
+    broken, passes, paths, full = _early(cls, net, images, labels, threat)
+    lost, cheaper, short, points = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=0.02)
+    assert bool((broken & ~lost).any()) and not bool((lost & ~broken).any()), "a subset, strictly"
+    assert torch.equal(points[lost], full[lost])
+    assert cheaper.backward < passes.backward
+    correct = robust(Recorder(net), images, labels)
+    for sample in (broken & ~lost).nonzero().flatten().tolist():
+        runs = 1 if cls is EarlyAPGDCE else 9
+        assert len(short[sample]) == 2 * runs and correct[sample], "the start and one step, in every run"
+        assert all(torch.equal(p, q) for p, q in zip(paths[sample][:2], short[sample][:2])), "the first run's"
+    same = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=1e9)
+    assert torch.equal(same[0], broken) and same[1] == passes
+
+
 def test_counted_traces_the_samples_a_compacting_attack_still_covers():
     """The margin trace keeps one column per sample of the watched batch, NaN once a sample has exited; the
     convergence check leaves those samples out."""

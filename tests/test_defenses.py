@@ -200,7 +200,7 @@ def test_bad_defense_entries_are_refused(defenses, attacks, expected, tmp_path, 
     assert expected in str(error.value)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_an_older_store_is_migrated_in_place(tmp_path, version):
     Store(tmp_path).close()
     db = sqlite3.connect(tmp_path / "arena.db")
@@ -210,7 +210,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path, version):
              3: [("runs", c) for c in ("classes", "expected", "pid", "host")],
              4: [("examples", "codec")],
              5: [("runs", c) for c in ("data_fingerprint", "runtime", "origin")],
-             6: [], 7: []}  # 7 rebuilt the matchups table (tests/test_suite.py); 8 added verifications
+             6: [], 7: [], 8: [("matchups", "attack_time_s")]}  # 7 rebuilt matchups (tests/test_suite.py)
     dropped = [column for step in range(version, SCHEMA_VERSION) for column in added[step]]
     if version < 4:
         db.execute("DROP TABLE examples")  # added in schema 4
