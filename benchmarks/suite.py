@@ -148,7 +148,7 @@ def main() -> None:
              "fast passes/sample | AA passes/sample | AA / fast | fast time | AA time | AA / fast time | "
              "outside the attack: fast · AA |",
              "|" + " --- |" * 15]
-    design = ["| threat | model | fast: APGD-CE · APGD-T · FAB-T (1 target) · probe · Square | "
+    design = ["| threat | model | fast: APGD-CE · APGD-T · probe · FAB-T (1 target) · Square | "
               "AutoAttack: APGD-CE · APGD-T · FAB-T · Square (or APGD-DLR) |", "| --- | --- | --- | --- |"]
     totals = {"fast": [0, 0.0, 0.0], "autoattack": [0, 0.0, 0.0]}  # robust samples, passes, seconds
     adversarially_trained = []

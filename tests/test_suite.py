@@ -105,10 +105,11 @@ def test_the_fast_suite_expands_with_conditions(tmp_path, registry):
     scenario = load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fast", "targets": 2}])), registry)
     assert [(a.key, a.name, a.when) for a in scenario.attacks] == [
         ("fast/early_apgd_ce", "early_apgd_ce", []), ("fast/early_apgd_t", "early_apgd_t", []),
-        ("fast/fab_t", "fab_t", []), ("fast/square_probe", "square", []),
+        ("fast/square_probe", "square", []), ("fast/fab_t", "fab_t", ["gradients", "black_box"]),
         ("fast/square", "square", ["gradients", "black_box"])]
     assert scenario.attacks[1].params["n_target_classes"] == 2 and scenario.attacks[1].params["ranking"] == "malt"
-    assert scenario.attacks[2].params["n_target_classes"] == 1, "FAB-T on its first target class only"
+    assert scenario.attacks[3].params["n_target_classes"] == 1, "FAB-T on its first target class only"
+    assert all(scenario.attacks[i].params["discard_after"] > 0 for i in (0, 1)), "both APGD members discard"
     with pytest.raises(ScenarioError, match=r"attacks\[0\]\.when\[0\]"):
         load_scenario(write_scenario(tmp_path, tiny(attacks=[{"name": "fgsm", "when": ["always"]}])), registry)
 
@@ -124,7 +125,8 @@ def test_keys_hash_when_only_for_conditional_entries(tmp_path, registry, monkeyp
     arena.matchup_keys(None, scenario.models[0], scenario.defenses[0])
     # ``seeding``: every batch seeded on its own changed every result, so no key of the older seeding is reused
     legacy = {"weights", "model", "defense", "attack", "source", "adaptive", "threat", "eval", "batch_size", "seeding"}
-    assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after"}, {"after", "when"}]
+    assert [set(f) - legacy for f in hashed] == [set(), set(), {"after"}, {"after"}, {"after", "when"},
+                                                 {"after", "when"}]
     assert hashed[-1]["when"] == [["gradients", "black_box"], keys.CONDITIONS_CODE], "with the rules' code"
 
 
