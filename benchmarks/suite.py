@@ -7,8 +7,9 @@ and what each AutoAttack member added beyond the one before it (what skipping it
                                [--results DIR]
 
 Models are ``scenarios/autoattack.yaml``'s (the ``linf_0.1`` weights, reused from the cache) plus the ResNet-18;
-``--recipe short`` trains every model for 2 epochs on 5,000 images (training-time defenses: 1 epoch) to fit a small
-CPU. ``--results DIR`` plays into that store and reuses every matchup already there under the same key (same
+``--recipe short`` trains every model but the two robust ones (``cnn_robust``, ``cnn_lstm_robust``: PGD training at
+8/255 for 10 epochs on all 50,000 images, always) for 2 epochs on 5,000 images (training-time defenses: 1 epoch) to fit
+a small CPU. ``--results DIR`` plays into that store and reuses every matchup already there under the same key (same
 weights, images, seed, attack and the members before it): rerun after a change to the ``fast`` suite, only its changed
 members are computed again, AutoAttack's are reused (the table marks reused wall times).
 """
@@ -101,7 +102,7 @@ def pair_scenario(key: str, norm: str, eps: str | float, args: argparse.Namespac
     model: dict[str, Any] = {"name": architecture} if architecture == "resnet18" else {"name": architecture,
                                                                                       "train": dict(train)}
     dataset = {**base["dataset"], "samples": args.samples}
-    if args.recipe == "short":
+    if args.recipe == "short" and train is not ROBUST_TRAIN:  # the robust models are there to be trained in full
         model["train"] = {**model.get("train", {}), **SHORT["train"]}
         dataset["train_samples"] = SHORT["train_samples"]
         if isinstance(defense, dict) and "epochs" in defense:

@@ -160,3 +160,12 @@ def test_the_suite_benchmark_prints_only_the_options_that_had_an_effect():
     assert "--l2-models" not in suite.command(args) and "--threats linf:8/255 --recipe short" in suite.command(args)
     args.threats.append(suite.threat("l2:0.5"))
     assert "--threats linf:8/255,l2:0.5 --l2-models cnn --recipe" in suite.command(args)
+
+
+def test_the_robust_benchmark_models_keep_their_full_recipe_under_the_short_one():
+    args = argparse.Namespace(samples=10, recipe="short", targets=3, probe_queries=100)
+    robust = suite.pair_scenario("cnn_robust", "linf", "8/255", args)
+    assert robust["models"][0]["train"]["epochs"] == robust["defenses"][0]["epochs"] == 10
+    assert "train_samples" not in robust["dataset"] and robust["defenses"][0]["eps"] == 8 / 255
+    short = suite.pair_scenario("cnn_pgd_at", "linf", "8/255", args)
+    assert short["models"][0]["train"]["epochs"] == 2 and short["dataset"]["train_samples"] == 5_000
