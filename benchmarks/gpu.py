@@ -28,11 +28,12 @@ from arena.runtime import Runtime
 from arena_plugins.cifar10 import CIFAR10
 from arena_plugins.zoo import robustbench
 from benchmarks.common import data_dir, play, write
+from benchmarks.suite import passes
 
 EPS = 8 / 255
 
 
-def checkpoint(folder: Path, epochs: int, device: torch.device) -> tuple[Path, float]:
+def checkpoint(folder: Path, epochs: int, device: torch.device) -> float:
     """Write the WideResNet-28-10's weights where RobustBench's ``load_model`` reads ``Standard``; the seconds
     spent training it."""
     robustbench()  # registers the original AutoAttack under the name RobustBench imports
@@ -64,7 +65,7 @@ def checkpoint(folder: Path, epochs: int, device: torch.device) -> tuple[Path, f
     path = folder / "cifar10" / "Linf" / "Standard.pt"
     path.parent.mkdir(parents=True)
     torch.save(net.eval().state_dict(), path)
-    return path, time.perf_counter() - started
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -82,7 +83,7 @@ def main() -> None:
     if args.epochs < 0:
         parser.error("--epochs must be ≥ 0")
     folder = Path(tempfile.mkdtemp(prefix="arena-gpu-"))
-    _, trained = checkpoint(folder / "models", args.epochs, args.device)
+    trained = checkpoint(folder / "models", args.epochs, args.device)
     zoo = {"name": "robustbench", "model": "Standard", "model_dir": str(folder / "models")}
     scenario = {"name": "gpu", "seed": 0, "threat_model": {"norm": "linf", "eps": "8/255"},
                 "dataset": {"name": "cifar10", "split": "test", "samples": args.samples},
@@ -95,10 +96,10 @@ def main() -> None:
     for suite in ("fast", "autoattack"):
         members = [m for m in matchups if m.suite == suite]
         robust = worst_case(members)
-        passes = sum(m.passes_per_sample or 0.0 for m in members)
+        cost_per_sample = passes(members)
         seconds = sum(m.wall_time_s for m in members)
-        cost[suite] = passes, seconds
-        lines.append(f"| {suite} | {robust.mean():.1%} | {passes:.0f} | {seconds:.0f} | "
+        cost[suite] = cost_per_sample, seconds
+        lines.append(f"| {suite} | {robust.mean():.1%} | {cost_per_sample:.0f} | {seconds:.0f} | "
                      f"{args.samples / seconds:.0f} |")
     (fast_passes, fast_s), (aa_passes, aa_s) = cost["fast"], cost["autoattack"]
     name = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
