@@ -219,17 +219,19 @@ def test_discarding_drops_only_samples_still_far_from_the_boundary(trained, cls)
     breaks without it, those with the same points, at fewer passes; a sample it no longer breaks took exactly
     ``discard_after`` steps in each run. A margin no sample exceeds drops nothing."""
     net, images, labels = trained
-    threat = ThreatModel("linf", 3 / 255)  # one sample breaks only after many steps: dropped after the first
+    threat = ThreatModel("linf", 3 / 255)
     broken, passes, paths, full = _early(cls, net, images, labels, threat)
-    lost, cheaper, short, points = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=0.02)
-    assert bool((broken & ~lost).any()) and not bool((lost & ~broken).any()), "a subset, strictly"
-    assert torch.equal(points[lost], full[lost])
-    assert cheaper.backward < passes.backward
     correct = robust(Recorder(net), images, labels)
-    for sample in (broken & ~lost).nonzero().flatten().tolist():
-        runs = 1 if cls is EarlyAPGDCE else 9
-        assert len(short[sample]) == 2 * runs and correct[sample], "the start and one step, in every run"
-        assert all(torch.equal(p, q) for p, q in zip(paths[sample][:2], short[sample][:2])), "the first run's"
+    runs = 1 if cls is EarlyAPGDCE else 9
+    for margin in (0.02, 1e-6):  # the second drops every sample not broken by the first step
+        lost, cheaper, short, points = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=margin)
+        assert not bool((lost & ~broken).any()), "a subset"
+        assert torch.equal(points[lost], full[lost])
+        assert cheaper.backward < passes.backward
+        for sample in (broken & ~lost).nonzero().flatten().tolist():
+            assert len(short[sample]) == 2 * runs and correct[sample], "the start and one step, in every run"
+            assert all(torch.equal(p, q) for p, q in zip(paths[sample][:2], short[sample][:2])), "the first run's"
+    assert bool((broken & ~lost).any()), "strictly: samples that break after the first step are lost"
     same = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=1e9)
     assert torch.equal(same[0], broken) and same[1] == passes
 

@@ -169,3 +169,10 @@ def test_the_robust_benchmark_models_keep_their_full_recipe_under_the_short_one(
     assert "train_samples" not in robust["dataset"] and robust["defenses"][0]["eps"] == 8 / 255
     short = suite.pair_scenario("cnn_pgd_at", "linf", "8/255", args)
     assert short["models"][0]["train"]["epochs"] == 2 and short["dataset"]["train_samples"] == 5_000
+
+
+def test_the_suite_benchmark_plays_l2_and_the_robust_models_only_where_asked():
+    args = argparse.Namespace(models=["cnn", "cnn_pgd_at", "cnn_robust"], l2_models=["cnn", "cnn_robust"])
+    assert suite.rows("linf", "8/255", args) == ["cnn", "cnn_pgd_at", "cnn_robust"]
+    assert suite.rows("linf", 0.1, args) == ["cnn", "cnn_pgd_at"], "trained for 8/255, played only there"
+    assert suite.rows("l2", 0.5, args) == ["cnn"]
