@@ -139,10 +139,12 @@ def seconds(members: list[Matchup]) -> str:
 
 def outside(members: list[Matchup]) -> str:
     """Time the members spent outside the attack's own calls (checks, judging, auditing, storing), as a share of
-    the time inside them; ``n/a`` when a member's attack time was not recorded (a result stored before it was)."""
-    timed = [m for m in members if m.attack_time_s is not None]
+    the time inside them (a member left no sample to attack made no call); ``n/a`` when a member's attack time was not
+    recorded (a result stored before it was)."""
+    ok = [m for m in members if m.status == "ok"]
+    timed = [m for m in ok if m.attack_time_s is not None or not (m.attacked_mask is None or m.attacked_mask.any())]
     inside = sum(m.attack_time_s or 0.0 for m in timed)
-    if len(timed) < len([m for m in members if m.status == "ok"]) or not inside:
+    if len(timed) < len(ok) or not inside:
         return "n/a"
     return f"{sum(m.wall_time_s for m in timed) / inside - 1:.0%}"
 

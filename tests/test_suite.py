@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -176,3 +177,10 @@ def test_the_suite_benchmark_plays_l2_and_the_robust_models_only_where_asked():
     assert suite.rows("linf", "8/255", args) == ["cnn", "cnn_pgd_at", "cnn_robust"]
     assert suite.rows("linf", 0.1, args) == ["cnn", "cnn_pgd_at"], "trained for 8/255, played only there"
     assert suite.rows("l2", 0.5, args) == ["cnn"]
+
+
+def test_time_outside_the_attack_counts_a_member_left_nothing_to_attack_as_no_call():
+    attacked = replace(matchup("a", (0,) * 8, attacked=(1,) * 8), wall_time_s=1.1, attack_time_s=1.0)
+    idle = matchup("b", (0,) * 8, attacked=(0,) * 8)  # no sample left: never called, no attack time
+    assert suite.outside([attacked, idle]) == f"{(1.1 + 1.0) / 1.0 - 1:.0%}"
+    assert suite.outside([attacked, matchup("c", (0,) * 8, attacked=(1,) * 8)]) == "n/a", "a call not timed"
