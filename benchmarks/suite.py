@@ -139,8 +139,8 @@ def seconds(members: list[Matchup]) -> str:
 
 def outside(members: list[Matchup]) -> str:
     """Time the members spent outside the attack's own calls (checks, judging, auditing, storing), as a share of
-    the time inside them (a member left no sample to attack made no call); ``n/a`` when a member's attack time was not
-    recorded (a result stored before it was)."""
+    the time inside them (a member with no sample left to attack made no call); ``n/a`` when a member's attack time
+    was not recorded (a result stored before it was)."""
     ok = [m for m in members if m.status == "ok"]
     timed = [m for m in ok if m.attack_time_s is not None or not (m.attacked_mask is None or m.attacked_mask.any())]
     inside = sum(m.attack_time_s or 0.0 for m in timed)
@@ -164,8 +164,8 @@ def main() -> None:
              "|" + " --- |" * 15]
     design = ["| threat | model | fast: APGD-CE · APGD-T · probe · FAB-T (1 target) · Square | "
               "AutoAttack: APGD-CE · APGD-T · FAB-T · Square (or APGD-DLR) |", "| --- | --- | --- | --- |"]
-    totals = {"fast": [0, 0.0, 0.0], "autoattack": [0, 0.0, 0.0]}  # robust samples, passes, seconds
-    played: dict[str, list[Matchup]] = {"fast": [], "autoattack": []}
+    robust_samples = {"fast": 0, "autoattack": 0}
+    played: dict[str, list[Matchup]] = {"fast": [], "autoattack": []}  # every row's members, for the totals
     adversarially_trained = []
     started = time.perf_counter()
     for norm, eps in args.threats:
@@ -177,10 +177,8 @@ def main() -> None:
             masks = {s: robust(ms) for s, ms in suites.items()}
             cost = {s: passes(ms) for s, ms in suites.items()}
             took = {s: sum(m.wall_time_s for m in ms) for s, ms in suites.items()}
-            for s in totals:
-                totals[s][0] += int(masks[s].sum())
-                totals[s][1] += cost[s] * len(masks[s])
-                totals[s][2] += took[s]
+            for s in played:
+                robust_samples[s] += int(masks[s].sum())
                 played[s] += suites[s]
             ratio = cost["autoattack"] / cost["fast"] if cost["fast"] else float("inf")
             time_ratio = took["autoattack"] / took["fast"] if took["fast"] else float("inf")
@@ -198,7 +196,8 @@ def main() -> None:
                           f"{' · '.join(added(m) for m in suites['autoattack'])} |")
             store.close()
     n = sum(len(rows(norm, eps, args)) for norm, eps in args.threats) * args.samples
-    fast, auto = totals["fast"], totals["autoattack"]
+    fast, auto = ([robust_samples[s], passes(played[s]) * args.samples, sum(m.wall_time_s for m in played[s])]
+                  for s in ("fast", "autoattack"))
     lines += ["", f"Over all {n} sample evaluations: fast {fast[0] / n:.2%} robust, AutoAttack {auto[0] / n:.2%} "
                   f"({100 * (fast[0] - auto[0]) / n:+.2f} pts); passes per sample {fast[1] / n:.0f} vs "
                   f"{auto[1] / n:.0f} ({auto[1] / max(fast[1], 1):.1f}× fewer; A³ publishes {A3_RATIO:.1f}×); "
