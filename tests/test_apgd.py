@@ -224,7 +224,8 @@ def test_discarding_drops_only_samples_still_far_from_the_boundary(trained, cls)
     correct = robust(Recorder(net), images, labels)
     runs = 1 if cls is EarlyAPGDCE else 9
     for margin in (0.02, 1e-6):  # the second drops every sample not broken by the first step
-        lost, cheaper, short, points = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=margin)
+        lost, cheaper, short, points = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=margin,
+                                              discard_progress=1e9)
         assert not bool((lost & ~broken).any()), "a subset"
         assert torch.equal(points[lost], full[lost])
         assert cheaper.backward < passes.backward
@@ -234,6 +235,22 @@ def test_discarding_drops_only_samples_still_far_from_the_boundary(trained, cls)
     assert bool((broken & ~lost).any()), "strictly: samples that break after the first step are lost"
     same = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=1e9)
     assert torch.equal(same[0], broken) and same[1] == passes
+
+
+@pytest.mark.parametrize("cls", [EarlyAPGDCE, EarlyAPGDT], ids=lambda c: c.name)
+def test_discarding_keeps_samples_still_closing_in(trained, cls):
+    """A sample far from the boundary but still approaching it is kept: with every margin counted as far, keeping
+    the samples whose first step brought them closer costs more passes than dropping them all and breaks at least as
+    much, and no more than the attack without discarding, each with the same point."""
+    net, images, labels = trained
+    threat = ThreatModel("linf", 3 / 255)
+    broken, passes, _, full = _early(cls, net, images, labels, threat)
+    strict = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=1e-6, discard_progress=1e9)
+    closing, cost, _, points = _early(cls, net, images, labels, threat, discard_after=1, discard_margin=1e-6,
+                                      discard_progress=1e-9)
+    assert not bool((strict[0] & ~closing).any()) and not bool((closing & ~broken).any()), "between the two"
+    assert torch.equal(points[closing], full[closing])
+    assert strict[1].backward < cost.backward <= passes.backward
 
 
 def test_counted_traces_the_samples_a_compacting_attack_still_covers():
