@@ -43,6 +43,18 @@ def weights_key(
     return content_key(fields), fields
 
 
+def seeded_as(registry: Registry, refs: tuple[ModelRef, DefenseRef, AttackRef]) -> list[str] | None:
+    """The names a matchup's random draws are seeded from (``derive_seed``) where a label makes them differ from the
+    plugins' own names, else None: entries alike but for a label draw differently, so they must not share a result."""
+    model_ref, defense_ref, attack_ref = refs
+    names = [model_ref.key, defense_ref.key, attack_ref.key]
+    plain_attack = (attack_ref.suite in registry.names("suite") if attack_ref.suite
+                    else attack_ref.key == attack_ref.name)
+    plain = (plain_attack and model_ref.key == model_ref.name
+             and defense_ref.key == "+".join(ref.name for ref in defense_ref.chain))
+    return None if plain else names
+
+
 def matchup_key(
     scenario: Scenario, registry: Registry, threat: ThreatModel, runtime: Runtime, active: list[str],
     weights: str, refs: tuple[ModelRef, DefenseRef, AttackRef], source: tuple[str, DefenseRef] | None,
@@ -50,7 +62,8 @@ def matchup_key(
 ) -> str:
     """Everything that determines a matchup's result, plugin source included, so a result can be reused.
 
-    Seed and device are covered by the weights key; a transfer attack's source by its own weights key (``source``:
+    Seed and device are covered by the weights key, and labels the draws are seeded from by ``seeded_as``; a transfer
+    attack's source by its own weights key (``source``:
     that key and the source's defense); the samples a cascaded attack runs on by the keys of the attacks before it
     (``after``).
     """
@@ -61,6 +74,7 @@ def matchup_key(
     crafted = [source[0], [plugin("defense", ref) for ref in source[1].chain]] if source is not None else None
     ds = scenario.dataset
     settings = runtime.key()
+    labelled = seeded_as(registry, refs)
     return content_key({
         "weights": weights, "model": plugin("model", model_ref),
         "defense": [plugin("defense", ref) for ref in defense_ref.chain],
@@ -71,6 +85,8 @@ def matchup_key(
         # each batch seeded on its own (``arena.engine``): results of the earlier per-matchup seeding differ
         "seeding": "per-batch",
         **({"after": after} if after else {}),
+        # a label changes the random draws; plugins' own names stay out, so older keys hold
+        **({"seeded_as": labelled} if labelled else {}),
         # a conditional entry's result also depends on the rules that decide whether it runs
         **({"when": [attack_ref.when, CONDITIONS_CODE]} if attack_ref.when else {}),
         **({"runtime": settings} if settings else {}),

@@ -183,7 +183,9 @@ class Arena:
         except Exception:
             return {}, {}
         found = {} if self.fresh else {name: self.store.find(key) for name, key in keys.items()}
-        return keys, {name: m for name, m in found.items() if m is not None}
+        suites = {ref.key: ref.suite for ref in self.scenario.attacks}  # a reused result named as this run names it
+        return keys, {name: replace(m, model=model_ref.key, defense=defense_ref.key, attack=name, suite=suites[name])
+                      for name, m in found.items() if m is not None}
 
     def play_pair(
         self, data: Data, model_ref: ModelRef, defense_ref: DefenseRef, keys: dict[str, str],

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REPO, play, run_cli, tiny, write_scenario
 
+from arena.keys import seeded_as
 from arena.leaderboard import rows
 from arena.matchups import Arena
 from arena.scenario import load_scenario
@@ -149,6 +150,25 @@ def test_a_rerun_into_the_same_store_reuses_finished_matchups_and_fresh_replays_
     third = arena.play()
     assert all(m.reused_from is None for m in arena.store.matchups(third))
     assert arena.store.run(third).weights["cnn/none"]["source"] == "cache"
+
+
+def test_entries_alike_but_for_a_label_draw_apart_and_each_reuses_only_its_own_result(tmp_path, registry):
+    """A label seeds an entry's random draws, so it enters the matchup key (plain names stay out: older keys hold);
+    a second run reuses each entry's own result, named as this run names it."""
+    relabelled = {"name": "pgd", "steps": 2, "label": "pgd_b"}
+    scenario = tiny(attacks=[{"name": "pgd", "steps": 2}, relabelled],
+                    defenses=["none", {"name": "art.jpeg", "quality": 50, "label": "jpeg_50"}])
+    store, first_run = play(tmp_path, registry, scenario, tmp_path / "cache")
+    store, second_run = play(tmp_path, registry, scenario, tmp_path / "cache")
+    first, second = store.matchups(first_run), store.matchups(second_run)
+    assert len({m.key for m in first}) == 4, "every entry computes its own draws"
+    assert all(a.reused_from is None for a in first)
+    for a, b in zip(first, second):
+        assert (b.reused_from, b.key, b.model, b.defense, b.attack) == (first_run, a.key, a.model, a.defense, a.attack)
+    plain = load_scenario(write_scenario(tmp_path, tiny()), registry)
+    assert seeded_as(registry, (plain.models[0], plain.defenses[0], plain.attacks[0])) is None
+    named = load_scenario(write_scenario(tmp_path, scenario), registry)
+    assert seeded_as(registry, (named.models[0], named.defenses[1], named.attacks[1])) == ["cnn", "jpeg_50", "pgd_b"]
 
 
 def test_crashed_matchups_are_retried_and_changed_plugin_code_is_not_reused(tmp_path, registry, monkeypatch):
