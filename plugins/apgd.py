@@ -85,7 +85,7 @@ DISCARD_PARAMS = {
     "discard_margin": Param(float, 0.5, "the DLR-scaled margin above which a sample may be dropped (the true "
                                         "logit's lead over the best other one, over the top-1 − top-3 spread)", gt=0),
     "discard_progress": Param(float, 0.1, "a sample whose closest margin fell by at least this over the last two "
-                                          "thirds of the iterations before ``discard_after`` is kept", gt=0),
+                                          "thirds of the iterations before discard_after is kept", gt=0),
 }
 
 
@@ -161,7 +161,7 @@ class EarlyAPGDCE(_Seeded):
         # The checkpoint schedule: the first after 22 % of the iterations, then ever closer, at least 6 % apart.
         k, shrink, shortest = max(int(0.22 * n_iter), 1), max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)
         counter = 0
-        s.closest = dlr_margin(logits, y)
+        s.closest = dlr_margin(logits, s.y)
         s.earlier = s.closest.clone()  # the closest margin two thirds of the iterations before ``discard_after``
         loss = self._exit(s, logits, loss, found, broken)
         for i in range(n_iter):

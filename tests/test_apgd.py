@@ -19,6 +19,7 @@ from arena.checks import convergence
 from arena.cost import Counted
 from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDDLR, EarlyAPGDT, EarlyPGD
 from arena_plugins.cifar10 import CIFAR10
+from benchmarks.discarding import Traced, dropped, traced_run
 from benchmarks.early_exit import options
 
 THREATS = [ThreatModel("linf", 1 / 255), ThreatModel("l2", 0.15)]
@@ -251,6 +252,22 @@ def test_discarding_keeps_samples_still_closing_in(trained, cls):
     assert not bool((strict[0] & ~closing).any()) and not bool((closing & ~broken).any()), "between the two"
     assert torch.equal(points[closing], full[closing])
     assert strict[1].backward < cost.backward <= passes.backward
+
+
+def test_the_discarding_benchmark_replays_the_rule_the_attack_applies(trained):
+    """``benchmarks.discarding`` judges the rule from a run with discarding off: the samples it says the rule drops
+    before they break are exactly those the same run with discarding on no longer breaks."""
+    net, images, labels = trained
+    threat, rule = ThreatModel("linf", 2 / 255), {"discard_after": 6, "discard_margin": 0.05, "discard_progress": 0.02}
+    todo = robust(net, images, labels).nonzero().flatten()
+    traced = Traced(net, labels).eval()
+    torch.manual_seed(1)
+    closest, broke_at = traced_run(EarlyAPGDCE(traced, threat, n_iter=20), traced, images, labels, labels, todo)
+    torch.manual_seed(1)
+    broken, _ = EarlyAPGDCE(net, threat, n_iter=20, **rule).run(images[todo], labels[todo], labels[todo], todo)
+    lost = (broke_at > rule["discard_after"]) & dropped(closest, rule)
+    assert torch.equal(broken, (broke_at >= 0) & ~lost)
+    assert bool((dropped(closest, rule) & (broke_at < 0)).any()), "the rule drops survivors"
 
 
 def test_counted_traces_the_samples_a_compacting_attack_still_covers():
