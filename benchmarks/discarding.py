@@ -50,7 +50,7 @@ class Traced(Counted):
         output = super().forward(images)
         rows = self._active
         if output.requires_grad and rows is not None and len(rows) == len(images):
-            row = torch.full((len(self.labels),), float("nan"))
+            row = torch.full((len(self.labels),), float("nan"), dtype=output.dtype)
             self.calls.append(row.index_copy(0, rows, dlr_margin(output.detach(), self.labels[rows])))
         return output
 
@@ -63,7 +63,8 @@ def traced_run(attack: EarlyAPGDCE, net: Traced, x: torch.Tensor, y: torch.Tenso
     broken, _ = attack.run(x[todo], y[todo], targets[todo], todo)
     trace = torch.stack(net.calls)[:, todo]
     if len(trace) <= attack.n_iter:  # every sample broke before the last iteration: nothing changes after
-        trace = torch.cat([trace, torch.full((attack.n_iter + 1 - len(trace), len(todo)), float("nan"))])
+        rest = torch.full((attack.n_iter + 1 - len(trace), len(todo)), float("nan"), dtype=trace.dtype)
+        trace = torch.cat([trace, rest])
     exited = trace.isnan().cumsum(0) > 0
     at = torch.where(exited, torch.full_like(trace, -1.0), trace)  # an exited sample's margin: broken, below 0
     closest = at.cummin(0)[0]

@@ -258,6 +258,7 @@ def test_the_discarding_benchmark_replays_the_rule_the_attack_applies(trained):
     """``benchmarks.discarding`` judges the rule from a run with discarding off: the samples it says the rule drops
     before they break are exactly those the same run with discarding on no longer breaks."""
     net, images, labels = trained
+    net = Recorder(net)  # float64: one answer per input, whatever batch it is in
     threat, rule = ThreatModel("linf", 2 / 255), {"discard_after": 6, "discard_margin": 0.05, "discard_progress": 0.02}
     todo = robust(net, images, labels).nonzero().flatten()
     traced = Traced(net, labels).eval()
