@@ -10,7 +10,7 @@ it left out get NaN.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -39,13 +39,16 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class Counted(nn.Module):
-    """``module`` with its passes counted; ``watch(labels)`` starts the margin trace of one batch. With ``autocast``
-    (``torch.bfloat16``) the module runs under autocast and returns float32 logits."""
+    """``module`` with its passes counted; ``watch(labels)`` starts the margin trace of one batch, each call's
+    ``measure(logits, labels)`` (``margins`` by default). With ``autocast`` (``torch.bfloat16``) the module runs
+    under autocast and returns float32 logits."""
 
-    def __init__(self, module: nn.Module, autocast: torch.dtype | None = None) -> None:
+    def __init__(self, module: nn.Module, autocast: torch.dtype | None = None,
+                 measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = margins) -> None:
         super().__init__()
         self.module = module
         self.autocast = autocast
+        self.measure = measure
         self.passes = Passes()
         self._labels: torch.Tensor | None = None
         self._active: torch.Tensor | None = None
@@ -76,8 +79,8 @@ class Counted(nn.Module):
         self._active = rows
 
     def trace(self) -> torch.Tensor:
-        """``[calls, batch]`` margins of the watched batch: a row per gradient-carrying forward pass over all of it
-        (or over its ``active`` rows, NaN elsewhere)."""
+        """``[calls, batch]`` measures (margins) of the watched batch: a row per gradient-carrying forward pass over
+        all of it (or over its ``active`` rows, NaN elsewhere)."""
         return torch.stack(self._trace).cpu() if self._trace else torch.empty(0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,16 +95,15 @@ class Counted(nn.Module):
             output.register_hook(lambda grad: self._backward(passes))
             labels, rows = self._labels, self._active
             if labels is not None and images.shape[0] == (labels.shape[0] if rows is None else rows.shape[0]):
-                self._trace.append(_margin_row(output.detach().float(), labels, rows))  # on its device: no sync
+                self._trace.append(self._row(output.detach(), labels, rows))  # on its device: no sync
         return output
 
     def _backward(self, passes: int) -> None:
         self.passes.backward += passes
 
-
-def _margin_row(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """The watched batch's margins from a call covering ``rows`` of it (None: all), NaN for the rows left out."""
-    if rows is None:
-        return margins(logits, labels)
-    row = torch.full(labels.shape, float("nan"), device=logits.device)
-    return row.index_copy(0, rows, margins(logits, labels[rows]))
+    def _row(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The watched batch's measures from a call covering ``rows`` of it (None: all), NaN for the rows left out."""
+        if rows is None:
+            return self.measure(logits, labels)
+        row = torch.full(labels.shape, float("nan"), dtype=logits.dtype, device=logits.device)
+        return row.index_copy(0, rows, self.measure(logits, labels[rows]))

@@ -16,10 +16,13 @@ import torch
 import yaml
 
 from arena.cli import positive
+from arena.data import Data
+from arena.defended import Defended
 from arena.executors import Executor
 from arena.matchups import Arena
 from arena.registry import load_registry
 from arena.scenario import load_scenario
+from arena.schema import Scenario
 from arena.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,19 +58,33 @@ def scenario(base: str, **overrides: Any) -> dict[str, Any]:
     return data
 
 
+def arena(data: dict[str, Any], results: Path | None = None, **options: Any) -> Arena:
+    """The arena for a scenario written as a dict (validated as a file would be), storing into ``results`` (a fresh
+    folder by default); ``options``: more ``Arena`` fields."""
+    folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
+    path = folder / "scenario.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    registry = load_registry()
+    return Arena(load_scenario(path, registry), registry, results or folder / "results", progress=False, **options)
+
+
+def networks(data: dict[str, Any], pairs: list[str] | None = None) -> tuple[Scenario, Data, dict[str, Defended]]:
+    """A scenario's threat, evaluation images and the defended network of each ``model+defense`` pair of its entries
+    (all by default), trained once or loaded from the weights cache, for benchmarks that attack networks directly."""
+    built = arena(data)
+    loaded = Data.load(built.scenario, built.registry)
+    chosen = {f"{m.key}+{d.key}": (m, d) for m in built.scenario.models for d in built.scenario.defenses}
+    return built.scenario, loaded, {pair: built.networks.defended(loaded, *chosen[pair]) for pair in pairs or chosen}
+
+
 def play(data: dict[str, Any], results: Path | None = None, fresh: bool = True,
          executor: Executor | None = None, **options: Any) -> tuple[Store, str]:
     """Play a scenario through the arena (``fresh``: every matchup is computed, none reused; ``executor``: where
     the pairs run, this process by default; ``options``: more ``Arena`` fields, e.g. device and runtime); returns
     the store and the run id."""
-    folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
-    path = folder / "scenario.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    registry = load_registry()
-    arena = Arena(load_scenario(path, registry), registry, results or folder / "results", progress=False, fresh=fresh,
-                  **options)
-    run_id = arena.play(executor)
-    return arena.store, run_id
+    played = arena(data, results, fresh=fresh, **options)
+    run_id = played.play(executor)
+    return played.store, run_id
 
 
 def median_min(values: list[float]) -> str:

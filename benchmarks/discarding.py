@@ -13,61 +13,39 @@ which lost late breaks at ε = 0.1. Models and weights are ``benchmarks.suite``'
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import torch
-import yaml
 
-from arena import ThreatModel
 from arena.cost import Counted
-from arena.data import Data
-from arena.engine import predict
-from arena.matchups import Arena
-from arena.registry import load_registry
-from arena.scenario import load_scenario
 from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDT, dlr_margin
 from arena_plugins.fast import DISCARD
 from benchmarks import suite
-from benchmarks.common import data_dir, write
+from benchmarks.common import data_dir, networks, write
 
 #: The adversarially trained rows of the suite benchmark the rule is fitted on (model, norm, ε).
 ROWS = ["cnn_pgd_at:linf:8/255", "cnn_pgd_at:linf:0.1", "cnn_fast_fgsm_at:linf:8/255", "cnn_fast_fgsm_at:linf:0.1",
         "cnn_lstm_pgd_at:linf:8/255", "cnn_lstm_pgd_at:linf:0.1", "cnn_robust:linf:8/255"]
 EARLIER = {"discard_after": 10, "discard_margin": 0.2}
-BATCH = 500
 
 
-class Traced(Counted):
-    """The network, recording each gradient-carrying call's DLR-scaled margins for the rows it covers."""
-
-    def __init__(self, module: torch.nn.Module, labels: torch.Tensor) -> None:
-        super().__init__(module)
-        self.labels = labels
-        self.calls: list[torch.Tensor] = []
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        output = super().forward(images)
-        rows = self._active
-        if output.requires_grad and rows is not None and len(rows) == len(images):
-            row = torch.full((len(self.labels),), float("nan"), dtype=output.dtype)
-            self.calls.append(row.index_copy(0, rows, dlr_margin(output.detach(), self.labels[rows])))
-        return output
+def traced(net: torch.nn.Module) -> Counted:
+    """The network, tracing each gradient-carrying call's DLR-scaled margins (the rule's measure) for the rows of the
+    watched batch it covers."""
+    return Counted(net, measure=dlr_margin).eval()
 
 
-def traced_run(attack: EarlyAPGDCE, net: Traced, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
+def traced_run(attack: EarlyAPGDCE, net: Counted, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
                todo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One run on ``todo``: its ``[iterations + 1, samples]`` closest-margin-so-far trace and the iteration each
-    sample broke at (-1: it did not)."""
-    net.calls = []
+    """One run on ``todo`` through ``net`` (``traced``): its ``[iterations + 1, samples]`` closest-margin-so-far trace
+    and the iteration each sample broke at (-1: it did not)."""
+    net.watch(y)
     broken, _ = attack.run(x[todo], y[todo], targets[todo], todo)
-    trace = torch.stack(net.calls)[:, todo]
+    trace = net.trace()[:, todo]
     if len(trace) <= attack.n_iter:  # every sample broke before the last iteration: nothing changes after
         rest = torch.full((attack.n_iter + 1 - len(trace), len(todo)), float("nan"), dtype=trace.dtype)
         trace = torch.cat([trace, rest])
-    exited = trace.isnan().cumsum(0) > 0
-    at = torch.where(exited, torch.full_like(trace, -1.0), trace)  # an exited sample's margin: broken, below 0
-    closest = at.cummin(0)[0]
+    exited = trace.isnan().cumsum(0) > 0  # an exited sample's margin: broken, below 0
+    closest = torch.where(exited, torch.full_like(trace, -1.0), trace).cummin(0)[0]
     broke_at = torch.where(broken, (closest < 0).float().argmax(0), torch.full_like(closest[0], -1)).long()
     return closest, broke_at
 
@@ -80,11 +58,19 @@ def dropped(closest: torch.Tensor, rule: dict[str, float]) -> torch.Tensor:
     return (now > rule["discard_margin"]) & (earlier - now < rule.get("discard_progress", float("inf")))
 
 
+def rows(text: str) -> list[str]:
+    """``--rows``: comma-separated ``MODEL:NORM:EPS``, each checked (a bad one: one line, exit 2)."""
+    chosen = text.split(",")
+    for row in chosen:
+        suite.row(row)
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1000, help="test images (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
-    parser.add_argument("--rows", type=lambda t: t.split(","), default=ROWS, help="MODEL:NORM:EPS, comma-separated")
+    parser.add_argument("--rows", type=rows, default=ROWS, help="MODEL:NORM:EPS, comma-separated")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data_dir()
@@ -93,22 +79,21 @@ def main() -> None:
              "progress of a far late break |", "|" + " --- |" * 10]
     totals = [0, 0, 0, 0, 0]
     for row in args.rows:
-        key, norm, eps = row.split(":")
-        net, images, labels, threat = network(key, norm, eps, args.samples)
-        robust = predict(net, images, BATCH, torch.device("cpu")) == labels
-        traced = Traced(net, labels).eval()
-        torch.manual_seed(0)
-        ce, apgd_t = EarlyAPGDCE(traced, threat), EarlyAPGDT(traced, threat, n_target_classes=3, ranking="malt")
-        todo = robust.nonzero().flatten()
-        closest, broke_at = traced_run(ce, traced, images, labels, labels, todo)
-        results = [("APGD-CE", closest, broke_at)]
-        left = todo[broke_at < 0]
-        still = torch.zeros_like(robust)
-        still[left] = True
+        key, norm, eps = suite.row(row)
+        scenario, data, nets = networks(suite.row_scenario(row, args.samples))
+        (net,), images, labels = nets.values(), data.images, data.labels
         with torch.no_grad():
             logits = net(images)
-        for j, targets in enumerate(apgd_t.runs(images, labels, logits, still)):
-            closest, broke_at = traced_run(apgd_t, traced, images, labels, targets, left)
+        watched = traced(net)
+        torch.manual_seed(0)
+        ce = EarlyAPGDCE(watched, scenario.threat)
+        apgd_t = EarlyAPGDT(watched, scenario.threat, n_target_classes=3, ranking="malt")
+        todo = (logits.argmax(1) == labels).nonzero().flatten()
+        closest, broke_at = traced_run(ce, watched, images, labels, labels, todo)
+        results = [("APGD-CE", closest, broke_at)]
+        left = todo[broke_at < 0]
+        for j, targets in enumerate(apgd_t.runs(images, labels, logits, torch.isin(torch.arange(len(labels)), left))):
+            closest, broke_at = traced_run(apgd_t, watched, images, labels, targets, left)
             results.append((f"APGD-T {j + 1}", closest, broke_at))
             left = left[broke_at < 0]
         for name, closest, broke_at in results:
@@ -136,21 +121,6 @@ def main() -> None:
     write("discarding", "The fast suite's discarding rule against every sample's margin trace",
           f"python -m benchmarks.discarding --samples {args.samples} --threads {args.threads}"
           + ("" if args.rows == ROWS else f" --rows {','.join(args.rows)}"), lines)
-
-
-def network(key: str, norm: str, eps: str, samples: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor,
-                                                                   ThreatModel]:
-    """A suite benchmark model (trained or from the cache), its first ``samples`` test images and the threat."""
-    threat_eps: str | float = eps if "/" in eps else float(eps)
-    options = argparse.Namespace(samples=samples, recipe="short", targets=3, probe_queries=100)
-    scenario = {**suite.pair_scenario(key, norm, threat_eps, options), "attacks": ["fgsm"]}
-    folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
-    (folder / "scenario.yaml").write_text(yaml.safe_dump(scenario))
-    registry = load_registry()
-    arena = Arena(load_scenario(folder / "scenario.yaml", registry), registry, folder / "results", progress=False)
-    data = Data.load(arena.scenario, registry)
-    net = arena.networks.defended(data, arena.scenario.models[0], arena.scenario.defenses[0])
-    return net, data.images, data.labels, arena.scenario.threat
 
 
 if __name__ == "__main__":

@@ -12,28 +12,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from arena import Attack, ThreatModel
 from arena.cli import positive
 from arena.cost import Counted, Passes
-from arena.data import Data
-from arena.defended import Defended
 from arena.engine import predict
-from arena.matchups import Arena
-from arena.registry import load_registry
-from arena.scenario import load_scenario
 from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDT, EarlyPGD
 from arena_plugins.autoattack import APGDCE, APGDT
 from arena_plugins.pgd import PGD
-from benchmarks.common import data_dir, write
+from benchmarks.common import data_dir, networks, write
 
 RECIPE = {"epochs": 4, "batch_size": 64, "lr": 0.001, "optimizer": "adam", "augment": "flip"}
 SCENARIO: dict[str, Any] = {
@@ -49,20 +41,6 @@ RECIPE_TEXT = ("trained by the arena with a short recipe: the first 20,000 train
                "flips, 4 epochs (CNN-LSTM: 2); pgd_at is ART's Madry PGD training at ε = 0.1, 3 steps, 4 epochs.")
 #: The (model, defense) pairs measured: the CNN-LSTM is not PGD-trained here, to keep training within budget.
 PAIRS = ["cnn+none", "cnn+pgd_at", "cnn_lstm+none"]
-
-
-def networks(samples: int, pairs: list[str]) -> tuple[Data, dict[str, Defended]]:
-    """The evaluation images and each pair's defended network, trained with ``RECIPE`` (or loaded from the cache)."""
-    folder = Path(tempfile.mkdtemp(prefix="arena-bench-"))
-    path = folder / "scenario.yaml"
-    path.write_text(yaml.safe_dump({**SCENARIO, "dataset": {**SCENARIO["dataset"], "samples": samples}}))
-    registry = load_registry()
-    arena = Arena(load_scenario(path, registry), registry, folder / "results", progress=False)
-    data = Data.load(arena.scenario, registry)
-    models = {m.key: m for m in arena.scenario.models}
-    defenses = {d.key: d for d in arena.scenario.defenses}
-    return data, {pair: arena.networks.defended(data, models[pair.split("+")[0]], defenses[pair.split("+")[1]])
-                  for pair in pairs}
 
 
 THREATS = {"L∞ 8/255": ThreatModel("linf", 8 / 255), "L2 0.5": ThreatModel("l2", 0.5)}
@@ -130,7 +108,7 @@ def options() -> argparse.Namespace:
 
 def main() -> None:
     args = options()
-    data, nets = networks(args.samples, args.models)
+    _, data, nets = networks({**SCENARIO, "dataset": {**SCENARIO["dataset"], "samples": args.samples}}, args.models)
     lines = ["| model | threat | attack | robust (original → early) | differ | unbroken by original | forward "
              "passes/sample (original → early) | backward passes/sample | passes ratio | wall time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -37,11 +37,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.seeds < 2 or args.samples < 1:
         parser.error("--seeds must be ≥ 2 and --samples ≥ 1")
+    try:
+        key, norm, eps = suite.row(args.row)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--row: {error}")
     torch.set_num_threads(args.threads)
     data_dir()
-    key, norm, eps = args.row.split(":")
-    options = argparse.Namespace(samples=args.samples, recipe="short", targets=3, probe_queries=100)
-    scenario = suite.pair_scenario(key, norm, eps if "/" in eps else float(eps), options)
+    scenario = suite.row_scenario(args.row, args.samples)
     entries = {entry["name"]: entry for entry in scenario["attacks"]}
     scenario["attacks"] = [{**entries[name], "label": label(name, seed)} if seed > 1 else entries[name]
                            for seed in range(1, args.seeds + 1) for name in SUITES]

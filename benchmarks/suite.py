@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +67,39 @@ def threat(text: str) -> tuple[str, str | float]:
     if norm not in ("linf", "l2") or not eps:
         raise argparse.ArgumentTypeError(f"{text!r}: write NORM:EPS, e.g. linf:8/255 or l2:0.5")
     try:
-        return norm, float(eps)
-    except ValueError:
-        return norm, eps
+        positive = Fraction(eps) > 0
+    except (ValueError, ZeroDivisionError):
+        positive = False
+    if not positive:
+        raise argparse.ArgumentTypeError(f"{text!r}: EPS is a positive number or fraction, such as 0.1 or 8/255")
+    return (norm, eps) if "/" in eps else (norm, float(eps))
 
 
 def names(text: str) -> list[str]:
+    """``cnn,resnet18`` → the benchmarked models it names, each checked."""
     chosen = [n for n in text.split(",") if n]
     unknown = [n for n in chosen if n not in MODELS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     return chosen
+
+
+def row(text: str) -> tuple[str, str, str | float]:
+    """``cnn_jpeg:linf:8/255`` → (``cnn_jpeg``, ``linf``, ``8/255``): one row of the table, as ``--row`` takes it."""
+    key, _, rest = text.partition(":")
+    if key not in MODELS:
+        raise argparse.ArgumentTypeError(f"{text!r}: write MODEL:NORM:EPS with MODEL one of {', '.join(MODELS)}")
+    try:
+        return (key, *threat(rest))
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: write MODEL:NORM:EPS, e.g. cnn_jpeg:linf:8/255 ({error})"
+                                         ) from None
+
+
+def row_scenario(text: str, samples: int) -> dict[str, Any]:
+    """One row's scenario (``MODEL:NORM:EPS``) as the table plays it: the short recipe, the fast suite's defaults."""
+    options = argparse.Namespace(samples=samples, recipe="short", targets=3, probe_queries=100)
+    return pair_scenario(*row(text), options)
 
 
 def arguments() -> argparse.Namespace:

@@ -19,7 +19,7 @@ from arena.checks import convergence
 from arena.cost import Counted
 from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDDLR, EarlyAPGDT, EarlyPGD
 from arena_plugins.cifar10 import CIFAR10
-from benchmarks.discarding import Traced, dropped, traced_run
+from benchmarks.discarding import dropped, traced, traced_run
 from benchmarks.early_exit import options
 
 THREATS = [ThreatModel("linf", 1 / 255), ThreatModel("l2", 0.15)]
@@ -261,9 +261,9 @@ def test_the_discarding_benchmark_replays_the_rule_the_attack_applies(trained):
     net = Recorder(net)  # float64: one answer per input, whatever batch it is in
     threat, rule = ThreatModel("linf", 2 / 255), {"discard_after": 6, "discard_margin": 0.05, "discard_progress": 0.02}
     todo = robust(net, images, labels).nonzero().flatten()
-    traced = Traced(net, labels).eval()
+    watched = traced(net)
     torch.manual_seed(1)
-    closest, broke_at = traced_run(EarlyAPGDCE(traced, threat, n_iter=20), traced, images, labels, labels, todo)
+    closest, broke_at = traced_run(EarlyAPGDCE(watched, threat, n_iter=20), watched, images, labels, labels, todo)
     torch.manual_seed(1)
     broken, _ = EarlyAPGDCE(net, threat, n_iter=20, **rule).run(images[todo], labels[todo], labels[todo], todo)
     lost = (broke_at > rule["discard_after"]) & dropped(closest, rule)

@@ -47,10 +47,13 @@ def test_phases_add_up_and_the_bare_side_repeats_the_arenas_search(scenario_data
 
 
 @pytest.mark.parametrize(("option", "message"), [
-    (["--repeats", "0"], "argument --repeats: '0' is not a whole number ≥ 1"),
-    (["--device", "gpu"], "--device gpu: not a device; use cpu, cuda, cuda:N or auto"),
+    (["benchmarks", "--repeats", "0"], "argument --repeats: '0' is not a whole number ≥ 1"),
+    (["benchmarks", "--device", "gpu"], "--device gpu: not a device; use cpu, cuda, cuda:N or auto"),
+    (["benchmarks.discarding", "--rows", "cnn_pgd_at:linf:8/255,cnn:linf"], "'cnn:linf': write MODEL:NORM:EPS"),
+    (["benchmarks.seeds", "--row", "cnn_jpg:linf:8/255"], "'cnn_jpg:linf:8/255': write MODEL:NORM:EPS with MODEL"),
+    (["benchmarks.suite", "--threats", "linf:8/0"], "'linf:8/0': EPS is a positive number or fraction"),
 ])
 def test_a_bad_benchmark_option_is_one_line_and_exit_2(option, message):
-    done = subprocess.run([sys.executable, "-m", "benchmarks", *option], capture_output=True, text=True,
-                          cwd=REPO, check=False)
+    done = subprocess.run([sys.executable, "-m", *option], capture_output=True, text=True, cwd=REPO, check=False)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr.strip().splitlines()[-1], "argparse's usage, then the error on one line"
