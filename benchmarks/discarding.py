@@ -13,11 +13,12 @@ which lost late breaks at ε = 0.1. Models and weights are ``benchmarks.suite``'
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
 from arena.cost import Counted
-from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDT, dlr_margin
+from arena_plugins.apgd import EarlyAPGDCE, EarlyAPGDT, dlr_margin, stalled
 from arena_plugins.fast import DISCARD
 from benchmarks import suite
 from benchmarks.common import data_dir, networks, write
@@ -54,8 +55,7 @@ def dropped(closest: torch.Tensor, rule: dict[str, float]) -> torch.Tensor:
     """The samples ``rule`` (the discarding parameters) drops at its iteration, from their closest-margin traces: still
     farther than its margin and closer by less than its progress over the last two thirds of its iterations."""
     after = int(rule["discard_after"])
-    now, earlier = closest[after], closest[after // 3]
-    return (now > rule["discard_margin"]) & (earlier - now < rule.get("discard_progress", float("inf")))
+    return stalled(closest[after], closest[after // 3], rule["discard_margin"], rule.get("discard_progress", math.inf))
 
 
 def rows(text: str) -> list[str]:

@@ -89,6 +89,12 @@ DISCARD_PARAMS = {
 }
 
 
+def stalled(closest: torch.Tensor, earlier: torch.Tensor, margin: float, progress: float) -> torch.Tensor:
+    """The samples online discarding drops: their closest margin still above ``margin`` and less than ``progress``
+    below ``earlier`` (the closest margin two thirds of the iterations before)."""
+    return (closest > margin) & (earlier - closest < progress)
+
+
 def dlr_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """How far each sample is from the boundary, in DLR's scale-free units (minus its untargeted DLR loss), whatever
     class a run aims at: a targeted run breaks a sample on any wrong class. Raw logit leads on a 2-class head."""
@@ -189,7 +195,7 @@ class EarlyAPGDCE(_Seeded):
             if i + 1 == self.discard_after // 3:
                 s.earlier = s.closest.clone()
             if i + 1 == self.discard_after and logits.shape[1] >= 4:
-                kept = (s.closest <= self.discard_margin) | (s.earlier - s.closest >= self.discard_progress)
+                kept = ~stalled(s.closest, s.earlier, self.discard_margin, self.discard_progress)
                 vars(s).update({key: value[kept] for key, value in vars(s).items()})
         return broken, found
 
